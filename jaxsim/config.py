@@ -1,0 +1,496 @@
+"""Scenario YAML -> validated `Params`.
+
+A scenario file overrides `configs/defaults.yaml`; a variant (under `variants:` in the
+scenario) and `overrides` (nested dict or dotted keys) are merged on top, in that order.
+Every value is checked; a bad one raises `ConfigError` naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from jax.flatten_util import ravel_pytree
+
+from jaxsim.types import (
+    N_MARKETS,
+    N_SYSTEM,
+    POLICY_NAMES,
+    AccountInit,
+    Dims,
+    ExchangeRules,
+    ExoParams,
+    MarketParams,
+    Params,
+    Schedule,
+)
+
+CONFIG_DIR = Path(os.environ.get("CASCADE_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+SECONDS_PER_YEAR = 365.0 * 86400.0
+MARKET_KEYS = ("spot", "perp", "stable", "lst")
+ASSET_KEYS = ("usdt", "base", "stable", "lst")
+INDEX_KEYS = ("base", "stable", "lst")
+# Keys whose values are free-form (lists / maps checked separately).
+_FREE = {"users", "shocks", "schedule", "variants", "tiers", "venues"}
+_TOP_EXTRA = {"description", "extends"}
+
+
+class ConfigError(ValueError):
+    """A scenario file or override holds a value outside what the simulator allows."""
+
+
+# ------------------------------------------------------------------ files
+
+
+def list_scenarios() -> list[str]:
+    """Names of the scenario files in configs/ (defaults excluded)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "defaults")
+
+
+def list_variants(name: str) -> list[str]:
+    return sorted((_read_scenario(name).get("variants") or {}).keys())
+
+
+def _read_yaml(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    cand = CONFIG_DIR / f"{name_or_path}.yaml"
+    if cand.exists():
+        return cand
+    raise ConfigError(
+        f"unknown scenario '{name_or_path}': not a YAML path and not one of {list_scenarios()}"
+    )
+
+
+def _read_scenario(name_or_path) -> dict:
+    path = _resolve(name_or_path)
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent:
+        base = _read_scenario(parent)
+        variants = {**(base.get("variants") or {}), **(data.get("variants") or {})}
+        data = _merge(base, data, "", check=False)
+        data["variants"] = variants
+    return data
+
+
+# ------------------------------------------------------------------ merging
+
+
+def _merge(base: dict, over: dict, path: str, check: bool = True) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        here = f"{path}.{k}" if path else k
+        if check and k not in base and not (path == "" and k in _TOP_EXTRA):
+            raise ConfigError(f"unknown key '{here}'; allowed: {sorted(base)}")
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("variants",):
+            out[k] = _merge(out[k], v, here, check)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _undot(overrides: dict) -> dict:
+    nested: dict = {}
+    for k, v in overrides.items():
+        parts = str(k).split(".")
+        d = nested
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        if isinstance(v, dict) and isinstance(d.get(parts[-1]), dict):
+            d[parts[-1]] = {**d[parts[-1]], **_undot(v)}
+        else:
+            d[parts[-1]] = _undot(v) if isinstance(v, dict) else v
+    return nested
+
+
+def scenario_config(name_or_path, variant: str | None = None, overrides: dict | None = None) -> dict:
+    """The merged, unvalidated config dict (defaults <- scenario <- variant <- overrides)."""
+    defaults = _read_yaml(CONFIG_DIR / "defaults.yaml")
+    scen = _read_scenario(name_or_path)
+    variants = scen.get("variants") or {}
+    cfg = _merge(defaults, {k: v for k, v in scen.items() if k != "variants"}, "")
+    cfg["variants"] = variants
+    cfg["name"] = Path(str(name_or_path)).stem
+    if variant is not None:
+        if variant not in variants:
+            raise ConfigError(
+                f"unknown variant '{variant}' of scenario '{cfg['name']}'; allowed: {sorted(variants)}")
+        cfg = _merge(cfg, variants[variant], "variants." + variant)
+        cfg["name"] = f"{cfg['name']}/{variant}"
+    if overrides:
+        cfg = _merge(cfg, _undot(overrides), "overrides")
+    return cfg
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _num(v: Any, field: str, lo: float = -math.inf, hi: float = math.inf,
+         lo_open: bool = False, hi_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{field} must be a number, got {v!r}")
+    x = float(v)
+    lo_s = "(" if lo_open else "["
+    hi_s = ")" if hi_open else "]"
+    bad = (not math.isfinite(x) and not (x == math.inf and hi == math.inf)) or x < lo or x > hi \
+        or (lo_open and x == lo) or (hi_open and x == hi)
+    if bad:
+        raise ConfigError(f"{field} = {v!r} is outside the allowed range {lo_s}{lo}, {hi}{hi_s}")
+    return x
+
+
+def _int(v: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{field} must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise ConfigError(f"{field} = {v} is outside the allowed range [{lo}, {hi}]")
+    return v
+
+
+def _keyed(d: Any, keys: tuple[str, ...], field: str, **rng) -> list[float]:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{field} must be a mapping with keys {list(keys)}")
+    extra = set(d) - set(keys)
+    if extra:
+        raise ConfigError(f"unknown key '{field}.{sorted(extra)[0]}'; allowed: {list(keys)}")
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ConfigError(f"{field}.{missing[0]} is missing")
+    return [_num(d[k], f"{field}.{k}", **rng) for k in keys]
+
+
+def _bool(v: Any, field: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{field} must be true or false, got {v!r}")
+    return v
+
+
+# ------------------------------------------------------------------ rules
+
+
+def _build_rules(r: dict, dims: Dims) -> ExchangeRules:
+    tiers = r["tiers"]
+    if not isinstance(tiers, list) or not tiers:
+        raise ConfigError("rules.tiers must be a non-empty list of [floor, max_leverage, mmr]")
+    if len(tiers) > dims.n_tiers:
+        raise ConfigError(f"rules.tiers has {len(tiers)} rows; dims.n_tiers allows at most {dims.n_tiers}")
+    floors, levs, mmrs = [], [], []
+    for i, row in enumerate(tiers):
+        if not isinstance(row, (list, tuple)) or len(row) != 3:
+            raise ConfigError(f"rules.tiers[{i}] must be [floor, max_leverage, mmr]")
+        floors.append(_num(row[0], f"rules.tiers[{i}].floor", 0.0))
+        levs.append(_num(row[1], f"rules.tiers[{i}].max_leverage", 1.0, 1000.0))
+        mmrs.append(_num(row[2], f"rules.tiers[{i}].mmr", 0.0, 1.0, lo_open=True))
+    if floors[0] != 0.0:
+        raise ConfigError("rules.tiers[0].floor must be 0 (the first tier starts at zero notional)")
+    for i in range(1, len(tiers)):
+        if floors[i] <= floors[i - 1]:
+            raise ConfigError(f"rules.tiers must be monotone: tiers[{i}].floor {floors[i]} <= tiers[{i-1}].floor {floors[i-1]}")
+        if mmrs[i] < mmrs[i - 1]:
+            raise ConfigError(f"rules.tiers must be monotone: tiers[{i}].mmr {mmrs[i]} < tiers[{i-1}].mmr {mmrs[i-1]}")
+        if levs[i] > levs[i - 1]:
+            raise ConfigError(f"rules.tiers must be monotone: tiers[{i}].max_leverage {levs[i]} > tiers[{i-1}].max_leverage {levs[i-1]}")
+    for i, (lv, mr) in enumerate(zip(levs, mmrs, strict=True)):
+        if mr >= 1.0 / lv:
+            raise ConfigError(f"rules.tiers[{i}]: mmr {mr} must be below the initial margin 1/max_leverage = {1/lv:.4g}")
+    pad = dims.n_tiers - len(tiers)
+    # Padding tiers start at an unreachable notional and repeat the last row.
+    floors += [1e30 * (k + 1) for k in range(pad)]
+    levs += [levs[-1]] * pad
+    mmrs += [mmrs[-1]] * pad
+
+    idx = r["index"]
+    if not isinstance(idx, dict) or set(idx) != set(INDEX_KEYS):
+        raise ConfigError(f"rules.index must have exactly the keys {list(INDEX_KEYS)}")
+    weights, clips, floors_px = [], [], []
+    for k in INDEX_KEYS:
+        e = idx[k]
+        f = f"rules.index.{k}"
+        allowed = {"venues", "internal", "redemption", "clip", "floor"}
+        if not isinstance(e, dict) or set(e) - allowed:
+            raise ConfigError(f"{f} must be a mapping with keys {sorted(allowed)}")
+        ven = e.get("venues", [0.0] * dims.n_venues)
+        if not isinstance(ven, list) or len(ven) != dims.n_venues:
+            raise ConfigError(f"{f}.venues must list {dims.n_venues} weights (dims.n_venues)")
+        w = [_num(x, f"{f}.venues[{i}]", 0.0, 1.0) for i, x in enumerate(ven)]
+        w.append(_num(e.get("internal", 0.0), f"{f}.internal", 0.0, 1.0))
+        w.append(_num(e.get("redemption", 0.0), f"{f}.redemption", 0.0, 1.0))
+        if abs(sum(w) - 1.0) > 1e-6:
+            raise ConfigError(f"{f}: weights must sum to 1, they sum to {sum(w):.6g}")
+        weights.append(w)
+        clips.append(_num(e.get("clip", 0.01), f"{f}.clip", 0.0, 1.0, lo_open=True))
+        floors_px.append(_num(e.get("floor", 0.0), f"{f}.floor", 0.0))
+
+    fund = r["funding"]
+    f = "rules.funding"
+    interest = _num(fund["interest_8h"], f"{f}.interest_8h", -0.01, 0.01)
+    clamp = _num(fund["clamp_8h"], f"{f}.clamp_8h", 0.0, 0.01)
+    cap = fund["cap"]
+    cap = 0.75 * mmrs[0] if cap == "auto" else _num(cap, f"{f}.cap", 0.0, 0.1, lo_open=True)
+    interval_h = _num(fund["interval_h"], f"{f}.interval_h", 0.0, 24.0, lo_open=True)
+    imn = _num(fund["imn_quote"], f"{f}.imn_quote", 0.0, lo_open=True)
+    fees = r["fees"]
+    band = _keyed(r["price_band"], MARKET_KEYS, "rules.price_band", lo=0.0, hi=0.99, lo_open=True)
+    rules = dict(
+        tier_floor=floors, tier_mmr=mmrs, tier_max_lev=levs,
+        position_limit=_num(r["position_limit"], "rules.position_limit", 0.0, lo_open=True),
+        index_weights=weights, index_clip=clips, price_floor=floors_px,
+        haircut=_keyed(r["haircut"], ASSET_KEYS, "rules.haircut", lo=0.0, hi=1.0, hi_open=True),
+        funding_interest=interest, funding_clamp=clamp, funding_cap=cap,
+        funding_interval_s=interval_h * 3600.0, imn_quote=imn,
+        maker_fee=_num(fees["maker"], "rules.fees.maker", -0.01, 0.01),
+        taker_fee=_num(fees["taker"], "rules.fees.taker", 0.0, 0.01),
+        liq_fee=_num(fees["liquidation"], "rules.fees.liquidation", 0.0, 0.1),
+        adl_on=float(_bool(r["adl"], "rules.adl")),
+        if_position_cap=_num(r["if_position_cap"], "rules.if_position_cap", 0.0),
+        withdrawal_delay_s=_num(r["withdrawal_delay_s"], "rules.withdrawal_delay_s", 0.0, 30 * 86400.0),
+        partial_liquidation=float(_bool(r["partial_liquidation"], "rules.partial_liquidation")),
+        price_band=band,
+        if_unwind_per_s=_num(r["if_unwind_per_h"], "rules.if_unwind_per_h", 0.0, 3600.0) / 3600.0,
+    )
+    return ExchangeRules(**{k: np.asarray(v, np.float64) for k, v in rules.items()})
+
+
+def _rule_layout(rules: ExchangeRules) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Field name -> (offset in the flattened rules, shape)."""
+    flat, unravel = ravel_pytree(jax.tree_util.tree_map(jnp.asarray, rules))
+    offsets = unravel(jnp.arange(flat.size, dtype=flat.dtype))
+    out = {}
+    for field in ExchangeRules.__dataclass_fields__:
+        arr = np.asarray(getattr(offsets, field))
+        out[field] = (int(arr.ravel()[0]) if arr.size else 0, tuple(arr.shape))
+    return out
+
+
+RULE_FIELDS = tuple(ExchangeRules.__dataclass_fields__)
+
+
+def _build_schedule(rows: Any, rules: ExchangeRules, dims: Dims, dt: float) -> Schedule:
+    if not isinstance(rows, list):
+        raise ConfigError("schedule must be a list of rule changes")
+    layout = _rule_layout(rules)
+    expanded = []
+    for i, row in enumerate(rows):
+        f = f"schedule[{i}]"
+        allowed = {"announce_s", "effective_s", "field", "value", "policy", "index"}
+        if not isinstance(row, dict) or set(row) - allowed:
+            raise ConfigError(f"{f} must be a mapping with keys {sorted(allowed)}")
+        ann = _num(row.get("announce_s", row.get("effective_s", 0.0)), f"{f}.announce_s", 0.0)
+        eff = _num(row.get("effective_s"), f"{f}.effective_s", 0.0)
+        if eff < ann:
+            raise ConfigError(f"{f}.effective_s ({eff}) must not be before announce_s ({ann})")
+        field = row.get("field")
+        if field not in layout:
+            raise ConfigError(f"{f}.field '{field}' is not a rule; allowed: {list(layout)}")
+        policy = row.get("policy", "grandfather")
+        if policy not in POLICY_NAMES:
+            raise ConfigError(f"{f}.policy '{policy}' not one of {list(POLICY_NAMES)}")
+        off, shape = layout[field]
+        size = int(np.prod(shape)) if shape else 1
+        value = row.get("value")
+        if field == "tier_floor" or field == "tier_mmr" or field == "tier_max_lev" or shape:
+            if "index" in row:
+                ix = _int(row["index"], f"{f}.index", 0, size - 1)
+                vals = {ix: _num(value, f"{f}.value")}
+            else:
+                if not isinstance(value, list) or len(value) > size:
+                    raise ConfigError(f"{f}.value must be a list of at most {size} numbers for '{field}'")
+                vals = {j: _num(x, f"{f}.value[{j}]") for j, x in enumerate(value)}
+        else:
+            vals = {0: _num(value, f"{f}.value")}
+        for j, v in vals.items():
+            expanded.append((round(ann / dt), round(eff / dt), off + j, v, POLICY_NAMES.index(policy)))
+    if len(expanded) > dims.n_schedule:
+        raise ConfigError(f"schedule expands to {len(expanded)} rows; dims.n_schedule allows {dims.n_schedule}")
+    pad = dims.n_schedule - len(expanded)
+    cols = list(zip(*expanded, strict=True)) if expanded else [[], [], [], [], []]
+    return Schedule(
+        announce_tick=np.array(list(cols[0]) + [0] * pad, np.int32),
+        effective_tick=np.array(list(cols[1]) + [-1] * pad, np.int32),
+        flat_index=np.array(list(cols[2]) + [0] * pad, np.int32),
+        value=np.array(list(cols[3]) + [0.0] * pad, np.float64),
+        policy=np.array(list(cols[4]) + [0] * pad, np.int32),
+        active=np.array([True] * len(expanded) + [False] * pad),
+    )
+
+
+# ------------------------------------------------------------------ accounts
+
+
+def _build_accounts(acc: dict, dims: Dims, price0: list[float], rules: ExchangeRules) -> AccountInit:
+    users = acc.get("users") or []
+    if not isinstance(users, list):
+        raise ConfigError("accounts.users must be a list")
+    n_user = dims.n_accounts - N_SYSTEM
+    if len(users) > n_user:
+        raise ConfigError(f"accounts.users has {len(users)} accounts; dims.n_accounts = "
+                          f"{dims.n_accounts} leaves room for {n_user} (4 are system accounts)")
+    n = dims.n_accounts
+    bal = np.zeros((n, 4))
+    debt = np.zeros((n, 4))
+    ext = np.zeros((n, 4))
+    pos = np.zeros(n)
+    entry = np.zeros(n)
+    iso = np.zeros(n)
+    mode = np.zeros(n, np.int32)
+    lev = np.full(n, 10.0)
+    allowed = {"name", "usdt", "base", "stable", "lst", "debt", "external", "position", "entry",
+               "mode", "leverage", "isolated_margin"}
+    max_lev0 = float(rules.tier_max_lev[0])
+    for i, u in enumerate(users):
+        f = f"accounts.users[{i}]"
+        if not isinstance(u, dict) or set(u) - allowed:
+            bad = sorted(set(u) - allowed) if isinstance(u, dict) else u
+            raise ConfigError(f"{f}: unknown key {bad}; allowed: {sorted(allowed)}")
+        for j, k in enumerate(ASSET_KEYS):
+            bal[i, j] = _num(u.get(k, 0.0), f"{f}.{k}", 0.0)
+        for name, arr in (("debt", debt), ("external", ext)):
+            d = u.get(name, {})
+            if not isinstance(d, dict) or set(d) - set(ASSET_KEYS):
+                raise ConfigError(f"{f}.{name} must map assets {list(ASSET_KEYS)} to amounts")
+            for j, k in enumerate(ASSET_KEYS):
+                arr[i, j] = _num(d.get(k, 0.0), f"{f}.{name}.{k}", 0.0)
+        pos[i] = _num(u.get("position", 0.0), f"{f}.position")
+        entry[i] = _num(u.get("entry", price0[0]), f"{f}.entry", 0.0, lo_open=True) if pos[i] else 0.0
+        m = u.get("mode", "cross")
+        if m not in ("cross", "isolated"):
+            raise ConfigError(f"{f}.mode '{m}' must be 'cross' or 'isolated'")
+        mode[i] = 0 if m == "cross" else 1
+        lev[i] = _num(u.get("leverage", 10.0), f"{f}.leverage", 1.0, max_lev0)
+        iso[i] = _num(u.get("isolated_margin", 0.0), f"{f}.isolated_margin", 0.0)
+        if mode[i] == 0 and iso[i] > 0:
+            raise ConfigError(f"{f}.isolated_margin is only for mode: isolated")
+    for key, row in (("lp", dims.lp), ("outside", dims.outside)):
+        bal[row] = _keyed(acc[key], ASSET_KEYS, f"accounts.{key}", lo=0.0)
+    bal[dims.insurance, 0] = _num(acc["insurance_fund"], "accounts.insurance_fund", 0.0)
+    lev[n_user:] = 1.0
+    # Open interest must net to zero: the LP holds the other side of any imbalance.
+    net = pos.sum()
+    if abs(net) > 0:
+        pos[dims.lp] = -net
+        entry[dims.lp] = price0[0]
+    return AccountInit(bal=bal, debt=debt, ext_bal=ext, pos=pos, entry=entry, iso_margin=iso,
+                       mode=mode, lev=lev)
+
+
+# ------------------------------------------------------------------ top level
+
+
+def build_params(cfg: dict, dtype=None) -> Params:
+    """Validate a merged config dict and build `Params`."""
+    dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    d = cfg["dims"]
+    dims_kwargs = {}
+    limits = {"n_accounts": (N_SYSTEM + 1, 4096), "n_levels": (8, 4096), "max_orders": (1, 1024),
+              "n_tiers": (1, 64), "n_schedule": (1, 1024), "cascade_rounds": (1, 64),
+              "n_venues": (1, 32), "basis_window": (1, 4096), "transfer_slots": (1, 64),
+              "n_shocks": (1, 256)}
+    for k, (lo, hi) in limits.items():
+        dims_kwargs[k] = _int(d[k], f"dims.{k}", lo, hi)
+    dims = Dims(**dims_kwargs)
+    dt = _num(cfg["dt_s"], "dt_s", 0.0, 3600.0, lo_open=True)
+    basis_s = _num(cfg["basis_window_s"], "basis_window_s", 0.0, lo_open=True)
+
+    e = cfg["exogenous"]
+    price0 = _keyed(e["price0"], INDEX_KEYS, "exogenous.price0", lo=0.0, lo_open=True)
+    vol = _keyed(e["vol_annual"], INDEX_KEYS, "exogenous.vol_annual", lo=0.0, hi=20.0)
+    vol_ref = _keyed(e["vol_ref_annual"], INDEX_KEYS, "exogenous.vol_ref_annual", lo=0.0, hi=20.0,
+                     lo_open=True)
+    shocks = e.get("shocks") or []
+    if not isinstance(shocks, list) or len(shocks) > dims.n_shocks:
+        raise ConfigError(f"exogenous.shocks must be a list of at most dims.n_shocks = {dims.n_shocks}")
+    srows = []
+    for i, s in enumerate(shocks):
+        f = f"exogenous.shocks[{i}]"
+        allowed = {"start_s", "duration_s", "asset", "return_pct"}
+        if not isinstance(s, dict) or set(s) - allowed or set(allowed) - set(s):
+            raise ConfigError(f"{f} must have exactly the keys {sorted(allowed)}")
+        if s["asset"] not in INDEX_KEYS:
+            raise ConfigError(f"{f}.asset '{s['asset']}' not one of {list(INDEX_KEYS)}")
+        start = _num(s["start_s"], f"{f}.start_s", 0.0)
+        dur = _num(s["duration_s"], f"{f}.duration_s", 0.0)
+        ret = _num(s["return_pct"], f"{f}.return_pct", -99.9, 1000.0)
+        srows.append((round(start / dt), max(1, round(dur / dt)), INDEX_KEYS.index(s["asset"]),
+                      math.log1p(ret / 100.0)))
+    pad = dims.n_shocks - len(srows)
+    cols = list(zip(*srows, strict=True)) if srows else [[], [], [], []]
+    lst_rate = _num(e["lst_rate"], "exogenous.lst_rate", 0.0, lo_open=True)
+    exo = ExoParams(
+        price0=np.array(price0), vol_per_sqrt_s=np.array(vol) / math.sqrt(SECONDS_PER_YEAR),
+        vol_ref=np.array(vol_ref) / math.sqrt(SECONDS_PER_YEAR),
+        venue_dispersion=np.asarray(_num(e["venue_dispersion"], "exogenous.venue_dispersion", 0.0, 0.5)),
+        stable_reversion_per_s=np.asarray(
+            _num(e["stable_reversion_per_h"], "exogenous.stable_reversion_per_h", 0.0) / 3600.0),
+        lst_rate=np.asarray(lst_rate),
+        shock_start_tick=np.array(list(cols[0]) + [0] * pad, np.int32),
+        shock_ticks=np.array(list(cols[1]) + [1] * pad, np.int32),
+        shock_asset=np.array(list(cols[2]) + [0] * pad, np.int32),
+        shock_log_return=np.array(list(cols[3]) + [0.0] * pad),
+        shock_active=np.array([True] * len(srows) + [False] * pad),
+    )
+
+    mk = cfg["markets"]
+    allowed_m = set(MarketParams.__dataclass_fields__)
+    extra = set(mk) - allowed_m
+    if extra:
+        raise ConfigError(f"unknown key 'markets.{sorted(extra)[0]}'; allowed: {sorted(allowed_m)}")
+    ranges = {"tick_size": dict(lo=0.0, lo_open=True), "lp_depth": dict(lo=0.0),
+              "lp_decay_bps": dict(lo=0.0, lo_open=True), "lp_half_spread_ticks": dict(lo=0.0, hi=1000.0),
+              "lp_resilience_per_s": dict(lo=0.0), "lp_ref_weight": dict(lo=0.0, hi=1.0),
+              "lp_vol_withdraw": dict(lo=0.0)}
+    markets = MarketParams(**{k: np.array(_keyed(mk[k], MARKET_KEYS, f"markets.{k}", **ranges[k]))
+                              for k in ranges})
+    for m in range(N_MARKETS):
+        top = price0[[0, 0, 1, 2][m]]
+        if markets.tick_size[m] * dims.n_levels < 0.01 * top:
+            raise ConfigError(
+                f"markets.tick_size.{MARKET_KEYS[m]} = {markets.tick_size[m]} gives a grid of "
+                f"{dims.n_levels} levels covering under 1% of price {top}; raise tick_size or dims.n_levels")
+
+    rules = _build_rules(cfg["rules"], dims)
+    schedule = _build_schedule(cfg.get("schedule") or [], rules, dims, dt)
+    accounts = _build_accounts(cfg["accounts"], dims, price0, rules)
+
+    params = Params(dims=dims, dt=np.asarray(dt), basis_window_s=np.asarray(basis_s), markets=markets,
+                    exo=exo, rules=rules, schedule=schedule, accounts=accounts,
+                    name=cfg.get("name", "custom"))
+
+    def cast(x):
+        x = np.asarray(x)
+        if x.dtype.kind == "f":
+            return jnp.asarray(x, dtype)
+        if x.dtype.kind in "iu":
+            return jnp.asarray(x, jnp.int32)
+        return jnp.asarray(x)
+
+    return jax.tree_util.tree_map(cast, params)
+
+
+def load_scenario(name_or_path, variant: str | None = None, overrides: dict | None = None,
+                  dtype=None) -> Params:
+    """Load, merge and validate a scenario. See module docstring."""
+    return build_params(scenario_config(name_or_path, variant, overrides), dtype)
+
+
+def rule_offset(field: str, index: int = 0, params: Params | None = None) -> int:
+    """Offset of a rule field (and element) in the flattened ExchangeRules."""
+    p = params or load_scenario("calm")
+    off, shape = _rule_layout(p.rules)[field]
+    return off + index

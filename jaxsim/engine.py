@@ -1,0 +1,1140 @@
+"""One exchange tick, in the order of DESIGN.md.
+
+1. exogenous: external venue prices move (GBM + scripted shocks);
+2. rule schedule: due changes take effect; breaching positions are force-reduced,
+   liquidated or grandfathered per the change's policy;
+3. background liquidity: the liquidity provider (LP) re-centres grids and refills depth;
+4. external orders (learning agents) are processed one by one against the books;
+5. transfers between the exchange and external venues arrive;
+6. prices: index, mark, premium sample; funding settles at interval boundaries;
+7. liquidation engine: `cascade_rounds` rounds, each re-pricing the index and mark, then
+   liquidating every account under maintenance (cancel orders, IOC at the bankruptcy
+   price into the perp book, insurance-fund takeover or ADL for the rest, clearance fee,
+   collateral sold into its own spot book); then the fund unwinds part of its position;
+8. events for the tick.
+
+Everything is pure JAX with static loop bounds; `step` is jittable and vmappable over
+state, orders and params.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+from jaxsim import book as bk
+from jaxsim import margin as mg
+from jaxsim import prices as pr
+from jaxsim.types import (
+    ASK,
+    BASE,
+    BID,
+    CROSS,
+    INDEX_INTERNAL_MARKET,
+    ISOLATED,
+    KIND_BORROW,
+    KIND_CANCEL,
+    KIND_LIMIT,
+    KIND_MARKET,
+    KIND_NONE,
+    KIND_REPAY,
+    KIND_SET_LEVERAGE,
+    KIND_TRANSFER_IN,
+    KIND_TRANSFER_OUT,
+    LST,
+    MARKET_ASSET,
+    N_ASSETS,
+    N_KINDS,
+    N_MARKETS,
+    N_REASONS,
+    N_SYSTEM,
+    OK,
+    PERP,
+    POLICY_FORCE_REDUCE,
+    POLICY_LIQUIDATE,
+    REJ_BALANCE,
+    REJ_INVALID,
+    REJ_LEVERAGE,
+    REJ_MARGIN,
+    REJ_NO_LIQUIDITY,
+    REJ_OUT_OF_RANGE,
+    REJ_POSITION_LIMIT,
+    REJ_PRICE_BAND,
+    REJ_SYSTEM,
+    SPOT,
+    STABLE,
+    STABLE_SPOT,
+    USDT,
+    AccountState,
+    Book,
+    Orders,
+    Params,
+    PriceState,
+    SimState,
+    TickEvents,
+)
+
+Array = jax.Array
+
+MARKET_ASSET_ARR = jnp.array(MARKET_ASSET, dtype=jnp.int32)
+# Collateral the engine sells to cover a negative USDT balance, in this order.
+COLLATERAL_SALE_ORDER = (STABLE, LST, BASE)
+ASSET_MARKET = {BASE: SPOT, STABLE: STABLE_SPOT, LST: 3}
+VOL_EWMA_S = 300.0  # time constant of the realized-vol estimate used by the LP
+DEPTH_BAND = 0.01  # depth reported within +/- 1% of mid
+TINY = 1e-9
+
+
+@struct.dataclass
+class _Acc:
+    """Per-tick accumulators carried through the phases of a step."""
+
+    volume: Array  # (M,)
+    fees: Array
+    liq_long: Array
+    liq_short: Array
+    liq_accounts: Array
+    coll_sold: Array  # (4,)
+    coll_sold_usdt: Array
+    takeover: Array
+    adl_count: Array
+    adl_notional: Array
+    bad_debt: Array
+    forced: Array
+    rules_changed: Array
+
+
+def _acc_zero(dtype) -> _Acc:
+    z = jnp.zeros((), dtype)
+    return _Acc(
+        volume=jnp.zeros((N_MARKETS,), dtype), fees=z, liq_long=z, liq_short=z,
+        liq_accounts=jnp.zeros((), jnp.int32), coll_sold=jnp.zeros((N_ASSETS,), dtype),
+        coll_sold_usdt=z, takeover=z, adl_count=jnp.zeros((), jnp.int32), adl_notional=z,
+        bad_debt=z, forced=z, rules_changed=jnp.zeros((), jnp.int32),
+    )
+
+
+# ============================================================== small helpers
+
+
+def asset_prices(px: PriceState) -> Array:
+    """(4,) USDT value of one unit of USDT, BASE, STABLE, LST at index prices."""
+    return jnp.concatenate([jnp.ones((1,), px.index.dtype), px.index])
+
+
+def _level_px(state: SimState, params: Params, m) -> Array:
+    return bk.level_prices(state.book.origin[m], params.markets.tick_size[m], params.dims.n_levels)
+
+
+def _margin_balances(state: SimState) -> Array:
+    a, r = state.acct, state.rules
+    return mg.margin_balance(a.bal, a.debt, a.pos, a.entry, a.iso_margin, a.mode,
+                             asset_prices(state.px), state.px.mark, r.haircut)
+
+
+def _equity(state: SimState) -> Array:
+    """Unhaircut equity: wallet value + uPnL (cross) or isolated margin + uPnL."""
+    a = state.acct
+    upnl = a.pos * (state.px.mark - a.entry)
+    cross = mg.wallet_value(a.bal, a.debt, asset_prices(state.px)) + upnl
+    return jnp.where(a.mode == CROSS, cross, a.iso_margin + upnl)
+
+
+def _open_order_notional(state: SimState, params: Params) -> Array:
+    """(A,) notional of each account's resting perp orders."""
+    px = _level_px(state, params, PERP)
+    return jnp.einsum("sga,g->a", state.book.qty[PERP], px)
+
+
+def _system_mask(params: Params) -> Array:
+    n = params.dims.n_accounts
+    return jnp.arange(n) >= n - N_SYSTEM
+
+
+def _onehot(a, n, dtype) -> Array:
+    return (jnp.arange(n) == a).astype(dtype)
+
+
+# ============================================================== settlement
+
+
+def _settle_perp(acct: AccountState, dq: Array, px: Array) -> AccountState:
+    """Apply perp fills dq (A,) at prices px (A,) to positions, entries and margins."""
+    pos0 = acct.pos
+    new_pos, new_entry, realized = mg.apply_perp_fill(pos0, acct.entry, dq, px)
+    same = pos0 * dq >= 0
+    closed = jnp.where(same, 0.0, jnp.minimum(jnp.abs(dq), jnp.abs(pos0)))
+    flipped = (~same) & (jnp.abs(dq) > jnp.abs(pos0))
+    increase = jnp.where(flipped, jnp.abs(new_pos), jnp.maximum(jnp.abs(new_pos) - jnp.abs(pos0), 0.0))
+    iso = acct.mode == ISOLATED
+    # Isolated: realized PnL lands in the position's margin, a closed fraction of that
+    # margin returns to the wallet, and initial margin for any increase leaves the wallet.
+    m1 = acct.iso_margin + realized
+    frac = jnp.where(jnp.abs(pos0) > 0, closed / jnp.maximum(jnp.abs(pos0), 1e-30), 0.0)
+    frac = jnp.where(new_pos == 0, 1.0, frac)
+    release = jnp.maximum(m1, 0.0) * frac
+    add_im = increase * px / jnp.maximum(acct.lev, 1.0)
+    iso_new = m1 - release + add_im
+    usdt_delta = jnp.where(iso, release - add_im, realized)
+    touched = dq != 0
+    return acct.replace(
+        pos=jnp.where(touched, new_pos, pos0),
+        entry=jnp.where(touched, new_entry, acct.entry),
+        iso_margin=jnp.where(iso & touched, iso_new, acct.iso_margin),
+        bal=acct.bal.at[:, USDT].add(jnp.where(touched, usdt_delta, 0.0)),
+    )
+
+
+def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit,
+          fee_rate=None):
+    """Account `a` takes `qty` on market `m` (side +1 buy / -1 sell) up to `limit`.
+
+    Walks the book, credits makers by FIFO queue position, settles balances or perp
+    positions and fees. No checks: callers decide whether the order is allowed.
+    Returns (state, acc, filled qty, filled notional).
+    """
+    dims = params.dims
+    n = dims.n_accounts
+    dtype = state.acct.bal.dtype
+    px = _level_px(state, params, m)
+    q_m, ah_m = state.book.qty[m], state.book.ahead[m]
+    hit = jnp.where(side > 0, ASK, BID)
+    fill_lvl = bk.walk(q_m[hit].sum(-1), px, side, qty, limit)
+    q_side, ah_side, f = bk.consume(q_m[hit], ah_m[hit], fill_lvl)
+    book = state.book.replace(
+        qty=state.book.qty.at[m, hit].set(q_side), ahead=state.book.ahead.at[m, hit].set(ah_side)
+    )
+    filled = fill_lvl.sum()
+    notional = jnp.sum(fill_lvl * px)
+    maker_q = f.sum(0)
+    maker_n = jnp.einsum("ga,g->a", f, px)
+    rules = state.rules
+    t_fee_rate = rules.taker_fee if fee_rate is None else fee_rate
+    fee_t = notional * t_fee_rate
+    fee_m = maker_n * rules.maker_fee
+    taker = _onehot(a, n, dtype)
+    acct = state.acct
+    bal = acct.bal
+
+    is_perp = m == PERP
+    asset = MARKET_ASSET_ARR[m]
+    asset_oh = (jnp.arange(N_ASSETS) == asset).astype(dtype)
+    usdt_oh = (jnp.arange(N_ASSETS) == USDT).astype(dtype)
+    buy = side > 0
+    # Spot: taker buy receives the asset and pays USDT; makers (asks) receive USDT
+    # (their asset was reserved in the book). Taker sell is the mirror image.
+    spot_taker = jnp.where(buy, filled * asset_oh - notional * usdt_oh,
+                           -filled * asset_oh + notional * usdt_oh)
+    spot_maker = jnp.where(buy, maker_n[:, None] * usdt_oh[None, :],
+                           maker_q[:, None] * asset_oh[None, :])
+    spot_bal = bal + taker[:, None] * spot_taker[None, :] + spot_maker
+    bal = jnp.where(is_perp, bal, spot_bal)
+    bal = bal.at[:, USDT].add(-fee_m - taker * fee_t)
+    bal = bal.at[dims.fees, USDT].add(fee_t + fee_m.sum())
+    acct = acct.replace(bal=bal)
+
+    # Perp: makers first (each at its own average price), then the taker.
+    maker_px = maker_n / jnp.maximum(maker_q, 1e-30)
+    acct_p = _settle_perp(acct, jnp.where(is_perp, -side * maker_q, 0.0), maker_px)
+    avg = notional / jnp.maximum(filled, 1e-30)
+    acct_p = _settle_perp(acct_p, jnp.where(is_perp, side * filled * taker, 0.0),
+                          jnp.full((n,), avg, dtype))
+    acct = jax.tree_util.tree_map(lambda x, y: jnp.where(is_perp, y, x), acct, acct_p)
+
+    last_fill_px = jnp.where(buy, jnp.max(jnp.where(fill_lvl > 0, px, -jnp.inf)),
+                             jnp.min(jnp.where(fill_lvl > 0, px, jnp.inf)))
+    last = state.px.last.at[m].set(jnp.where(filled > 0, last_fill_px, state.px.last[m]))
+    acc = acc.replace(volume=acc.volume.at[m].add(filled), fees=acc.fees + fee_t + fee_m.sum())
+    state = state.replace(book=book, acct=acct, px=state.px.replace(last=last))
+    return state, acc, filled, notional
+
+
+def _cancel(state: SimState, params: Params, a, m, sides_mask: Array, frac=1.0):
+    """Cancel `frac` of account a's orders on market m for the sides in sides_mask (2,)."""
+    px = _level_px(state, params, m)
+    q_m, ah_m = state.book.qty[m], state.book.ahead[m]
+    outs_q, outs_a, cancelled = [], [], []
+    for s in (BID, ASK):
+        sizes = q_m[s, :, a] * frac * sides_mask[s]
+        q_s, a_s, c = bk.cancel_levels(q_m[s], ah_m[s], a, sizes)
+        outs_q.append(q_s)
+        outs_a.append(a_s)
+        cancelled.append(c)
+    book = state.book.replace(qty=state.book.qty.at[m].set(jnp.stack(outs_q)),
+                              ahead=state.book.ahead.at[m].set(jnp.stack(outs_a)))
+    # Refund spot reserves: bids held USDT, asks held the asset.
+    is_spot = m != PERP
+    refund_usdt = jnp.where(is_spot, jnp.sum(cancelled[BID] * px), 0.0)
+    refund_asset = jnp.where(is_spot, jnp.sum(cancelled[ASK]), 0.0)
+    bal = state.acct.bal.at[a, USDT].add(refund_usdt)
+    bal = bal.at[a, MARKET_ASSET_ARR[m]].add(refund_asset)
+    return state.replace(book=book, acct=state.acct.replace(bal=bal))
+
+
+def _cancel_all(state: SimState, params: Params, a) -> SimState:
+    both = jnp.ones((2,))
+    for m in range(N_MARKETS):
+        state = _cancel(state, params, a, m, both)
+    return state
+
+
+# ============================================================== external orders
+
+
+def _validate(o, params: Params) -> Array:
+    n_user = params.dims.n_accounts - N_SYSTEM
+    finite = jnp.isfinite(o.qty) & jnp.isfinite(o.price)
+    kind_ok = (o.kind >= 1) & (o.kind < N_KINDS)
+    acct_ok = (o.account >= 0) & (o.account < params.dims.n_accounts)
+    is_trade = (o.kind == KIND_MARKET) | (o.kind == KIND_LIMIT)
+    is_asset_op = (o.kind == KIND_TRANSFER_OUT) | (o.kind == KIND_TRANSFER_IN) | (
+        o.kind == KIND_BORROW) | (o.kind == KIND_REPAY)
+    mkt_ok = jnp.where(is_asset_op, (o.market >= 0) & (o.market < N_ASSETS),
+                       (o.market >= 0) & (o.market < N_MARKETS))
+    side_ok = jnp.where(is_trade, (o.side == 1) | (o.side == -1), True)
+    qty_ok = jnp.where(o.kind == KIND_CANCEL, True, o.qty > 0)
+    price_ok = jnp.where(o.kind == KIND_LIMIT, o.price > 0, o.price >= 0)
+    valid = finite & kind_ok & acct_ok & mkt_ok & side_ok & qty_ok & price_ok
+    reason = jnp.where(valid, OK, REJ_INVALID)
+    reason = jnp.where(valid & (o.account >= n_user), REJ_SYSTEM, reason)
+    return jnp.where(o.kind == KIND_NONE, OK, reason)
+
+
+def _trade(state: SimState, params: Params, acc: _Acc, o, is_limit: bool):
+    dims = params.dims
+    a, m, side, qty = o.account, o.market, o.side, o.qty
+    rules = state.rules
+    tick = params.markets.tick_size[m]
+    origin = state.book.origin[m]
+    px = _level_px(state, params, m)
+    mark = state.px.mark
+    ref = jnp.where(m == PERP, mark, state.px.last[m])
+    band = rules.price_band[m]
+
+    # Limit price on the grid: buys round down, sells round up (never a worse price).
+    raw = o.price / tick
+    j_tick = jnp.where(side > 0, jnp.floor(raw + 1e-6), jnp.ceil(raw - 1e-6))
+    level = (j_tick - origin).astype(jnp.int32)
+    in_range = (level >= 0) & (level < dims.n_levels)
+    level = jnp.clip(level, 0, dims.n_levels - 1)
+    px_lim = j_tick * tick
+    in_band = jnp.abs(px_lim - ref) <= band * ref
+    take_bound = jnp.where(side > 0, ref * (1 + band), ref * (1 - band))
+    limit = jnp.where(is_limit, px_lim, jnp.where(o.price > 0, o.price, take_bound))
+
+    hit = jnp.where(side > 0, ASK, BID)
+    dry = bk.walk(state.book.qty[m, hit].sum(-1), px, side, qty, limit)
+    f_dry = dry.sum()
+    n_dry = jnp.sum(dry * px)
+    avg_dry = n_dry / jnp.maximum(f_dry, 1e-30)
+    rest = jnp.where(is_limit, qty - f_dry, 0.0)
+
+    reason = jnp.array(OK)
+    if is_limit:
+        reason = jnp.where(~in_range, REJ_OUT_OF_RANGE, reason)
+        reason = jnp.where((reason == OK) & ~in_band, REJ_PRICE_BAND, reason)
+    else:
+        reason = jnp.where(f_dry <= 0, REJ_NO_LIQUIDITY, reason)
+
+    acct = state.acct
+    asset = MARKET_ASSET_ARR[m]
+    # Spot: pay from free balances.
+    need_usdt = n_dry * (1 + rules.taker_fee) + rest * px_lim
+    spot_ok = jnp.where(side > 0, acct.bal[a, USDT] >= need_usdt - TINY * need_usdt,
+                        acct.bal[a, asset] >= qty * (1 - 1e-7))
+    # Perp: position limit, tier leverage and initial margin for position-increasing orders.
+    pos = acct.pos[a]
+    new_pos = pos + side * qty
+    n_new = jnp.abs(new_pos) * mark
+    increasing = jnp.abs(new_pos) > jnp.abs(pos)
+    lev = acct.lev[a]
+    mb = _margin_balances(state)[a]
+    impact = side * f_dry * (mark - avg_dry) - n_dry * rules.taker_fee
+    orders_im = (_open_order_notional(state, params)[a] + rest * px_lim) / lev
+    im_new = n_new / lev
+    free_cross = mb + impact - im_new - orders_im
+    wallet = mg.collateral_value(acct.bal[a], acct.debt[a], asset_prices(state.px), rules.haircut)
+    iso_eq = acct.iso_margin[a] + pos * (mark - acct.entry[a]) + impact
+    free_iso = wallet - jnp.maximum(im_new - iso_eq, 0.0) - orders_im
+    free = jnp.where(acct.mode[a] == CROSS, free_cross, free_iso)
+    perp_reason = jnp.where(n_new > rules.position_limit, REJ_POSITION_LIMIT,
+                            jnp.where(lev > mg.max_leverage(n_new, rules), REJ_LEVERAGE,
+                                      jnp.where(free < 0, REJ_MARGIN, OK)))
+    perp_reason = jnp.where(increasing, perp_reason, OK)
+    check = jnp.where(m == PERP, perp_reason, jnp.where(spot_ok, OK, REJ_BALANCE))
+    reason = jnp.where(reason == OK, check, reason)
+    ok = reason == OK
+
+    state, acc, filled, notional = _take(state, params, acc, a, m, side,
+                                         jnp.where(ok, qty, 0.0), limit)
+    unfilled = jnp.where(ok, qty - filled, qty)
+    if is_limit:
+        rest_sz = jnp.where(ok, jnp.maximum(qty - filled, 0.0), 0.0)
+        side_idx = jnp.where(side > 0, BID, ASK)
+        q_s, a_s = bk.add(state.book.qty[m, side_idx], state.book.ahead[m, side_idx], level, a,
+                          rest_sz)
+        book = state.book.replace(qty=state.book.qty.at[m, side_idx].set(q_s),
+                                  ahead=state.book.ahead.at[m, side_idx].set(a_s))
+        is_spot = m != PERP
+        bal = state.acct.bal
+        bal = bal.at[a, USDT].add(-jnp.where(is_spot & (side > 0), rest_sz * px_lim, 0.0))
+        bal = bal.at[a, asset].add(-jnp.where(is_spot & (side < 0), rest_sz, 0.0))
+        state = state.replace(book=book, acct=state.acct.replace(bal=bal))
+        unfilled = jnp.where(ok, 0.0, qty)
+    avg = notional / jnp.maximum(filled, 1e-30)
+    return state, acc, (reason, filled, jnp.where(filled > 0, avg, 0.0), unfilled)
+
+
+def _op_none(state, params, acc, o):
+    z = jnp.zeros((), state.acct.bal.dtype)
+    return state, acc, (jnp.array(OK), z, z, z)
+
+
+def _op_market(state, params, acc, o):
+    return _trade(state, params, acc, o, is_limit=False)
+
+
+def _op_limit(state, params, acc, o):
+    return _trade(state, params, acc, o, is_limit=True)
+
+
+def _op_cancel(state, params, acc, o):
+    sides = jnp.stack([(o.side >= 0), (o.side <= 0)]).astype(state.acct.bal.dtype)
+    state = _cancel(state, params, o.account, o.market, sides)
+    z = jnp.zeros((), state.acct.bal.dtype)
+    return state, acc, (jnp.array(OK), z, z, z)
+
+
+def _im_total(state: SimState, params: Params) -> Array:
+    a = state.acct
+    notional = jnp.abs(a.pos) * state.px.mark + _open_order_notional(state, params)
+    return notional / jnp.maximum(a.lev, 1.0)
+
+
+def _op_transfer(state, params, acc, o, to_exchange: bool):
+    a, asset, qty = o.account, o.market, o.qty
+    acct = state.acct
+    dtype = acct.bal.dtype
+    src = acct.ext_bal if to_exchange else acct.bal
+    slot_free = acct.transit_amt[a] <= 0
+    has_slot = slot_free.any()
+    slot = jnp.argmax(slot_free)
+    enough = src[a, asset] >= qty
+    reason = jnp.where(~has_slot, REJ_INVALID, jnp.where(enough, OK, REJ_BALANCE))
+    if not to_exchange:
+        # Leaving the exchange must not break the account's initial margin (cross).
+        px = asset_prices(state.px)
+        mb_after = _margin_balances(state)[a] - qty * px[asset] * (1 - state.rules.haircut[asset])
+        short = (acct.mode[a] == CROSS) & (mb_after < _im_total(state, params)[a])
+        reason = jnp.where((reason == OK) & short, REJ_MARGIN, reason)
+    ok = reason == OK
+    amt = jnp.where(ok, qty, 0.0)
+    delay = jnp.ceil(state.rules.withdrawal_delay_s / params.dt - 1e-6).astype(jnp.int32)
+    src = src.at[a, asset].add(-amt)
+    acct = acct.replace(**{"ext_bal" if to_exchange else "bal": src})
+    acct = acct.replace(
+        transit_amt=acct.transit_amt.at[a, slot].set(jnp.where(ok, amt, acct.transit_amt[a, slot])),
+        transit_asset=acct.transit_asset.at[a, slot].set(
+            jnp.where(ok, asset, acct.transit_asset[a, slot])),
+        transit_due=acct.transit_due.at[a, slot].set(
+            jnp.where(ok, state.t + delay, acct.transit_due[a, slot])),
+        transit_in=acct.transit_in.at[a, slot].set(
+            jnp.where(ok, to_exchange, acct.transit_in[a, slot])),
+    )
+    z = jnp.zeros((), dtype)
+    return state.replace(acct=acct), acc, (reason, amt, z, qty - amt)
+
+
+def _op_transfer_out(state, params, acc, o):
+    return _op_transfer(state, params, acc, o, to_exchange=False)
+
+
+def _op_transfer_in(state, params, acc, o):
+    return _op_transfer(state, params, acc, o, to_exchange=True)
+
+
+def _op_set_leverage(state, params, acc, o):
+    a, new_lev = o.account, o.qty
+    acct = state.acct
+    n = jnp.abs(acct.pos[a]) * state.px.mark
+    mb = _margin_balances(state)[a]
+    im = (n + _open_order_notional(state, params)[a]) / jnp.maximum(new_lev, 1e-9)
+    reason = jnp.where((new_lev < 1.0) | (new_lev > mg.max_leverage(n, state.rules)), REJ_LEVERAGE,
+                       jnp.where((acct.mode[a] == CROSS) & (mb < im), REJ_MARGIN, OK))
+    lev = acct.lev.at[a].set(jnp.where(reason == OK, new_lev, acct.lev[a]))
+    z = jnp.zeros((), acct.bal.dtype)
+    return state.replace(acct=acct.replace(lev=lev)), acc, (reason, z, z, z)
+
+
+def _op_borrow(state, params, acc, o):
+    a, asset, qty = o.account, o.market, o.qty
+    acct = state.acct
+    px = asset_prices(state.px)
+    # Borrowed units count as haircut collateral while the debt counts in full.
+    mb_after = _margin_balances(state)[a] - qty * px[asset] * state.rules.haircut[asset]
+    reason = jnp.where(acct.mode[a] != CROSS, REJ_INVALID,
+                       jnp.where(mb_after < _im_total(state, params)[a], REJ_MARGIN, OK))
+    amt = jnp.where(reason == OK, qty, 0.0)
+    lender = params.dims.outside
+    bal = acct.bal.at[a, asset].add(amt).at[lender, asset].add(-amt)
+    debt = acct.debt.at[a, asset].add(amt)
+    z = jnp.zeros((), acct.bal.dtype)
+    return state.replace(acct=acct.replace(bal=bal, debt=debt)), acc, (reason, amt, z, qty - amt)
+
+
+def _op_repay(state, params, acc, o):
+    a, asset, qty = o.account, o.market, o.qty
+    acct = state.acct
+    ok = (acct.bal[a, asset] >= qty) & (acct.debt[a, asset] >= qty * (1 - 1e-7))
+    amt = jnp.where(ok, jnp.minimum(qty, acct.debt[a, asset]), 0.0)
+    lender = params.dims.outside
+    bal = acct.bal.at[a, asset].add(-amt).at[lender, asset].add(amt)
+    debt = acct.debt.at[a, asset].add(-amt)
+    z = jnp.zeros((), acct.bal.dtype)
+    reason = jnp.where(ok, OK, REJ_BALANCE)
+    return state.replace(acct=acct.replace(bal=bal, debt=debt)), acc, (reason, amt, z, qty - amt)
+
+
+_OPS = (_op_none, _op_market, _op_limit, _op_cancel, _op_transfer_out, _op_transfer_in,
+        _op_set_leverage, _op_borrow, _op_repay)
+
+
+def _process_orders(state: SimState, params: Params, orders: Orders, acc: _Acc):
+    def body(carry, o):
+        state, acc = carry
+        reason0 = _validate(o, params)
+        kind = jnp.where(reason0 == OK, o.kind, KIND_NONE)
+        branches = [lambda s, c, oo, f=f: f(s, params, c, oo) for f in _OPS]
+        state, acc, (reason, filled, avg, unfilled) = jax.lax.switch(kind, branches, state, acc, o)
+        reason = jnp.where(reason0 == OK, reason, reason0)
+        unfilled = jnp.where(reason0 == OK, unfilled, jnp.where(jnp.isfinite(o.qty), o.qty, 0.0))
+        return (state, acc), (reason.astype(jnp.int32), filled, avg, unfilled)
+
+    (state, acc), outs = jax.lax.scan(body, (state, acc), orders)
+    return state, acc, outs
+
+
+# ============================================================== transfers
+
+
+def _arrivals(state: SimState) -> SimState:
+    acct = state.acct
+    due = (acct.transit_amt > 0) & (acct.transit_due <= state.t)
+    oh = jax.nn.one_hot(acct.transit_asset, N_ASSETS, dtype=acct.bal.dtype)  # (A, X, 4)
+    amt = jnp.where(due, acct.transit_amt, 0.0)[..., None] * oh
+    to_ex = jnp.sum(jnp.where(acct.transit_in[..., None], amt, 0.0), axis=1)
+    to_ext = jnp.sum(jnp.where(acct.transit_in[..., None], 0.0, amt), axis=1)
+    return state.replace(acct=acct.replace(
+        bal=acct.bal + to_ex, ext_bal=acct.ext_bal + to_ext,
+        transit_amt=jnp.where(due, 0.0, acct.transit_amt)))
+
+
+# ============================================================== exogenous prices
+
+
+def _exogenous(key, state: SimState, params: Params) -> SimState:
+    exo, dt = params.exo, params.dt
+    k1, k2 = jax.random.split(key)
+    dtype = state.px.ext.dtype
+    z = jax.random.normal(k1, (3,), dtype)
+    t = state.t
+    shock_on = exo.shock_active & (t >= exo.shock_start_tick) & (
+        t < exo.shock_start_tick + exo.shock_ticks)
+    shock_drift = jnp.zeros((3,), dtype).at[exo.shock_asset].add(
+        jnp.where(shock_on, exo.shock_log_return / jnp.maximum(exo.shock_ticks, 1), 0.0))
+    sig = exo.vol_per_sqrt_s
+    logp = jnp.log(state.px.ext_common)
+    # BASE: GBM. STABLE: mean-reverting to its redemption price 1. LST: BASE times the
+    # redemption rate times a mean-reverting premium.
+    d_base = -0.5 * sig[0] ** 2 * dt + sig[0] * jnp.sqrt(dt) * z[0]
+    new_base = logp[0] + d_base + shock_drift[0]
+    kappa = jnp.minimum(exo.stable_reversion_per_s * dt, 1.0)
+    new_stable = logp[1] * (1 - kappa) + sig[1] * jnp.sqrt(dt) * z[1] + shock_drift[1]
+    lst_prem = logp[2] - logp[0] - jnp.log(exo.lst_rate)
+    new_lst_prem = lst_prem * (1 - kappa) + sig[2] * jnp.sqrt(dt) * z[2] + shock_drift[2]
+    new_lst = new_base + jnp.log(exo.lst_rate) + new_lst_prem
+    new_log = jnp.stack([new_base, new_stable, new_lst])
+    common = jnp.exp(new_log)
+    v = params.dims.n_venues
+    noise = exo.venue_dispersion * jax.random.normal(k2, (3, v), dtype)
+    ext = common[:, None] * (1.0 + noise)
+    r = new_log - logp
+    alpha = jnp.minimum(dt / VOL_EWMA_S, 1.0)
+    var = (1 - alpha) * state.px.vol**2 + alpha * r**2 / dt
+    return state.replace(px=state.px.replace(ext=ext, ext_common=common, vol=jnp.sqrt(var)))
+
+
+# ============================================================== prices and funding
+
+
+def _internal_px(state: SimState, params: Params, m) -> Array:
+    return state.px.last[m]
+
+
+def _perp_mid(state: SimState, params: Params) -> Array:
+    px = _level_px(state, params, PERP)
+    bid, ask = bk.best_prices(state.book.qty[PERP], px)
+    ok = (bid > 0) & jnp.isfinite(ask)
+    return jnp.where(ok, 0.5 * (bid + ask), state.px.last[PERP])
+
+
+def _index(state: SimState, params: Params) -> Array:
+    rules = state.rules
+    ext = state.px.ext
+    internal = jnp.stack([_internal_px(state, params, m) for m in INDEX_INTERNAL_MARKET])
+    # Redemption legs: BASE has none (its weight must be 0), STABLE redeems at 1,
+    # LST at lst_rate BASE valued at the BASE index computed first.
+    base_c = jnp.concatenate([ext[0], internal[:1], state.px.ext_common[:1]])
+    base_idx = pr.index_price(base_c, rules.index_weights[0], rules.index_clip[0],
+                              rules.price_floor[0])
+    stab_c = jnp.concatenate([ext[1], internal[1:2], jnp.ones((1,), ext.dtype)])
+    lst_c = jnp.concatenate([ext[2], internal[2:3], (params.exo.lst_rate * base_idx)[None]])
+    rest = pr.index_price(jnp.stack([stab_c, lst_c]), rules.index_weights[1:],
+                          rules.index_clip[1:], rules.price_floor[1:])
+    return jnp.concatenate([base_idx[None], rest])
+
+
+def _basis_ma(state: SimState, params: Params) -> Array:
+    w = params.dims.basis_window
+    n_win = jnp.clip(jnp.round(params.basis_window_s / params.dt), 1, w).astype(jnp.int32)
+    n_have = jnp.minimum(state.px.basis_count, n_win)
+    # Positions of the newest n_have samples in the ring buffer.
+    newest = (state.px.basis_count - 1) % w
+    age = (newest - jnp.arange(w)) % w
+    use = age < n_have
+    return jnp.sum(jnp.where(use, state.px.basis_buf, 0.0)) / jnp.maximum(n_have, 1)
+
+
+def _time_to_funding(state: SimState, params: Params) -> Array:
+    return jnp.maximum(state.px.next_funding_s - state.t * params.dt, 0.0)
+
+
+def _reprice(state: SimState, params: Params) -> SimState:
+    """Index and mark from the current books (used at step 6 and between cascade rounds)."""
+    index = _index(state, params)
+    px = state.px.replace(index=index)
+    state = state.replace(px=px)
+    mark = pr.mark_price(index[0], state.px.last[PERP], _basis_ma(state, params),
+                         state.px.funding_rate, _time_to_funding(state, params),
+                         state.rules.funding_interval_s)
+    return state.replace(px=state.px.replace(mark=mark))
+
+
+def _impact_premium(state: SimState, params: Params, index_base) -> Array:
+    rules = state.rules
+    px = _level_px(state, params, PERP)
+    tot = state.book.qty[PERP].sum(-1)
+    imn = rules.imn_quote * rules.tier_max_lev[0]
+    impact_bid = bk.impact_price(tot[BID], px, -1, imn)
+    impact_ask = bk.impact_price(tot[ASK], px, 1, imn)
+    # An empty side contributes nothing to the premium (treated as at the index).
+    impact_bid = jnp.where(jnp.isfinite(impact_bid), impact_bid, index_base)
+    impact_ask = jnp.where(jnp.isfinite(impact_ask), impact_ask, index_base)
+    return pr.premium_index(impact_bid, impact_ask, index_base)
+
+
+def _prices_and_funding(state: SimState, params: Params):
+    state = _reprice(state, params)
+    p = state.px
+    rules = state.rules
+    # Basis sample for the mark's moving average.
+    w = params.dims.basis_window
+    sample = _perp_mid(state, params) - p.index[0]
+    buf = p.basis_buf.at[p.basis_count % w].set(sample)
+    # Premium sample, linearly time-weighted within the interval.
+    prem = _impact_premium(state, params, p.index[0])
+    i = (p.prem_n + 1).astype(p.prem_wsum.dtype)
+    wsum, wtot = p.prem_wsum + i * prem, p.prem_w + i
+    rate = pr.funding_rate(wsum / wtot, rules.funding_interest, rules.funding_clamp,
+                           rules.funding_cap, rules.funding_interval_s)
+    p = p.replace(basis_buf=buf, basis_count=p.basis_count + 1, prem_wsum=wsum, prem_w=wtot,
+                  prem_n=p.prem_n + 1, funding_rate=rate)
+    now = (state.t + 1) * params.dt  # end of this tick
+    settle = now >= p.next_funding_s
+    pay = jnp.where(settle, pr.funding_payment(state.acct.pos, p.mark, rate), 0.0)
+    acct = state.acct
+    iso = acct.mode == ISOLATED
+    acct = acct.replace(
+        bal=acct.bal.at[:, USDT].add(jnp.where(iso, 0.0, pay)),
+        iso_margin=acct.iso_margin + jnp.where(iso, pay, 0.0),
+    )
+    zero = jnp.zeros_like(wsum)
+    p = p.replace(
+        prem_wsum=jnp.where(settle, zero, wsum), prem_w=jnp.where(settle, zero, wtot),
+        prem_n=jnp.where(settle, 0, p.prem_n),
+        last_funding_rate=jnp.where(settle, rate, p.last_funding_rate),
+        next_funding_s=jnp.where(settle, p.next_funding_s + rules.funding_interval_s,
+                                 p.next_funding_s),
+    )
+    return state.replace(px=p, acct=acct), settle, jnp.where(settle, rate, 0.0)
+
+
+# ============================================================== liquidity provider
+
+
+def _lp_center(state: SimState, params: Params, m: int) -> Array:
+    ref = (state.px.ext[0].mean(), state.px.index[0], state.px.ext[1].mean(),
+           state.px.ext[2].mean())[m]
+    px = _level_px(state, params, m)
+    bid, ask = bk.best_prices(state.book.qty[m], px)
+    mid = jnp.where((bid > 0) & jnp.isfinite(ask), 0.5 * (bid + ask), ref)
+    w = params.markets.lp_ref_weight[m]
+    return w * ref + (1 - w) * mid
+
+
+def _recentre(state: SimState, params: Params, m: int, center) -> SimState:
+    g = params.dims.n_levels
+    tick = params.markets.tick_size[m]
+    c_lvl = center / tick - state.book.origin[m]
+    off = c_lvl - g / 2
+    k = jnp.where(jnp.abs(off) > g / 4, jnp.round(off), 0.0).astype(jnp.int32)
+    px_old = _level_px(state, params, m)
+    q, ah, dropped = bk.shift(state.book.qty[m], state.book.ahead[m], k)
+    book = state.book.replace(qty=state.book.qty.at[m].set(q), ahead=state.book.ahead.at[m].set(ah),
+                              origin=state.book.origin.at[m].add(k))
+    bal = state.acct.bal
+    if m != PERP:
+        bal = bal.at[:, USDT].add(jnp.einsum("ga,g->a", dropped[BID], px_old))
+        bal = bal.at[:, MARKET_ASSET[m]].add(dropped[ASK].sum(0))
+    return state.replace(book=book, acct=state.acct.replace(bal=bal))
+
+
+def _liquidity(state: SimState, params: Params) -> SimState:
+    mp, dims = params.markets, params.dims
+    lp = dims.lp
+    for m in range(N_MARKETS):
+        center = _lp_center(state, params, m)
+        state = _recentre(state, params, m, center)
+        px = _level_px(state, params, m)
+        tick = mp.tick_size[m]
+        dist_bps = jnp.abs(px - center) / center * 1e4
+        vol_ratio = state.px.vol[0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)] / (
+            params.exo.vol_ref[0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)])
+        scale = 1.0 / (1.0 + mp.lp_vol_withdraw[m] * jnp.maximum(vol_ratio - 1.0, 0.0))
+        prof = mp.lp_depth[m] * jnp.exp(-dist_bps / mp.lp_decay_bps[m]) * scale
+        gap = mp.lp_half_spread_ticks[m] * tick
+        tgt_bid = jnp.where(px <= center - gap + 1e-9 * center, prof, 0.0)
+        tgt_ask = jnp.where(px >= center + gap - 1e-9 * center, prof, 0.0)
+        # Pull excess at once (makers withdraw fast), refill at the resilience rate.
+        fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
+        q_m = state.book.qty[m]
+        excess = jnp.stack([jnp.maximum(q_m[BID, :, lp] - tgt_bid, 0.0),
+                            jnp.maximum(q_m[ASK, :, lp] - tgt_ask, 0.0)])
+        state = _cancel_sizes(state, params, lp, m, excess)
+        q_m = state.book.qty[m]
+        add_bid = jnp.maximum(tgt_bid - q_m[BID, :, lp], 0.0) * fill
+        add_ask = jnp.maximum(tgt_ask - q_m[ASK, :, lp], 0.0) * fill
+        # Never cross the book: bids stay below the best ask, asks above the best bid.
+        bid, ask = bk.best_prices(q_m, px)
+        add_bid = jnp.where(px < ask, add_bid, 0.0)
+        add_ask = jnp.where(px > bid, add_ask, 0.0)
+        bal = state.acct.bal
+        if m != PERP:
+            asset = MARKET_ASSET[m]
+            cost = jnp.sum(add_bid * px)
+            add_bid = add_bid * jnp.minimum(1.0, jnp.maximum(bal[lp, USDT], 0.0) / jnp.maximum(cost, 1e-30))
+            need = add_ask.sum()
+            add_ask = add_ask * jnp.minimum(1.0, jnp.maximum(bal[lp, asset], 0.0) / jnp.maximum(need, 1e-30))
+            bal = bal.at[lp, USDT].add(-jnp.sum(add_bid * px)).at[lp, asset].add(-add_ask.sum())
+        qb, ab = bk.add_levels(q_m[BID], state.book.ahead[m, BID], lp, add_bid)
+        qa, aa = bk.add_levels(q_m[ASK], state.book.ahead[m, ASK], lp, add_ask)
+        book = state.book.replace(qty=state.book.qty.at[m].set(jnp.stack([qb, qa])),
+                                  ahead=state.book.ahead.at[m].set(jnp.stack([ab, aa])))
+        state = state.replace(book=book, acct=state.acct.replace(bal=bal))
+    return state
+
+
+def _cancel_sizes(state: SimState, params: Params, a, m: int, sizes: Array) -> SimState:
+    """Cancel given sizes (2, G) of owner a on market m, refunding spot reserves."""
+    px = _level_px(state, params, m)
+    q_m, ah_m = state.book.qty[m], state.book.ahead[m]
+    qb, ab, cb = bk.cancel_levels(q_m[BID], ah_m[BID], a, sizes[BID])
+    qa, aa, ca = bk.cancel_levels(q_m[ASK], ah_m[ASK], a, sizes[ASK])
+    book = state.book.replace(qty=state.book.qty.at[m].set(jnp.stack([qb, qa])),
+                              ahead=state.book.ahead.at[m].set(jnp.stack([ab, aa])))
+    bal = state.acct.bal
+    if m != PERP:
+        bal = bal.at[a, USDT].add(jnp.sum(cb * px)).at[a, MARKET_ASSET[m]].add(ca.sum())
+    return state.replace(book=book, acct=state.acct.replace(bal=bal))
+
+
+# ============================================================== rule schedule
+
+
+def _apply_schedule(state: SimState, params: Params, acc: _Acc):
+    sch = params.schedule
+    due = sch.active & (sch.effective_tick == state.t)
+    flat, unravel = ravel_pytree(state.rules)
+    cur = flat[sch.flat_index]
+    flat = flat.at[sch.flat_index].set(jnp.where(due, sch.value.astype(flat.dtype), cur))
+    rules = unravel(flat)
+    state = state.replace(rules=rules)
+    policy = jnp.max(jnp.where(due, sch.policy, 0))
+    acc = acc.replace(rules_changed=acc.rules_changed + due.sum().astype(jnp.int32))
+    # Positions that now break the limits: notional above the position limit, or initial
+    # margin at the tier's max leverage above the margin balance.
+    acct = state.acct
+    mark = state.px.mark
+    n = jnp.abs(acct.pos) * mark
+    mb = _margin_balances(state)
+    n_allowed = _max_allowed_notional(mb, rules)
+    breach = (n > n_allowed * (1 + 1e-6)) & ~_system_mask(params) & (acct.pos != 0)
+    any_due = due.any()
+    force = any_due & (policy == POLICY_FORCE_REDUCE)
+    liquidate = any_due & (policy == POLICY_LIQUIDATE) & breach
+
+    def reduce_one(carry, a):
+        state, acc = carry
+        cut_n = jnp.where(force & breach[a], n[a] - n_allowed[a], 0.0)
+        qty = cut_n / mark
+        side = -jnp.sign(state.acct.pos[a])
+        # Rule enforcement cancels the account's orders first, then sells at market.
+        st2 = _cancel_all(state, params, a)
+        state = jax.tree_util.tree_map(lambda x, y: jnp.where(qty > 0, y, x), state, st2)
+        state, acc, f, notional = _take(state, params, acc, a, PERP, side, qty,
+                                        jnp.where(side > 0, jnp.inf, 0.0))
+        acc = acc.replace(forced=acc.forced + notional)
+        return (state, acc), None
+
+    (state, acc), _ = jax.lax.scan(reduce_one, (state, acc), jnp.arange(params.dims.n_accounts))
+    return state, acc, liquidate
+
+
+def _max_allowed_notional(mb: Array, rules) -> Array:
+    """Largest notional N with N <= position limit and N / max_lev(N) <= MB, per account."""
+    floor = rules.tier_floor
+    upper = jnp.concatenate([floor[1:], jnp.full((1,), jnp.inf, floor.dtype)])
+    cap = jnp.maximum(mb, 0.0)[:, None] * rules.tier_max_lev[None, :]  # (A, T)
+    in_tier = jnp.minimum(cap, upper[None, :] * (1 - 1e-7))
+    ok = cap >= floor[None, :]
+    best = jnp.max(jnp.where(ok, in_tier, 0.0), axis=-1)
+    return jnp.minimum(best, rules.position_limit)
+
+
+# ============================================================== liquidation engine
+
+
+def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced):
+    dims = params.dims
+    n = dims.n_accounts
+    dtype = state.acct.bal.dtype
+    rules = state.rules
+    mark = state.px.mark
+    mb = _margin_balances(state)
+    mm = mg.maint_margin(jnp.abs(state.acct.pos) * mark, rules)
+    acct = state.acct
+    has_exposure = (acct.pos[a] != 0) | (acct.debt[a].sum() > 0) | (acct.bal[a, USDT] < 0)
+    liq = ((mb[a] < mm[a]) | forced) & has_exposure & ~_system_mask(params)[a]
+
+    st = _cancel_all(state, params, a)
+    state = jax.tree_util.tree_map(lambda x, y: jnp.where(liq, y, x), state, st)
+    acct = state.acct
+    pos = acct.pos[a]
+    s = jnp.sign(pos)
+    equity = _equity(state)
+    p_bk = mg.bankruptcy_price(pos, mark, equity[a])
+    # Partial liquidation by tiers: cut back to the top of the next lower tier.
+    notional = jnp.abs(pos) * mark
+    k = mg.tier_index(notional, rules.tier_floor)
+    partial = (rules.partial_liquidation > 0) & (k > 0) & ~forced
+    target_n = rules.tier_floor[k] * (1 - 1e-6)
+    cut = jnp.where(partial, jnp.abs(pos) - target_n / mark, jnp.abs(pos))
+    cut = jnp.where(liq, jnp.clip(cut, 0.0, jnp.abs(pos)), 0.0)
+    # IOC at the bankruptcy price into the perp book, no trading fee (the clearance fee
+    # below replaces it).
+    lim = jnp.where(s > 0, jnp.maximum(p_bk, 0.0), jnp.where(p_bk > 0, p_bk, jnp.inf))
+    state, acc, f_fill, n_fill = _take(state, params, acc, a, PERP, -s, cut, lim, fee_rate=0.0)
+    rem = jnp.maximum(cut - f_fill, 0.0)
+
+    # Insurance-fund takeover at the bankruptcy price, within its position cap; ADL for
+    # the rest when enabled.
+    ins = dims.insurance
+    acct = state.acct
+    fund = acct.bal[ins, USDT]
+    cap_q = rules.if_position_cap * jnp.maximum(fund, 0.0) / jnp.maximum(mark, TINY)
+    room = jnp.maximum(cap_q - s * acct.pos[ins], 0.0)
+    x_if = jnp.where(rules.adl_on > 0, jnp.minimum(rem, room), rem)
+    x_adl = rem - x_if
+    dq = jnp.zeros((n,), dtype).at[a].add(-s * x_if).at[ins].add(s * x_if)
+    acct = _settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
+    # ADL: opposite positions ranked by PnL% x effective leverage, closed at p_bk.
+    state = state.replace(acct=acct)
+    eq_all = _margin_balances(state)
+    score = mg.adl_score(acct.pos, acct.entry, mark, eq_all)
+    # Users and the LP can be deleveraged; the outside world, fund and fee account cannot.
+    eligible = (jnp.sign(acct.pos) == -s) & (jnp.arange(n) != a) & (jnp.arange(n) <= dims.lp)
+    score = jnp.where(eligible, score, -jnp.inf)
+    order = jnp.argsort(-score)
+    size_sorted = jnp.where(eligible, jnp.abs(acct.pos), 0.0)[order]
+    before = jnp.cumsum(size_sorted) - size_sorted
+    take_sorted = jnp.clip(x_adl - before, 0.0, size_sorted)
+    take = jnp.zeros((n,), dtype).at[order].set(take_sorted)
+    adl_total = take.sum()
+    dq = s * take
+    dq = dq.at[a].add(-s * adl_total)
+    acct = _settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
+    # Whatever ADL could not place stays with the fund.
+    left = x_adl - adl_total
+    dq = jnp.zeros((n,), dtype).at[a].add(-s * left).at[ins].add(s * left)
+    acct = _settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
+    state = state.replace(acct=acct)
+
+    # Clearance fee to the fund, never more than the equity left.
+    liq_notional = n_fill + (x_if + x_adl) * p_bk
+    eq_after = _equity(state)[a]
+    fee = jnp.where(liq, jnp.minimum(rules.liq_fee * liq_notional, jnp.maximum(eq_after, 0.0)), 0.0)
+    iso = acct.mode[a] == ISOLATED
+    acct = acct.replace(
+        bal=acct.bal.at[a, USDT].add(jnp.where(iso, 0.0, -fee)).at[ins, USDT].add(fee),
+        iso_margin=acct.iso_margin.at[a].add(jnp.where(iso, -fee, 0.0)),
+    )
+    # A closed isolated position returns its margin; a negative one is paid by the fund.
+    closed_iso = iso & (acct.pos[a] == 0) & liq
+    im = acct.iso_margin[a]
+    acct = acct.replace(
+        bal=acct.bal.at[a, USDT].add(jnp.where(closed_iso, jnp.maximum(im, 0.0), 0.0))
+        .at[ins, USDT].add(jnp.where(closed_iso, jnp.minimum(im, 0.0), 0.0)),
+        iso_margin=acct.iso_margin.at[a].set(jnp.where(closed_iso, 0.0, im)),
+    )
+    state = state.replace(acct=acct)
+
+    # Cross: repay debts from same-asset balances, then sell collateral for a USDT deficit.
+    cross_liq = liq & ~iso
+    acct = state.acct
+    rep = jnp.where(cross_liq, jnp.minimum(jnp.maximum(acct.bal[a], 0.0), acct.debt[a]), 0.0)
+    acct = acct.replace(bal=acct.bal.at[a].add(-rep).at[dims.outside].add(rep),
+                        debt=acct.debt.at[a].add(-rep))
+    state = state.replace(acct=acct)
+    for asset in COLLATERAL_SALE_ORDER:
+        m = ASSET_MARKET[asset]
+        deficit = jnp.where(cross_liq, jnp.maximum(-state.acct.bal[a, USDT], 0.0), 0.0)
+        px = _level_px(state, params, m)
+        tot = state.book.qty[m, BID].sum(-1)
+        need = bk.walk_for_quote(tot, px, deficit * (1 + rules.taker_fee), 0.0).sum()
+        qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))
+        state, acc, sold, proceeds = _take(state, params, acc, a, m, -1, qty, 0.0)
+        acc = acc.replace(coll_sold=acc.coll_sold.at[asset].add(sold),
+                          coll_sold_usdt=acc.coll_sold_usdt + proceeds)
+    # Bankrupt: no position and no collateral left, USDT still negative -> the fund pays;
+    # debts that nothing can repay are settled with the lender by the fund at index.
+    acct = state.acct
+    px_a = asset_prices(state.px)
+    coll_left = jnp.sum(jnp.maximum(acct.bal[a, 1:], 0.0) * px_a[1:])
+    bust = cross_liq & (acct.pos[a] == 0) & (coll_left < 1e-6 * jnp.maximum(mark, 1.0))
+    hole = jnp.where(bust, jnp.maximum(-acct.bal[a, USDT], 0.0), 0.0)
+    left_debt = jnp.where(bust, jnp.maximum(acct.debt[a] - jnp.maximum(acct.bal[a], 0.0), 0.0), 0.0)
+    debt_usdt = jnp.sum(left_debt * px_a)
+    fund0 = acct.bal[ins, USDT]
+    acct = acct.replace(
+        bal=acct.bal.at[a, USDT].add(hole).at[ins, USDT].add(-hole - debt_usdt)
+        .at[dims.outside, USDT].add(debt_usdt),
+        debt=acct.debt.at[a].add(-left_debt),
+    )
+    fund1 = acct.bal[ins, USDT]
+    bad = jnp.maximum(-fund1, 0.0) - jnp.maximum(-fund0, 0.0)
+    state = state.replace(acct=acct)
+
+    liq_n = jnp.where(liq, n_fill + (x_if + x_adl) * p_bk, 0.0)
+    acc = acc.replace(
+        liq_long=acc.liq_long + jnp.where(s > 0, liq_n, 0.0),
+        liq_short=acc.liq_short + jnp.where(s < 0, liq_n, 0.0),
+        liq_accounts=acc.liq_accounts + liq.astype(jnp.int32),
+        takeover=acc.takeover + x_if * p_bk + left * p_bk,
+        adl_count=acc.adl_count + jnp.sum(take > 0).astype(jnp.int32),
+        adl_notional=acc.adl_notional + adl_total * p_bk,
+        bad_debt=acc.bad_debt + jnp.maximum(bad, 0.0),
+    )
+    return state, acc
+
+
+def _liquidation_engine(state: SimState, params: Params, acc: _Acc, forced: Array):
+    def one_round(carry, r):
+        state, acc = carry
+        state = _reprice(state, params)
+        forced_r = forced & (r == 0)
+
+        def body(c, a):
+            st, ac = c
+            st, ac = _liquidate_account(st, params, ac, a, forced_r[a])
+            return (st, ac), None
+
+        (state, acc), _ = jax.lax.scan(body, (state, acc), jnp.arange(params.dims.n_accounts))
+        return (state, acc), None
+
+    (state, acc), _ = jax.lax.scan(one_round, (state, acc),
+                                   jnp.arange(params.dims.cascade_rounds))
+    state = _reprice(state, params)
+    # The fund unwinds part of its taken-over position into the book.
+    ins = params.dims.insurance
+    pos = state.acct.pos[ins]
+    frac = jnp.minimum(state.rules.if_unwind_per_s * params.dt, 1.0)
+    band = state.rules.price_band[PERP]
+    mark = state.px.mark
+    side = -jnp.sign(pos)
+    lim = jnp.where(side > 0, mark * (1 + band), mark * (1 - band))
+    state, acc, _, _ = _take(state, params, acc, ins, PERP, side, jnp.abs(pos) * frac, lim)
+    return state, acc
+
+
+# ============================================================== step
+
+
+def no_orders(params: Params) -> Orders:
+    """An empty order batch of the shape `step` expects."""
+    k = params.dims.max_orders
+    zi = jnp.zeros((k,), jnp.int32)
+    zf = jnp.zeros((k,), params.dt.dtype)
+    return Orders(account=zi, market=zi, side=zi, kind=zi, qty=zf, price=zf)
+
+
+def step(key: Array, state: SimState, orders: Orders, params: Params):
+    """Advance one tick. Returns (state, TickEvents)."""
+    k_exo, _ = jax.random.split(key)
+    dtype = state.acct.bal.dtype
+    acc = _acc_zero(dtype)
+    fund0 = state.acct.bal[params.dims.insurance, USDT]
+
+    state = _exogenous(k_exo, state, params)
+    state = _reprice(state, params)
+    state, acc, forced = _apply_schedule(state, params, acc)
+    state = _liquidity(state, params)
+    state, acc, (reason, filled, avg, unfilled) = _process_orders(state, params, orders, acc)
+    state = _arrivals(state)
+    state, settled, paid = _prices_and_funding(state, params)
+    state, acc = _liquidation_engine(state, params, acc, forced)
+    state = state.replace(t=state.t + 1)
+    events = _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfilled)
+    return state, events
+
+
+def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfilled):
+    dims = params.dims
+    p = state.px
+    pos = state.acct.pos
+    best_b, best_a, depth = [], [], []
+    for m in range(N_MARKETS):
+        px = _level_px(state, params, m)
+        b, a = bk.best_prices(state.book.qty[m], px)
+        mid = jnp.where((b > 0) & jnp.isfinite(a), 0.5 * (b + a), p.last[m])
+        best_b.append(b)
+        best_a.append(jnp.where(jnp.isfinite(a), a, 0.0))
+        depth.append(bk.depth_within(state.book.qty[m], px, mid, DEPTH_BAND))
+    spot_mid = 0.5 * (best_b[SPOT] + best_a[SPOT])
+    perp_mid = 0.5 * (best_b[PERP] + best_a[PERP])
+    ok = (best_b[SPOT] > 0) & (best_a[SPOT] > 0) & (best_b[PERP] > 0) & (best_a[PERP] > 0)
+    basis = jnp.where(ok, (perp_mid - spot_mid) / jnp.maximum(spot_mid, TINY),
+                      (p.last[PERP] - p.last[SPOT]) / jnp.maximum(p.last[SPOT], TINY))
+    fund1 = state.acct.bal[dims.insurance, USDT]
+    sch = params.schedule
+    t = state.t
+    pending = sch.active & (sch.announce_tick <= t) & (sch.effective_tick >= t)
+    next_change = jnp.min(jnp.where(pending, sch.effective_tick - t, jnp.iinfo(jnp.int32).max))
+    next_change_s = jnp.where(pending.any(), next_change * params.dt, -1.0)
+    rejects = jnp.zeros((N_REASONS,), jnp.int32).at[reason].add(1).at[OK].set(0)
+    return TickEvents(
+        t=t, time_s=t * params.dt, ext_px=p.ext.mean(-1), spot_px=p.last[SPOT],
+        perp_px=p.last[PERP], index_px=p.index, mark_px=p.mark, basis=basis,
+        mark_index_gap=(p.mark - p.index[0]) / p.index[0], funding_rate=p.funding_rate,
+        funding_paid=paid, funding_settled=settled, oi_long=jnp.sum(jnp.maximum(pos, 0.0)),
+        oi_short=jnp.sum(jnp.maximum(-pos, 0.0)), depth_1pct=jnp.stack(depth),
+        best_bid=jnp.stack(best_b), best_ask=jnp.stack(best_a), volume=acc.volume,
+        liq_notional_long=acc.liq_long, liq_notional_short=acc.liq_short,
+        liq_accounts=acc.liq_accounts, collateral_sold=acc.coll_sold,
+        collateral_sold_usdt=acc.coll_sold_usdt, insurance_fund=fund1,
+        insurance_draw=fund0 - fund1, if_takeover_notional=acc.takeover,
+        adl_count=acc.adl_count, adl_notional=acc.adl_notional, bad_debt=acc.bad_debt,
+        forced_reduce_notional=acc.forced,
+        collateral_px=jnp.stack([p.last[STABLE_SPOT], p.last[3]]),
+        collateral_index=p.index[1:], fees=acc.fees, rejects=rejects, order_reason=reason,
+        order_filled=filled, order_avg_px=avg, order_unfilled=unfilled,
+        rules_changed=acc.rules_changed, next_change_s=next_change_s,
+    )
+
+
+# ============================================================== reset / rollout / audit
+
+
+def reset(key: Array, params: Params) -> SimState:
+    """Initial state: accounts from params, books filled to the LP's target profile."""
+    dims = params.dims
+    dtype = params.dt.dtype
+    n, g, w = dims.n_accounts, dims.n_levels, dims.basis_window
+    ai = params.accounts
+    x = dims.transfer_slots
+    acct = AccountState(
+        bal=ai.bal, debt=ai.debt, ext_bal=ai.ext_bal, pos=ai.pos, entry=ai.entry,
+        iso_margin=ai.iso_margin, mode=ai.mode, lev=ai.lev,
+        transit_amt=jnp.zeros((n, x), dtype), transit_asset=jnp.zeros((n, x), jnp.int32),
+        transit_due=jnp.zeros((n, x), jnp.int32), transit_in=jnp.zeros((n, x), bool),
+    )
+    p0 = params.exo.price0
+    ext = jnp.broadcast_to(p0[:, None], (3, dims.n_venues)).astype(dtype)
+    last = jnp.stack([p0[0], p0[0], p0[1], p0[2]]).astype(dtype)
+    origin = (jnp.round(last / params.markets.tick_size) - g // 2).astype(jnp.int32)
+    book = Book(qty=jnp.zeros((N_MARKETS, 2, g, n), dtype),
+                ahead=jnp.zeros((N_MARKETS, 2, g, n), dtype), origin=origin)
+    z = jnp.zeros((), dtype)
+    px = PriceState(
+        ext=ext, ext_common=p0.astype(dtype), last=last, index=p0.astype(dtype), mark=p0[0],
+        basis_buf=jnp.zeros((w,), dtype), basis_count=jnp.zeros((), jnp.int32),
+        prem_wsum=z, prem_w=z, prem_n=jnp.zeros((), jnp.int32),
+        funding_rate=params.rules.funding_interest * params.rules.funding_interval_s / pr.SECONDS_PER_8H,
+        last_funding_rate=z, next_funding_s=params.rules.funding_interval_s,
+        vol=params.exo.vol_ref.astype(dtype),
+    )
+    state = SimState(t=jnp.zeros((), jnp.int32), book=book, acct=acct, px=px, rules=params.rules)
+    state = _reprice(state, params)
+    # Fill the books to the target profile at once (resilience 1 for the first fill).
+    full = params.replace(markets=params.markets.replace(
+        lp_resilience_per_s=jnp.full((N_MARKETS,), 1e9, dtype)))
+    return _liquidity(state, full)
+
+
+def rollout(key: Array, params: Params, n_ticks: int, policy=None, state: SimState | None = None):
+    """Run `n_ticks` ticks with `lax.scan`. Returns (final state, stacked TickEvents).
+
+    policy(key, state, params) -> Orders is called every tick; None submits no orders.
+    """
+    k_reset, k_run = jax.random.split(key)
+    if state is None:
+        state = reset(k_reset, params)
+
+    def body(state, k):
+        k_pol, k_step = jax.random.split(k)
+        orders = no_orders(params) if policy is None else policy(k_pol, state, params)
+        return step(k_step, state, orders, params)
+
+    keys = jax.random.split(k_run, n_ticks)
+    return jax.lax.scan(body, state, keys)
+
+
+def audit(state: SimState, params: Params) -> dict[str, Array]:
+    """Ledger totals. Each asset total is conserved by every operation of the engine.
+
+    `usdt` counts free, isolated, external, in-transit and book-reserved USDT plus
+    -sum(pos * entry): realized perp PnL is only zero-sum together with the open
+    positions' entry values (sum(pos) = 0, so this term is the aggregate uPnL at any mark).
+    """
+    acct = state.acct
+    dims = params.dims
+    spot_ms = [m for m in range(N_MARKETS) if m != PERP]
+    bid_usdt = sum(jnp.sum(state.book.qty[m, BID].sum(-1) * _level_px(state, params, m))
+                   for m in spot_ms)
+    transit = jnp.zeros((N_ASSETS,), acct.bal.dtype).at[acct.transit_asset.ravel()].add(
+        acct.transit_amt.ravel())
+    asset_tot = acct.bal.sum(0) + acct.ext_bal.sum(0) + transit
+    ask_res = {MARKET_ASSET[m]: state.book.qty[m, ASK].sum() for m in spot_ms}
+    out = {
+        "usdt": asset_tot[USDT] + acct.iso_margin.sum() + bid_usdt - jnp.sum(acct.pos * acct.entry),
+        "base": asset_tot[BASE] + ask_res[BASE],
+        "stable": asset_tot[STABLE] + ask_res[STABLE],
+        "lst": asset_tot[LST] + ask_res[LST],
+        "insurance_fund": acct.bal[dims.insurance, USDT],
+        "fees": acct.bal[dims.fees, USDT],
+        "oi_long": jnp.sum(jnp.maximum(acct.pos, 0.0)),
+        "oi_short": jnp.sum(jnp.maximum(-acct.pos, 0.0)),
+        "debt": acct.debt.sum(0),
+    }
+    return out

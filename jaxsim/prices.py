@@ -1,0 +1,67 @@
+"""Index, mark and funding formulas (MECHANICS.md sections 1 and 2)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+SECONDS_PER_8H = 8.0 * 3600.0
+
+
+def index_price(constituents: Array, weights: Array, clip: Array, floor: Array) -> Array:
+    """Weighted index with outlier clipping and an optional floor.
+
+    Args:
+      constituents: (..., C) prices (external venues, internal spot, redemption).
+      weights: (..., C) non-negative weights; constituents with weight 0 are ignored,
+        also for the median. Weights are renormalised over the constituents present.
+      clip: (...) each constituent is clipped to median * (1 +/- clip) (Binance's newer
+        rule: cap, not drop).
+      floor: (...) index = max(index, floor); 0 means no floor.
+    """
+    active = weights > 0
+    med = jnp.nanmedian(jnp.where(active, constituents, jnp.nan), axis=-1)
+    lo = med * (1.0 - clip)
+    hi = med * (1.0 + clip)
+    clipped = jnp.clip(constituents, lo[..., None], hi[..., None])
+    w = jnp.where(active, weights, 0.0)
+    idx = jnp.sum(w * clipped, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1e-12)
+    return jnp.maximum(idx, floor)
+
+
+def mark_price(
+    index: Array, last: Array, basis_ma: Array, funding_rate: Array,
+    time_to_funding_s: Array, funding_interval_s: Array,
+) -> Array:
+    """Binance mark: median(P1, P2, last).
+
+    P1 = index * (1 + F * time_to_funding / interval); P2 = index + MA(basis).
+    """
+    p1 = index * (1.0 + funding_rate * time_to_funding_s / funding_interval_s)
+    p2 = index + basis_ma
+    return jnp.median(jnp.stack([p1, p2, last], axis=-1), axis=-1)
+
+
+def premium_index(impact_bid: Array, impact_ask: Array, index: Array) -> Array:
+    """P = [max(0, ImpactBid - idx) - max(0, idx - ImpactAsk)] / idx."""
+    return (jnp.maximum(0.0, impact_bid - index) - jnp.maximum(0.0, index - impact_ask)) / index
+
+
+def funding_rate(
+    avg_premium: Array, interest_8h: Array, clamp_8h: Array, cap: Array, interval_s: Array
+) -> Array:
+    """F = [P + clamp(I - P, -c, +c)] / (8h / interval), then capped to +/- cap.
+
+    avg_premium is the time-weighted premium over the interval (a per-sample fraction, as
+    on Binance); interest and clamp are per 8 h; cap is per interval.
+    """
+    f8 = avg_premium + jnp.clip(interest_8h - avg_premium, -clamp_8h, clamp_8h)
+    f = f8 * (interval_s / SECONDS_PER_8H)
+    return jnp.clip(f, -cap, cap)
+
+
+def funding_payment(pos: Array, mark: Array, rate: Array) -> Array:
+    """Cash received by each position at settlement: -Q * mark * F (longs pay when F > 0)."""
+    return -pos * mark * rate

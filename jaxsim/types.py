@@ -1,0 +1,322 @@
+"""Pytrees and constants of the exchange: static dims, params, rules, state, orders, events.
+
+Conventions: quantities are in base units, prices in quote (USDT) units, money in the
+asset's own units. Shapes use A = accounts, M = markets (4), G = price levels per market
+grid, T = margin tiers, S = rule-schedule rows, K = external orders per tick,
+V = external venues, W = basis moving-average window, X = transfer slots per account.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+# ---------------------------------------------------------------- assets and markets
+USDT, BASE, STABLE, LST = 0, 1, 2, 3
+N_ASSETS = 4
+ASSET_NAMES = ("USDT", "BASE", "STABLE", "LST")
+
+SPOT, PERP, STABLE_SPOT, LST_SPOT = 0, 1, 2, 3
+N_MARKETS = 4
+MARKET_NAMES = ("BASE/USDT", "BASE-USDT-PERP", "STABLE/USDT", "LST/USDT")
+# Asset traded against USDT on each market (the perp is cash-settled: it moves no BASE).
+MARKET_ASSET = (BASE, BASE, STABLE, LST)
+SPOT_MARKETS = (SPOT, STABLE_SPOT, LST_SPOT)
+
+# Index-priced assets (rows of the index tables): BASE, STABLE, LST.
+N_INDEX = 3
+INDEX_ASSETS = (BASE, STABLE, LST)
+# Spot market that is the "internal" constituent of each index row.
+INDEX_INTERNAL_MARKET = (SPOT, STABLE_SPOT, LST_SPOT)
+
+BID, ASK = 0, 1
+
+# ---------------------------------------------------------------- orders
+KIND_NONE = 0
+KIND_MARKET = 1  # walk the book (IOC), optional limit price (0 = none)
+KIND_LIMIT = 2  # marketable part executes, remainder rests (GTC)
+KIND_CANCEL = 3  # cancel the account's resting orders on `market` (side 0 = both sides)
+KIND_TRANSFER_OUT = 4  # exchange -> external venue, `market` field = asset, arrives after delay
+KIND_TRANSFER_IN = 5  # external venue -> exchange, arrives after the delay
+KIND_SET_LEVERAGE = 6  # qty = new chosen leverage
+KIND_BORROW = 7  # borrow `qty` of asset `market` from the lender (the outside world)
+KIND_REPAY = 8  # repay `qty` of asset `market` debt
+N_KINDS = 9
+KIND_NAMES = ("none", "market", "limit", "cancel", "transfer_out", "transfer_in",
+              "set_leverage", "borrow", "repay")
+
+# ---------------------------------------------------------------- reject reasons
+OK = 0
+REJ_INVALID = 1  # bad field: NaN/inf, qty <= 0, unknown market/kind/account
+REJ_BALANCE = 2  # not enough free balance (spot, transfers, repay)
+REJ_MARGIN = 3  # not enough margin for the initial margin after the order
+REJ_POSITION_LIMIT = 4  # notional above the position limit in force
+REJ_LEVERAGE = 5  # chosen leverage above the tier's max leverage for the new notional
+REJ_PRICE_BAND = 6  # limit price outside the band around mark/last
+REJ_OUT_OF_RANGE = 7  # limit price outside the book's price grid
+REJ_NO_LIQUIDITY = 8  # market order found nothing to fill within its limit
+REJ_SYSTEM = 9  # order from a system account (LP, outside world, insurance fund, fees)
+N_REASONS = 10
+REASON_NAMES = ("ok", "invalid", "balance", "margin", "position_limit", "leverage",
+                "price_band", "out_of_range", "no_liquidity", "system_account")
+
+# ---------------------------------------------------------------- rule-change policies
+POLICY_GRANDFATHER = 0  # existing positions keep their size; new orders obey the new rule
+POLICY_FORCE_REDUCE = 1  # excess is cut by market order at the effective tick
+POLICY_LIQUIDATE = 2  # breaching positions go to the liquidation engine
+POLICY_NAMES = ("grandfather", "force_reduce", "liquidate")
+
+# ---------------------------------------------------------------- margin modes
+CROSS, ISOLATED = 0, 1
+
+# Number of system accounts at the end of the account axis.
+N_SYSTEM = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    """Static sizes. They fix array shapes, so they are not vmapped or swept."""
+
+    n_accounts: int = 16  # including the N_SYSTEM system accounts at the end
+    n_levels: int = 64  # price levels per market grid (bids and asks share the grid)
+    max_orders: int = 4  # external orders per tick
+    n_tiers: int = 12
+    n_schedule: int = 8
+    cascade_rounds: int = 3
+    n_venues: int = 3
+    basis_window: int = 30  # samples in the basis moving average ring buffer
+    transfer_slots: int = 2
+    n_shocks: int = 4
+
+    @property
+    def lp(self) -> int:
+        """Liquidity provider: owns the replenished background depth."""
+        return self.n_accounts - 4
+
+    @property
+    def outside(self) -> int:
+        """Outside world: other venues, lenders, exogenous flows."""
+        return self.n_accounts - 3
+
+    @property
+    def insurance(self) -> int:
+        """Insurance fund: its USDT balance is the fund; it holds taken-over positions."""
+        return self.n_accounts - 2
+
+    @property
+    def fees(self) -> int:
+        """The exchange's fee account."""
+        return self.n_accounts - 1
+
+    @property
+    def n_constituents(self) -> int:
+        """Index constituents per asset: external venues, internal spot, redemption."""
+        return self.n_venues + 2
+
+
+@struct.dataclass
+class ExchangeRules:
+    """Rules in force. All fields are arrays so a schedule can change any of them."""
+
+    tier_floor: Array  # (T,) lower notional bound of each tier, USDT, increasing, [0] = 0
+    tier_mmr: Array  # (T,) maintenance margin rate
+    tier_max_lev: Array  # (T,) max leverage allowed for notionals in the tier
+    position_limit: Array  # () max position notional per account, USDT
+    index_weights: Array  # (3, V + 2) weights: venues..., internal spot, redemption
+    index_clip: Array  # (3,) constituents clipped to median * (1 +/- clip)
+    price_floor: Array  # (3,) index floor (0 = none)
+    haircut: Array  # (4,) collateral haircut per asset (USDT, BASE, STABLE, LST)
+    funding_interest: Array  # () interest rate I per 8 h
+    funding_clamp: Array  # () clamp band on (I - P) per 8 h
+    funding_cap: Array  # () |F| cap per interval
+    funding_interval_s: Array  # () seconds between funding settlements
+    imn_quote: Array  # () impact margin notional numerator: IMN = imn_quote * max_lev_1
+    maker_fee: Array  # () fee rate on maker notional (negative = rebate)
+    taker_fee: Array  # () fee rate on taker notional
+    liq_fee: Array  # () clearance fee rate on liquidated notional, to the insurance fund
+    adl_on: Array  # () 1 = auto-deleveraging enabled
+    if_position_cap: Array  # () insurance-fund position notional cap, x fund balance
+    withdrawal_delay_s: Array  # () delay of transfers to/from external venues
+    partial_liquidation: Array  # () 1 = reduce by tier before closing fully
+    price_band: Array  # (M,) limit price within ref * (1 +/- band)
+    if_unwind_per_s: Array  # () fraction of the fund's position unwound per second
+
+
+@struct.dataclass
+class Schedule:
+    """Fixed-size table of rule changes; rows with active=False are padding."""
+
+    announce_tick: Array  # (S,) int32
+    effective_tick: Array  # (S,) int32
+    flat_index: Array  # (S,) int32 offset into the flattened ExchangeRules
+    value: Array  # (S,) new value
+    policy: Array  # (S,) int32 POLICY_*
+    active: Array  # (S,) bool
+
+
+@struct.dataclass
+class MarketParams:
+    tick_size: Array  # (M,) price grid step
+    lp_depth: Array  # (M,) LP target size per level at the touch, base units
+    lp_decay_bps: Array  # (M,) target size decays as exp(-distance_bps / decay)
+    lp_half_spread_ticks: Array  # (M,) LP quotes no closer than this to its centre
+    lp_resilience_per_s: Array  # (M,) fraction of the gap to target refilled per second
+    lp_ref_weight: Array  # (M,) weight of the reference price in the LP quote centre
+    lp_vol_withdraw: Array  # (M,) depth /= 1 + k * max(vol / vol_ref - 1, 0)
+
+
+@struct.dataclass
+class ExoParams:
+    price0: Array  # (3,) initial external price of BASE, STABLE, LST
+    vol_per_sqrt_s: Array  # (3,) diffusion of the external log price
+    vol_ref: Array  # (3,) reference vol used by LP withdrawal
+    venue_dispersion: Array  # () relative noise of each venue around the common price
+    stable_reversion_per_s: Array  # () pull of STABLE back to its redemption price
+    lst_rate: Array  # () LST redemption rate: 1 LST = lst_rate BASE
+    shock_start_tick: Array  # (NS,) int32
+    shock_ticks: Array  # (NS,) int32 duration
+    shock_asset: Array  # (NS,) int32 index row (0 BASE, 1 STABLE, 2 LST)
+    shock_log_return: Array  # (NS,) total log return spread over the duration
+    shock_active: Array  # (NS,) bool
+
+
+@struct.dataclass
+class AccountInit:
+    bal: Array  # (A, 4)
+    debt: Array  # (A, 4)
+    ext_bal: Array  # (A, 4) balances held on external venues
+    pos: Array  # (A,)
+    entry: Array  # (A,)
+    iso_margin: Array  # (A,)
+    mode: Array  # (A,) int32 CROSS / ISOLATED
+    lev: Array  # (A,) chosen leverage
+
+
+@struct.dataclass
+class Params:
+    dims: Dims = struct.field(pytree_node=False)
+    dt: Array  # () seconds per tick
+    basis_window_s: Array  # () mark-price basis moving-average window
+    markets: MarketParams
+    exo: ExoParams
+    rules: ExchangeRules
+    schedule: Schedule
+    accounts: AccountInit
+    name: str = struct.field(pytree_node=False, default="custom")
+
+
+@struct.dataclass
+class Orders:
+    """Externally submitted orders for one tick, shape (K,) each. kind=0 rows are empty."""
+
+    account: Array  # (K,) int32
+    market: Array  # (K,) int32 (asset index for transfers/borrow/repay)
+    side: Array  # (K,) int32 +1 buy, -1 sell (cancel: 0 both)
+    kind: Array  # (K,) int32 KIND_*
+    qty: Array  # (K,) float
+    price: Array  # (K,) float limit price (0 = none for market orders)
+
+
+@struct.dataclass
+class Book:
+    qty: Array  # (M, 2, G, A) resting size per owner
+    ahead: Array  # (M, 2, G, A) size queued ahead of the owner's order at that level
+    origin: Array  # (M,) int32 grid tick index of level 0: price_j = (origin + j) * tick
+
+
+@struct.dataclass
+class AccountState:
+    bal: Array  # (A, 4) free balances (resting spot orders hold their reserve in the book)
+    debt: Array  # (A, 4) borrowed amounts owed to the lender
+    ext_bal: Array  # (A, 4) balances on external venues
+    pos: Array  # (A,) signed perp position, base units
+    entry: Array  # (A,) entry price
+    iso_margin: Array  # (A,) isolated margin (0 for cross accounts)
+    mode: Array  # (A,) int32
+    lev: Array  # (A,) chosen leverage
+    transit_amt: Array  # (A, X) amount in flight
+    transit_asset: Array  # (A, X) int32
+    transit_due: Array  # (A, X) int32 tick of arrival
+    transit_in: Array  # (A, X) bool, True = towards the exchange
+
+
+@struct.dataclass
+class PriceState:
+    ext: Array  # (3, V) external venue prices of BASE, STABLE, LST
+    ext_common: Array  # (3,) common external price (venues disperse around it)
+    last: Array  # (M,) last traded price per market
+    index: Array  # (3,) index price of BASE, STABLE, LST
+    mark: Array  # () perp mark price
+    basis_buf: Array  # (W,) ring buffer of (perp mid - index) samples
+    basis_count: Array  # () int32 samples written so far
+    prem_wsum: Array  # () sum_i i * P_i over the current funding interval
+    prem_w: Array  # () sum_i i
+    prem_n: Array  # () int32 samples in the current interval
+    funding_rate: Array  # () rate predicted for the next settlement
+    last_funding_rate: Array  # () rate paid at the last settlement
+    next_funding_s: Array  # () time of the next settlement, seconds
+    vol: Array  # (3,) EWMA realized vol per sqrt-second of the external prices
+
+
+@struct.dataclass
+class SimState:
+    t: Array  # () int32 tick
+    book: Book
+    acct: AccountState
+    px: PriceState
+    rules: ExchangeRules
+
+
+@struct.dataclass
+class TickEvents:
+    """Per-tick record. Stacked over ticks by `rollout`."""
+
+    t: Array  # () int32
+    time_s: Array  # ()
+    ext_px: Array  # (3,) mean external price of BASE, STABLE, LST
+    spot_px: Array  # () BASE/USDT last
+    perp_px: Array  # () perp last
+    index_px: Array  # (3,) index of BASE, STABLE, LST
+    mark_px: Array  # ()
+    basis: Array  # () (perp mid - spot mid) / spot mid
+    mark_index_gap: Array  # () (mark - index) / index
+    funding_rate: Array  # () predicted rate for the next settlement
+    funding_paid: Array  # () rate settled this tick (0 when none)
+    funding_settled: Array  # () bool
+    oi_long: Array  # ()
+    oi_short: Array  # ()
+    depth_1pct: Array  # (M, 2) resting base units within 1% of mid, bid / ask
+    best_bid: Array  # (M,)
+    best_ask: Array  # (M,)
+    volume: Array  # (M,) base units traded
+    liq_notional_long: Array  # () liquidated long notional (book fills + takeover + ADL)
+    liq_notional_short: Array  # ()
+    liq_accounts: Array  # () int32 accounts liquidated this tick (rounds summed)
+    collateral_sold: Array  # (4,) units of each asset sold by the engine
+    collateral_sold_usdt: Array  # () proceeds of those sales
+    insurance_fund: Array  # () fund balance after the tick
+    insurance_draw: Array  # () fund paid out this tick (>0 = fund shrank from losses)
+    if_takeover_notional: Array  # ()
+    adl_count: Array  # () int32 counterparty positions hit by ADL
+    adl_notional: Array  # ()
+    bad_debt: Array  # () deficit left after the fund went below zero
+    forced_reduce_notional: Array  # () cut by rule enforcement
+    collateral_px: Array  # (2,) internal spot price of STABLE, LST
+    collateral_index: Array  # (2,) index of STABLE, LST
+    fees: Array  # () fees collected this tick
+    rejects: Array  # (N_REASONS,) int32 count of external orders per reason
+    order_reason: Array  # (K,) int32 reason of each external order (0 ok)
+    order_filled: Array  # (K,) base units filled
+    order_avg_px: Array  # (K,) average fill price (0 if none)
+    order_unfilled: Array  # (K,) remainder not filled (market) or not rested
+    rules_changed: Array  # () int32 schedule rows that took effect this tick
+    next_change_s: Array  # () seconds to the next announced change (-1 = none)
+
+
+def zeros_like_tree(tree):
+    return jax.tree_util.tree_map(jnp.zeros_like, tree)

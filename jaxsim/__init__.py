@@ -10,7 +10,20 @@ from jaxsim.engine import audit, no_orders, reset, rollout, step
 from jaxsim.types import ExchangeRules, Orders, Params, SimState, TickEvents
 
 __all__ = [
-    "ConfigError", "ExchangeRules", "Orders", "Params", "SimState", "TickEvents", "audit",
-    "list_scenarios", "list_variants", "load_scenario", "no_orders", "reset", "rollout",
-    "scenario_config", "step", "types",
+    "ConfigError",
+    "ExchangeRules",
+    "Orders",
+    "Params",
+    "SimState",
+    "TickEvents",
+    "audit",
+    "list_scenarios",
+    "list_variants",
+    "load_scenario",
+    "no_orders",
+    "reset",
+    "rollout",
+    "scenario_config",
+    "step",
+    "types",
 ]

@@ -32,7 +32,9 @@ from jaxsim.types import (
     Schedule,
 )
 
-CONFIG_DIR = Path(os.environ.get("CASCADE_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = Path(
+    os.environ.get("CASCADE_CONFIGS", Path(__file__).resolve().parent.parent / "configs")
+)
 SECONDS_PER_YEAR = 365.0 * 86400.0
 MARKET_KEYS = ("spot", "perp", "stable", "lst")
 ASSET_KEYS = ("usdt", "base", "stable", "lst")
@@ -120,7 +122,9 @@ def _undot(overrides: dict) -> dict:
     return nested
 
 
-def scenario_config(name_or_path, variant: str | None = None, overrides: dict | None = None) -> dict:
+def scenario_config(
+    name_or_path, variant: str | None = None, overrides: dict | None = None
+) -> dict:
     """The merged, unvalidated config dict (defaults <- scenario <- variant <- overrides)."""
     defaults = _read_yaml(CONFIG_DIR / "defaults.yaml")
     scen = _read_scenario(name_or_path)
@@ -131,7 +135,8 @@ def scenario_config(name_or_path, variant: str | None = None, overrides: dict | 
     if variant is not None:
         if variant not in variants:
             raise ConfigError(
-                f"unknown variant '{variant}' of scenario '{cfg['name']}'; allowed: {sorted(variants)}")
+                f"unknown variant '{variant}' of scenario '{cfg['name']}'; allowed: {sorted(variants)}"
+            )
         cfg = _merge(cfg, variants[variant], "variants." + variant)
         cfg["name"] = f"{cfg['name']}/{variant}"
     if overrides:
@@ -142,15 +147,26 @@ def scenario_config(name_or_path, variant: str | None = None, overrides: dict | 
 # ------------------------------------------------------------------ checks
 
 
-def _num(v: Any, field: str, lo: float = -math.inf, hi: float = math.inf,
-         lo_open: bool = False, hi_open: bool = False) -> float:
+def _num(
+    v: Any,
+    field: str,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(f"{field} must be a number, got {v!r}")
     x = float(v)
     lo_s = "(" if lo_open else "["
     hi_s = ")" if hi_open else "]"
-    bad = (not math.isfinite(x) and not (x == math.inf and hi == math.inf)) or x < lo or x > hi \
-        or (lo_open and x == lo) or (hi_open and x == hi)
+    bad = (
+        (not math.isfinite(x) and not (x == math.inf and hi == math.inf))
+        or x < lo
+        or x > hi
+        or (lo_open and x == lo)
+        or (hi_open and x == hi)
+    )
     if bad:
         raise ConfigError(f"{field} = {v!r} is outside the allowed range {lo_s}{lo}, {hi}{hi_s}")
     return x
@@ -190,7 +206,9 @@ def _build_rules(r: dict, dims: Dims) -> ExchangeRules:
     if not isinstance(tiers, list) or not tiers:
         raise ConfigError("rules.tiers must be a non-empty list of [floor, max_leverage, mmr]")
     if len(tiers) > dims.n_tiers:
-        raise ConfigError(f"rules.tiers has {len(tiers)} rows; dims.n_tiers allows at most {dims.n_tiers}")
+        raise ConfigError(
+            f"rules.tiers has {len(tiers)} rows; dims.n_tiers allows at most {dims.n_tiers}"
+        )
     floors, levs, mmrs = [], [], []
     for i, row in enumerate(tiers):
         if not isinstance(row, (list, tuple)) or len(row) != 3:
@@ -202,14 +220,22 @@ def _build_rules(r: dict, dims: Dims) -> ExchangeRules:
         raise ConfigError("rules.tiers[0].floor must be 0 (the first tier starts at zero notional)")
     for i in range(1, len(tiers)):
         if floors[i] <= floors[i - 1]:
-            raise ConfigError(f"rules.tiers must be monotone: tiers[{i}].floor {floors[i]} <= tiers[{i-1}].floor {floors[i-1]}")
+            raise ConfigError(
+                f"rules.tiers must be monotone: tiers[{i}].floor {floors[i]} <= tiers[{i - 1}].floor {floors[i - 1]}"
+            )
         if mmrs[i] < mmrs[i - 1]:
-            raise ConfigError(f"rules.tiers must be monotone: tiers[{i}].mmr {mmrs[i]} < tiers[{i-1}].mmr {mmrs[i-1]}")
+            raise ConfigError(
+                f"rules.tiers must be monotone: tiers[{i}].mmr {mmrs[i]} < tiers[{i - 1}].mmr {mmrs[i - 1]}"
+            )
         if levs[i] > levs[i - 1]:
-            raise ConfigError(f"rules.tiers must be monotone: tiers[{i}].max_leverage {levs[i]} > tiers[{i-1}].max_leverage {levs[i-1]}")
+            raise ConfigError(
+                f"rules.tiers must be monotone: tiers[{i}].max_leverage {levs[i]} > tiers[{i - 1}].max_leverage {levs[i - 1]}"
+            )
     for i, (lv, mr) in enumerate(zip(levs, mmrs, strict=True)):
         if mr >= 1.0 / lv:
-            raise ConfigError(f"rules.tiers[{i}]: mmr {mr} must be below the initial margin 1/max_leverage = {1/lv:.4g}")
+            raise ConfigError(
+                f"rules.tiers[{i}]: mmr {mr} must be below the initial margin 1/max_leverage = {1 / lv:.4g}"
+            )
     pad = dims.n_tiers - len(tiers)
     # Padding tiers start at an unreachable notional and repeat the last row.
     floors += [1e30 * (k + 1) for k in range(pad)]
@@ -249,18 +275,27 @@ def _build_rules(r: dict, dims: Dims) -> ExchangeRules:
     fees = r["fees"]
     band = _keyed(r["price_band"], MARKET_KEYS, "rules.price_band", lo=0.0, hi=0.99, lo_open=True)
     rules = dict(
-        tier_floor=floors, tier_mmr=mmrs, tier_max_lev=levs,
+        tier_floor=floors,
+        tier_mmr=mmrs,
+        tier_max_lev=levs,
         position_limit=_num(r["position_limit"], "rules.position_limit", 0.0, lo_open=True),
-        index_weights=weights, index_clip=clips, price_floor=floors_px,
+        index_weights=weights,
+        index_clip=clips,
+        price_floor=floors_px,
         haircut=_keyed(r["haircut"], ASSET_KEYS, "rules.haircut", lo=0.0, hi=1.0, hi_open=True),
-        funding_interest=interest, funding_clamp=clamp, funding_cap=cap,
-        funding_interval_s=interval_h * 3600.0, imn_quote=imn,
+        funding_interest=interest,
+        funding_clamp=clamp,
+        funding_cap=cap,
+        funding_interval_s=interval_h * 3600.0,
+        imn_quote=imn,
         maker_fee=_num(fees["maker"], "rules.fees.maker", -0.01, 0.01),
         taker_fee=_num(fees["taker"], "rules.fees.taker", 0.0, 0.01),
         liq_fee=_num(fees["liquidation"], "rules.fees.liquidation", 0.0, 0.1),
         adl_on=float(_bool(r["adl"], "rules.adl")),
         if_position_cap=_num(r["if_position_cap"], "rules.if_position_cap", 0.0),
-        withdrawal_delay_s=_num(r["withdrawal_delay_s"], "rules.withdrawal_delay_s", 0.0, 30 * 86400.0),
+        withdrawal_delay_s=_num(
+            r["withdrawal_delay_s"], "rules.withdrawal_delay_s", 0.0, 30 * 86400.0
+        ),
         partial_liquidation=float(_bool(r["partial_liquidation"], "rules.partial_liquidation")),
         price_band=band,
         if_unwind_per_s=_num(r["if_unwind_per_h"], "rules.if_unwind_per_h", 0.0, 3600.0) / 3600.0,
@@ -311,14 +346,20 @@ def _build_schedule(rows: Any, rules: ExchangeRules, dims: Dims, dt: float) -> S
                 vals = {ix: _num(value, f"{f}.value")}
             else:
                 if not isinstance(value, list) or len(value) > size:
-                    raise ConfigError(f"{f}.value must be a list of at most {size} numbers for '{field}'")
+                    raise ConfigError(
+                        f"{f}.value must be a list of at most {size} numbers for '{field}'"
+                    )
                 vals = {j: _num(x, f"{f}.value[{j}]") for j, x in enumerate(value)}
         else:
             vals = {0: _num(value, f"{f}.value")}
         for j, v in vals.items():
-            expanded.append((round(ann / dt), round(eff / dt), off + j, v, POLICY_NAMES.index(policy)))
+            expanded.append(
+                (round(ann / dt), round(eff / dt), off + j, v, POLICY_NAMES.index(policy))
+            )
     if len(expanded) > dims.n_schedule:
-        raise ConfigError(f"schedule expands to {len(expanded)} rows; dims.n_schedule allows {dims.n_schedule}")
+        raise ConfigError(
+            f"schedule expands to {len(expanded)} rows; dims.n_schedule allows {dims.n_schedule}"
+        )
     pad = dims.n_schedule - len(expanded)
     cols = list(zip(*expanded, strict=True)) if expanded else [[], [], [], [], []]
     return Schedule(
@@ -334,14 +375,18 @@ def _build_schedule(rows: Any, rules: ExchangeRules, dims: Dims, dt: float) -> S
 # ------------------------------------------------------------------ accounts
 
 
-def _build_accounts(acc: dict, dims: Dims, price0: list[float], rules: ExchangeRules) -> AccountInit:
+def _build_accounts(
+    acc: dict, dims: Dims, price0: list[float], rules: ExchangeRules
+) -> AccountInit:
     users = acc.get("users") or []
     if not isinstance(users, list):
         raise ConfigError("accounts.users must be a list")
     n_user = dims.n_accounts - N_SYSTEM
     if len(users) > n_user:
-        raise ConfigError(f"accounts.users has {len(users)} accounts; dims.n_accounts = "
-                          f"{dims.n_accounts} leaves room for {n_user} (4 are system accounts)")
+        raise ConfigError(
+            f"accounts.users has {len(users)} accounts; dims.n_accounts = "
+            f"{dims.n_accounts} leaves room for {n_user} (4 are system accounts)"
+        )
     n = dims.n_accounts
     bal = np.zeros((n, 4))
     debt = np.zeros((n, 4))
@@ -351,8 +396,20 @@ def _build_accounts(acc: dict, dims: Dims, price0: list[float], rules: ExchangeR
     iso = np.zeros(n)
     mode = np.zeros(n, np.int32)
     lev = np.full(n, 10.0)
-    allowed = {"name", "usdt", "base", "stable", "lst", "debt", "external", "position", "entry",
-               "mode", "leverage", "isolated_margin"}
+    allowed = {
+        "name",
+        "usdt",
+        "base",
+        "stable",
+        "lst",
+        "debt",
+        "external",
+        "position",
+        "entry",
+        "mode",
+        "leverage",
+        "isolated_margin",
+    }
     max_lev0 = float(rules.tier_max_lev[0])
     for i, u in enumerate(users):
         f = f"accounts.users[{i}]"
@@ -368,7 +425,9 @@ def _build_accounts(acc: dict, dims: Dims, price0: list[float], rules: ExchangeR
             for j, k in enumerate(ASSET_KEYS):
                 arr[i, j] = _num(d.get(k, 0.0), f"{f}.{name}.{k}", 0.0)
         pos[i] = _num(u.get("position", 0.0), f"{f}.position")
-        entry[i] = _num(u.get("entry", price0[0]), f"{f}.entry", 0.0, lo_open=True) if pos[i] else 0.0
+        entry[i] = (
+            _num(u.get("entry", price0[0]), f"{f}.entry", 0.0, lo_open=True) if pos[i] else 0.0
+        )
         m = u.get("mode", "cross")
         if m not in ("cross", "isolated"):
             raise ConfigError(f"{f}.mode '{m}' must be 'cross' or 'isolated'")
@@ -386,8 +445,9 @@ def _build_accounts(acc: dict, dims: Dims, price0: list[float], rules: ExchangeR
     if abs(net) > 0:
         pos[dims.lp] = -net
         entry[dims.lp] = price0[0]
-    return AccountInit(bal=bal, debt=debt, ext_bal=ext, pos=pos, entry=entry, iso_margin=iso,
-                       mode=mode, lev=lev)
+    return AccountInit(
+        bal=bal, debt=debt, ext_bal=ext, pos=pos, entry=entry, iso_margin=iso, mode=mode, lev=lev
+    )
 
 
 # ------------------------------------------------------------------ top level
@@ -398,10 +458,18 @@ def build_params(cfg: dict, dtype=None) -> Params:
     dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     d = cfg["dims"]
     dims_kwargs = {}
-    limits = {"n_accounts": (N_SYSTEM + 1, 4096), "n_levels": (8, 4096), "max_orders": (1, 1024),
-              "n_tiers": (1, 64), "n_schedule": (1, 1024), "cascade_rounds": (1, 64),
-              "n_venues": (1, 32), "basis_window": (1, 4096), "transfer_slots": (1, 64),
-              "n_shocks": (1, 256)}
+    limits = {
+        "n_accounts": (N_SYSTEM + 1, 4096),
+        "n_levels": (8, 4096),
+        "max_orders": (1, 1024),
+        "n_tiers": (1, 64),
+        "n_schedule": (1, 1024),
+        "cascade_rounds": (1, 64),
+        "n_venues": (1, 32),
+        "basis_window": (1, 4096),
+        "transfer_slots": (1, 64),
+        "n_shocks": (1, 256),
+    }
     for k, (lo, hi) in limits.items():
         dims_kwargs[k] = _int(d[k], f"dims.{k}", lo, hi)
     dims = Dims(**dims_kwargs)
@@ -411,11 +479,14 @@ def build_params(cfg: dict, dtype=None) -> Params:
     e = cfg["exogenous"]
     price0 = _keyed(e["price0"], INDEX_KEYS, "exogenous.price0", lo=0.0, lo_open=True)
     vol = _keyed(e["vol_annual"], INDEX_KEYS, "exogenous.vol_annual", lo=0.0, hi=20.0)
-    vol_ref = _keyed(e["vol_ref_annual"], INDEX_KEYS, "exogenous.vol_ref_annual", lo=0.0, hi=20.0,
-                     lo_open=True)
+    vol_ref = _keyed(
+        e["vol_ref_annual"], INDEX_KEYS, "exogenous.vol_ref_annual", lo=0.0, hi=20.0, lo_open=True
+    )
     shocks = e.get("shocks") or []
     if not isinstance(shocks, list) or len(shocks) > dims.n_shocks:
-        raise ConfigError(f"exogenous.shocks must be a list of at most dims.n_shocks = {dims.n_shocks}")
+        raise ConfigError(
+            f"exogenous.shocks must be a list of at most dims.n_shocks = {dims.n_shocks}"
+        )
     srows = []
     for i, s in enumerate(shocks):
         f = f"exogenous.shocks[{i}]"
@@ -427,17 +498,27 @@ def build_params(cfg: dict, dtype=None) -> Params:
         start = _num(s["start_s"], f"{f}.start_s", 0.0)
         dur = _num(s["duration_s"], f"{f}.duration_s", 0.0)
         ret = _num(s["return_pct"], f"{f}.return_pct", -99.9, 1000.0)
-        srows.append((round(start / dt), max(1, round(dur / dt)), INDEX_KEYS.index(s["asset"]),
-                      math.log1p(ret / 100.0)))
+        srows.append(
+            (
+                round(start / dt),
+                max(1, round(dur / dt)),
+                INDEX_KEYS.index(s["asset"]),
+                math.log1p(ret / 100.0),
+            )
+        )
     pad = dims.n_shocks - len(srows)
     cols = list(zip(*srows, strict=True)) if srows else [[], [], [], []]
     lst_rate = _num(e["lst_rate"], "exogenous.lst_rate", 0.0, lo_open=True)
     exo = ExoParams(
-        price0=np.array(price0), vol_per_sqrt_s=np.array(vol) / math.sqrt(SECONDS_PER_YEAR),
+        price0=np.array(price0),
+        vol_per_sqrt_s=np.array(vol) / math.sqrt(SECONDS_PER_YEAR),
         vol_ref=np.array(vol_ref) / math.sqrt(SECONDS_PER_YEAR),
-        venue_dispersion=np.asarray(_num(e["venue_dispersion"], "exogenous.venue_dispersion", 0.0, 0.5)),
+        venue_dispersion=np.asarray(
+            _num(e["venue_dispersion"], "exogenous.venue_dispersion", 0.0, 0.5)
+        ),
         stable_reversion_per_s=np.asarray(
-            _num(e["stable_reversion_per_h"], "exogenous.stable_reversion_per_h", 0.0) / 3600.0),
+            _num(e["stable_reversion_per_h"], "exogenous.stable_reversion_per_h", 0.0) / 3600.0
+        ),
         lst_rate=np.asarray(lst_rate),
         shock_start_tick=np.array(list(cols[0]) + [0] * pad, np.int32),
         shock_ticks=np.array(list(cols[1]) + [1] * pad, np.int32),
@@ -451,26 +532,41 @@ def build_params(cfg: dict, dtype=None) -> Params:
     extra = set(mk) - allowed_m
     if extra:
         raise ConfigError(f"unknown key 'markets.{sorted(extra)[0]}'; allowed: {sorted(allowed_m)}")
-    ranges = {"tick_size": dict(lo=0.0, lo_open=True), "lp_depth": dict(lo=0.0),
-              "lp_decay_bps": dict(lo=0.0, lo_open=True), "lp_half_spread_ticks": dict(lo=0.0, hi=1000.0),
-              "lp_resilience_per_s": dict(lo=0.0), "lp_ref_weight": dict(lo=0.0, hi=1.0),
-              "lp_vol_withdraw": dict(lo=0.0)}
-    markets = MarketParams(**{k: np.array(_keyed(mk[k], MARKET_KEYS, f"markets.{k}", **ranges[k]))
-                              for k in ranges})
+    ranges = {
+        "tick_size": dict(lo=0.0, lo_open=True),
+        "lp_depth": dict(lo=0.0),
+        "lp_decay_bps": dict(lo=0.0, lo_open=True),
+        "lp_half_spread_ticks": dict(lo=0.0, hi=1000.0),
+        "lp_resilience_per_s": dict(lo=0.0),
+        "lp_ref_weight": dict(lo=0.0, hi=1.0),
+        "lp_vol_withdraw": dict(lo=0.0),
+    }
+    markets = MarketParams(
+        **{k: np.array(_keyed(mk[k], MARKET_KEYS, f"markets.{k}", **ranges[k])) for k in ranges}
+    )
     for m in range(N_MARKETS):
         top = price0[[0, 0, 1, 2][m]]
         if markets.tick_size[m] * dims.n_levels < 0.01 * top:
             raise ConfigError(
                 f"markets.tick_size.{MARKET_KEYS[m]} = {markets.tick_size[m]} gives a grid of "
-                f"{dims.n_levels} levels covering under 1% of price {top}; raise tick_size or dims.n_levels")
+                f"{dims.n_levels} levels covering under 1% of price {top}; raise tick_size or dims.n_levels"
+            )
 
     rules = _build_rules(cfg["rules"], dims)
     schedule = _build_schedule(cfg.get("schedule") or [], rules, dims, dt)
     accounts = _build_accounts(cfg["accounts"], dims, price0, rules)
 
-    params = Params(dims=dims, dt=np.asarray(dt), basis_window_s=np.asarray(basis_s), markets=markets,
-                    exo=exo, rules=rules, schedule=schedule, accounts=accounts,
-                    name=cfg.get("name", "custom"))
+    params = Params(
+        dims=dims,
+        dt=np.asarray(dt),
+        basis_window_s=np.asarray(basis_s),
+        markets=markets,
+        exo=exo,
+        rules=rules,
+        schedule=schedule,
+        accounts=accounts,
+        name=cfg.get("name", "custom"),
+    )
 
     def cast(x):
         x = np.asarray(x)
@@ -483,8 +579,9 @@ def build_params(cfg: dict, dtype=None) -> Params:
     return jax.tree_util.tree_map(cast, params)
 
 
-def load_scenario(name_or_path, variant: str | None = None, overrides: dict | None = None,
-                  dtype=None) -> Params:
+def load_scenario(
+    name_or_path, variant: str | None = None, overrides: dict | None = None, dtype=None
+) -> Params:
     """Load, merge and validate a scenario. See module docstring."""
     return build_params(scenario_config(name_or_path, variant, overrides), dtype)
 

@@ -109,10 +109,19 @@ class _Acc:
 def _acc_zero(dtype) -> _Acc:
     z = jnp.zeros((), dtype)
     return _Acc(
-        volume=jnp.zeros((N_MARKETS,), dtype), fees=z, liq_long=z, liq_short=z,
-        liq_accounts=jnp.zeros((), jnp.int32), coll_sold=jnp.zeros((N_ASSETS,), dtype),
-        coll_sold_usdt=z, takeover=z, adl_count=jnp.zeros((), jnp.int32), adl_notional=z,
-        bad_debt=z, forced=z, rules_changed=jnp.zeros((), jnp.int32),
+        volume=jnp.zeros((N_MARKETS,), dtype),
+        fees=z,
+        liq_long=z,
+        liq_short=z,
+        liq_accounts=jnp.zeros((), jnp.int32),
+        coll_sold=jnp.zeros((N_ASSETS,), dtype),
+        coll_sold_usdt=z,
+        takeover=z,
+        adl_count=jnp.zeros((), jnp.int32),
+        adl_notional=z,
+        bad_debt=z,
+        forced=z,
+        rules_changed=jnp.zeros((), jnp.int32),
     )
 
 
@@ -130,8 +139,17 @@ def _level_px(state: SimState, params: Params, m) -> Array:
 
 def _margin_balances(state: SimState) -> Array:
     a, r = state.acct, state.rules
-    return mg.margin_balance(a.bal, a.debt, a.pos, a.entry, a.iso_margin, a.mode,
-                             asset_prices(state.px), state.px.mark, r.haircut)
+    return mg.margin_balance(
+        a.bal,
+        a.debt,
+        a.pos,
+        a.entry,
+        a.iso_margin,
+        a.mode,
+        asset_prices(state.px),
+        state.px.mark,
+        r.haircut,
+    )
 
 
 def _equity(state: SimState) -> Array:
@@ -167,7 +185,9 @@ def _settle_perp(acct: AccountState, dq: Array, px: Array) -> AccountState:
     same = pos0 * dq >= 0
     closed = jnp.where(same, 0.0, jnp.minimum(jnp.abs(dq), jnp.abs(pos0)))
     flipped = (~same) & (jnp.abs(dq) > jnp.abs(pos0))
-    increase = jnp.where(flipped, jnp.abs(new_pos), jnp.maximum(jnp.abs(new_pos) - jnp.abs(pos0), 0.0))
+    increase = jnp.where(
+        flipped, jnp.abs(new_pos), jnp.maximum(jnp.abs(new_pos) - jnp.abs(pos0), 0.0)
+    )
     iso = acct.mode == ISOLATED
     # Isolated: realized PnL lands in the position's margin, a closed fraction of that
     # margin returns to the wallet, and initial margin for any increase leaves the wallet.
@@ -187,8 +207,7 @@ def _settle_perp(acct: AccountState, dq: Array, px: Array) -> AccountState:
     )
 
 
-def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit,
-          fee_rate=None):
+def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit, fee_rate=None):
     """Account `a` takes `qty` on market `m` (side +1 buy / -1 sell) up to `limit`.
 
     Walks the book, credits makers by FIFO queue position, settles balances or perp
@@ -225,10 +244,12 @@ def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit,
     buy = side > 0
     # Spot: taker buy receives the asset and pays USDT; makers (asks) receive USDT
     # (their asset was reserved in the book). Taker sell is the mirror image.
-    spot_taker = jnp.where(buy, filled * asset_oh - notional * usdt_oh,
-                           -filled * asset_oh + notional * usdt_oh)
-    spot_maker = jnp.where(buy, maker_n[:, None] * usdt_oh[None, :],
-                           maker_q[:, None] * asset_oh[None, :])
+    spot_taker = jnp.where(
+        buy, filled * asset_oh - notional * usdt_oh, -filled * asset_oh + notional * usdt_oh
+    )
+    spot_maker = jnp.where(
+        buy, maker_n[:, None] * usdt_oh[None, :], maker_q[:, None] * asset_oh[None, :]
+    )
     spot_bal = bal + taker[:, None] * spot_taker[None, :] + spot_maker
     bal = jnp.where(is_perp, bal, spot_bal)
     bal = bal.at[:, USDT].add(-fee_m - taker * fee_t)
@@ -239,12 +260,16 @@ def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit,
     maker_px = maker_n / jnp.maximum(maker_q, 1e-30)
     acct_p = _settle_perp(acct, jnp.where(is_perp, -side * maker_q, 0.0), maker_px)
     avg = notional / jnp.maximum(filled, 1e-30)
-    acct_p = _settle_perp(acct_p, jnp.where(is_perp, side * filled * taker, 0.0),
-                          jnp.full((n,), avg, dtype))
+    acct_p = _settle_perp(
+        acct_p, jnp.where(is_perp, side * filled * taker, 0.0), jnp.full((n,), avg, dtype)
+    )
     acct = jax.tree_util.tree_map(lambda x, y: jnp.where(is_perp, y, x), acct, acct_p)
 
-    last_fill_px = jnp.where(buy, jnp.max(jnp.where(fill_lvl > 0, px, -jnp.inf)),
-                             jnp.min(jnp.where(fill_lvl > 0, px, jnp.inf)))
+    last_fill_px = jnp.where(
+        buy,
+        jnp.max(jnp.where(fill_lvl > 0, px, -jnp.inf)),
+        jnp.min(jnp.where(fill_lvl > 0, px, jnp.inf)),
+    )
     last = state.px.last.at[m].set(jnp.where(filled > 0, last_fill_px, state.px.last[m]))
     acc = acc.replace(volume=acc.volume.at[m].add(filled), fees=acc.fees + fee_t + fee_m.sum())
     state = state.replace(book=book, acct=acct, px=state.px.replace(last=last))
@@ -262,8 +287,10 @@ def _cancel(state: SimState, params: Params, a, m, sides_mask: Array, frac=1.0):
         outs_q.append(q_s)
         outs_a.append(a_s)
         cancelled.append(c)
-    book = state.book.replace(qty=state.book.qty.at[m].set(jnp.stack(outs_q)),
-                              ahead=state.book.ahead.at[m].set(jnp.stack(outs_a)))
+    book = state.book.replace(
+        qty=state.book.qty.at[m].set(jnp.stack(outs_q)),
+        ahead=state.book.ahead.at[m].set(jnp.stack(outs_a)),
+    )
     # Refund spot reserves: bids held USDT, asks held the asset.
     is_spot = m != PERP
     refund_usdt = jnp.where(is_spot, jnp.sum(cancelled[BID] * px), 0.0)
@@ -289,10 +316,17 @@ def _validate(o, params: Params) -> Array:
     kind_ok = (o.kind >= 1) & (o.kind < N_KINDS)
     acct_ok = (o.account >= 0) & (o.account < params.dims.n_accounts)
     is_trade = (o.kind == KIND_MARKET) | (o.kind == KIND_LIMIT)
-    is_asset_op = (o.kind == KIND_TRANSFER_OUT) | (o.kind == KIND_TRANSFER_IN) | (
-        o.kind == KIND_BORROW) | (o.kind == KIND_REPAY)
-    mkt_ok = jnp.where(is_asset_op, (o.market >= 0) & (o.market < N_ASSETS),
-                       (o.market >= 0) & (o.market < N_MARKETS))
+    is_asset_op = (
+        (o.kind == KIND_TRANSFER_OUT)
+        | (o.kind == KIND_TRANSFER_IN)
+        | (o.kind == KIND_BORROW)
+        | (o.kind == KIND_REPAY)
+    )
+    mkt_ok = jnp.where(
+        is_asset_op,
+        (o.market >= 0) & (o.market < N_ASSETS),
+        (o.market >= 0) & (o.market < N_MARKETS),
+    )
     side_ok = jnp.where(is_trade, (o.side == 1) | (o.side == -1), True)
     qty_ok = jnp.where(o.kind == KIND_CANCEL, True, o.qty > 0)
     price_ok = jnp.where(o.kind == KIND_LIMIT, o.price > 0, o.price >= 0)
@@ -342,8 +376,11 @@ def _trade(state: SimState, params: Params, acc: _Acc, o, is_limit: bool):
     asset = MARKET_ASSET_ARR[m]
     # Spot: pay from free balances.
     need_usdt = n_dry * (1 + rules.taker_fee) + rest * px_lim
-    spot_ok = jnp.where(side > 0, acct.bal[a, USDT] >= need_usdt - TINY * need_usdt,
-                        acct.bal[a, asset] >= qty * (1 - 1e-7))
+    spot_ok = jnp.where(
+        side > 0,
+        acct.bal[a, USDT] >= need_usdt - TINY * need_usdt,
+        acct.bal[a, asset] >= qty * (1 - 1e-7),
+    )
     # Perp: position limit, tier leverage and initial margin for position-increasing orders.
     pos = acct.pos[a]
     new_pos = pos + side * qty
@@ -359,24 +396,32 @@ def _trade(state: SimState, params: Params, acc: _Acc, o, is_limit: bool):
     iso_eq = acct.iso_margin[a] + pos * (mark - acct.entry[a]) + impact
     free_iso = wallet - jnp.maximum(im_new - iso_eq, 0.0) - orders_im
     free = jnp.where(acct.mode[a] == CROSS, free_cross, free_iso)
-    perp_reason = jnp.where(n_new > rules.position_limit, REJ_POSITION_LIMIT,
-                            jnp.where(lev > mg.max_leverage(n_new, rules), REJ_LEVERAGE,
-                                      jnp.where(free < 0, REJ_MARGIN, OK)))
+    perp_reason = jnp.where(
+        n_new > rules.position_limit,
+        REJ_POSITION_LIMIT,
+        jnp.where(
+            lev > mg.max_leverage(n_new, rules), REJ_LEVERAGE, jnp.where(free < 0, REJ_MARGIN, OK)
+        ),
+    )
     perp_reason = jnp.where(increasing, perp_reason, OK)
     check = jnp.where(m == PERP, perp_reason, jnp.where(spot_ok, OK, REJ_BALANCE))
     reason = jnp.where(reason == OK, check, reason)
     ok = reason == OK
 
-    state, acc, filled, notional = _take(state, params, acc, a, m, side,
-                                         jnp.where(ok, qty, 0.0), limit)
+    state, acc, filled, notional = _take(
+        state, params, acc, a, m, side, jnp.where(ok, qty, 0.0), limit
+    )
     unfilled = jnp.where(ok, qty - filled, qty)
     if is_limit:
         rest_sz = jnp.where(ok, jnp.maximum(qty - filled, 0.0), 0.0)
         side_idx = jnp.where(side > 0, BID, ASK)
-        q_s, a_s = bk.add(state.book.qty[m, side_idx], state.book.ahead[m, side_idx], level, a,
-                          rest_sz)
-        book = state.book.replace(qty=state.book.qty.at[m, side_idx].set(q_s),
-                                  ahead=state.book.ahead.at[m, side_idx].set(a_s))
+        q_s, a_s = bk.add(
+            state.book.qty[m, side_idx], state.book.ahead[m, side_idx], level, a, rest_sz
+        )
+        book = state.book.replace(
+            qty=state.book.qty.at[m, side_idx].set(q_s),
+            ahead=state.book.ahead.at[m, side_idx].set(a_s),
+        )
         is_spot = m != PERP
         bal = state.acct.bal
         bal = bal.at[a, USDT].add(-jnp.where(is_spot & (side > 0), rest_sz * px_lim, 0.0))
@@ -437,11 +482,14 @@ def _op_transfer(state, params, acc, o, to_exchange: bool):
     acct = acct.replace(
         transit_amt=acct.transit_amt.at[a, slot].set(jnp.where(ok, amt, acct.transit_amt[a, slot])),
         transit_asset=acct.transit_asset.at[a, slot].set(
-            jnp.where(ok, asset, acct.transit_asset[a, slot])),
+            jnp.where(ok, asset, acct.transit_asset[a, slot])
+        ),
         transit_due=acct.transit_due.at[a, slot].set(
-            jnp.where(ok, state.t + delay, acct.transit_due[a, slot])),
+            jnp.where(ok, state.t + delay, acct.transit_due[a, slot])
+        ),
         transit_in=acct.transit_in.at[a, slot].set(
-            jnp.where(ok, to_exchange, acct.transit_in[a, slot])),
+            jnp.where(ok, to_exchange, acct.transit_in[a, slot])
+        ),
     )
     z = jnp.zeros((), dtype)
     return state.replace(acct=acct), acc, (reason, amt, z, qty - amt)
@@ -461,8 +509,11 @@ def _op_set_leverage(state, params, acc, o):
     n = jnp.abs(acct.pos[a]) * state.px.mark
     mb = _margin_balances(state)[a]
     im = (n + _open_order_notional(state, params)[a]) / jnp.maximum(new_lev, 1e-9)
-    reason = jnp.where((new_lev < 1.0) | (new_lev > mg.max_leverage(n, state.rules)), REJ_LEVERAGE,
-                       jnp.where((acct.mode[a] == CROSS) & (mb < im), REJ_MARGIN, OK))
+    reason = jnp.where(
+        (new_lev < 1.0) | (new_lev > mg.max_leverage(n, state.rules)),
+        REJ_LEVERAGE,
+        jnp.where((acct.mode[a] == CROSS) & (mb < im), REJ_MARGIN, OK),
+    )
     lev = acct.lev.at[a].set(jnp.where(reason == OK, new_lev, acct.lev[a]))
     z = jnp.zeros((), acct.bal.dtype)
     return state.replace(acct=acct.replace(lev=lev)), acc, (reason, z, z, z)
@@ -474,8 +525,11 @@ def _op_borrow(state, params, acc, o):
     px = asset_prices(state.px)
     # Borrowed units count as haircut collateral while the debt counts in full.
     mb_after = _margin_balances(state)[a] - qty * px[asset] * state.rules.haircut[asset]
-    reason = jnp.where(acct.mode[a] != CROSS, REJ_INVALID,
-                       jnp.where(mb_after < _im_total(state, params)[a], REJ_MARGIN, OK))
+    reason = jnp.where(
+        acct.mode[a] != CROSS,
+        REJ_INVALID,
+        jnp.where(mb_after < _im_total(state, params)[a], REJ_MARGIN, OK),
+    )
     amt = jnp.where(reason == OK, qty, 0.0)
     lender = params.dims.outside
     bal = acct.bal.at[a, asset].add(amt).at[lender, asset].add(-amt)
@@ -497,8 +551,19 @@ def _op_repay(state, params, acc, o):
     return state.replace(acct=acct.replace(bal=bal, debt=debt)), acc, (reason, amt, z, qty - amt)
 
 
-_OPS = (_op_none, _op_market, _op_limit, _op_cancel, _op_transfer_out, _op_transfer_in,
-        _op_set_leverage, _op_borrow, _op_repay)
+_OPS_BY_KIND = {
+    KIND_NONE: _op_none,
+    KIND_MARKET: _op_market,
+    KIND_LIMIT: _op_limit,
+    KIND_CANCEL: _op_cancel,
+    KIND_TRANSFER_OUT: _op_transfer_out,
+    KIND_TRANSFER_IN: _op_transfer_in,
+    KIND_SET_LEVERAGE: _op_set_leverage,
+    KIND_BORROW: _op_borrow,
+    KIND_REPAY: _op_repay,
+}
+assert sorted(_OPS_BY_KIND) == list(range(N_KINDS))
+_OPS = tuple(_OPS_BY_KIND[k] for k in range(N_KINDS))
 
 
 def _process_orders(state: SimState, params: Params, orders: Orders, acc: _Acc):
@@ -526,9 +591,13 @@ def _arrivals(state: SimState) -> SimState:
     amt = jnp.where(due, acct.transit_amt, 0.0)[..., None] * oh
     to_ex = jnp.sum(jnp.where(acct.transit_in[..., None], amt, 0.0), axis=1)
     to_ext = jnp.sum(jnp.where(acct.transit_in[..., None], 0.0, amt), axis=1)
-    return state.replace(acct=acct.replace(
-        bal=acct.bal + to_ex, ext_bal=acct.ext_bal + to_ext,
-        transit_amt=jnp.where(due, 0.0, acct.transit_amt)))
+    return state.replace(
+        acct=acct.replace(
+            bal=acct.bal + to_ex,
+            ext_bal=acct.ext_bal + to_ext,
+            transit_amt=jnp.where(due, 0.0, acct.transit_amt),
+        )
+    )
 
 
 # ============================================================== exogenous prices
@@ -540,10 +609,16 @@ def _exogenous(key, state: SimState, params: Params) -> SimState:
     dtype = state.px.ext.dtype
     z = jax.random.normal(k1, (3,), dtype)
     t = state.t
-    shock_on = exo.shock_active & (t >= exo.shock_start_tick) & (
-        t < exo.shock_start_tick + exo.shock_ticks)
-    shock_drift = jnp.zeros((3,), dtype).at[exo.shock_asset].add(
-        jnp.where(shock_on, exo.shock_log_return / jnp.maximum(exo.shock_ticks, 1), 0.0))
+    shock_on = (
+        exo.shock_active
+        & (t >= exo.shock_start_tick)
+        & (t < exo.shock_start_tick + exo.shock_ticks)
+    )
+    shock_drift = (
+        jnp.zeros((3,), dtype)
+        .at[exo.shock_asset]
+        .add(jnp.where(shock_on, exo.shock_log_return / jnp.maximum(exo.shock_ticks, 1), 0.0))
+    )
     sig = exo.vol_per_sqrt_s
     logp = jnp.log(state.px.ext_common)
     # BASE: GBM. STABLE: mean-reverting to its redemption price 1. LST: BASE times the
@@ -587,12 +662,17 @@ def _index(state: SimState, params: Params) -> Array:
     # Redemption legs: BASE has none (its weight must be 0), STABLE redeems at 1,
     # LST at lst_rate BASE valued at the BASE index computed first.
     base_c = jnp.concatenate([ext[0], internal[:1], state.px.ext_common[:1]])
-    base_idx = pr.index_price(base_c, rules.index_weights[0], rules.index_clip[0],
-                              rules.price_floor[0])
+    base_idx = pr.index_price(
+        base_c, rules.index_weights[0], rules.index_clip[0], rules.price_floor[0]
+    )
     stab_c = jnp.concatenate([ext[1], internal[1:2], jnp.ones((1,), ext.dtype)])
     lst_c = jnp.concatenate([ext[2], internal[2:3], (params.exo.lst_rate * base_idx)[None]])
-    rest = pr.index_price(jnp.stack([stab_c, lst_c]), rules.index_weights[1:],
-                          rules.index_clip[1:], rules.price_floor[1:])
+    rest = pr.index_price(
+        jnp.stack([stab_c, lst_c]),
+        rules.index_weights[1:],
+        rules.index_clip[1:],
+        rules.price_floor[1:],
+    )
     return jnp.concatenate([base_idx[None], rest])
 
 
@@ -616,9 +696,14 @@ def _reprice(state: SimState, params: Params) -> SimState:
     index = _index(state, params)
     px = state.px.replace(index=index)
     state = state.replace(px=px)
-    mark = pr.mark_price(index[0], state.px.last[PERP], _basis_ma(state, params),
-                         state.px.funding_rate, _time_to_funding(state, params),
-                         state.rules.funding_interval_s)
+    mark = pr.mark_price(
+        index[0],
+        state.px.last[PERP],
+        _basis_ma(state, params),
+        state.px.funding_rate,
+        _time_to_funding(state, params),
+        state.rules.funding_interval_s,
+    )
     return state.replace(px=state.px.replace(mark=mark))
 
 
@@ -647,10 +732,21 @@ def _prices_and_funding(state: SimState, params: Params):
     prem = _impact_premium(state, params, p.index[0])
     i = (p.prem_n + 1).astype(p.prem_wsum.dtype)
     wsum, wtot = p.prem_wsum + i * prem, p.prem_w + i
-    rate = pr.funding_rate(wsum / wtot, rules.funding_interest, rules.funding_clamp,
-                           rules.funding_cap, rules.funding_interval_s)
-    p = p.replace(basis_buf=buf, basis_count=p.basis_count + 1, prem_wsum=wsum, prem_w=wtot,
-                  prem_n=p.prem_n + 1, funding_rate=rate)
+    rate = pr.funding_rate(
+        wsum / wtot,
+        rules.funding_interest,
+        rules.funding_clamp,
+        rules.funding_cap,
+        rules.funding_interval_s,
+    )
+    p = p.replace(
+        basis_buf=buf,
+        basis_count=p.basis_count + 1,
+        prem_wsum=wsum,
+        prem_w=wtot,
+        prem_n=p.prem_n + 1,
+        funding_rate=rate,
+    )
     now = (state.t + 1) * params.dt  # end of this tick
     settle = now >= p.next_funding_s
     pay = jnp.where(settle, pr.funding_payment(state.acct.pos, p.mark, rate), 0.0)
@@ -662,11 +758,13 @@ def _prices_and_funding(state: SimState, params: Params):
     )
     zero = jnp.zeros_like(wsum)
     p = p.replace(
-        prem_wsum=jnp.where(settle, zero, wsum), prem_w=jnp.where(settle, zero, wtot),
+        prem_wsum=jnp.where(settle, zero, wsum),
+        prem_w=jnp.where(settle, zero, wtot),
         prem_n=jnp.where(settle, 0, p.prem_n),
         last_funding_rate=jnp.where(settle, rate, p.last_funding_rate),
-        next_funding_s=jnp.where(settle, p.next_funding_s + rules.funding_interval_s,
-                                 p.next_funding_s),
+        next_funding_s=jnp.where(
+            settle, p.next_funding_s + rules.funding_interval_s, p.next_funding_s
+        ),
     )
     return state.replace(px=p, acct=acct), settle, jnp.where(settle, rate, 0.0)
 
@@ -675,8 +773,12 @@ def _prices_and_funding(state: SimState, params: Params):
 
 
 def _lp_center(state: SimState, params: Params, m: int) -> Array:
-    ref = (state.px.ext[0].mean(), state.px.index[0], state.px.ext[1].mean(),
-           state.px.ext[2].mean())[m]
+    ref = (
+        state.px.ext[0].mean(),
+        state.px.index[0],
+        state.px.ext[1].mean(),
+        state.px.ext[2].mean(),
+    )[m]
     px = _level_px(state, params, m)
     bid, ask = bk.best_prices(state.book.qty[m], px)
     mid = jnp.where((bid > 0) & jnp.isfinite(ask), 0.5 * (bid + ask), ref)
@@ -692,8 +794,11 @@ def _recentre(state: SimState, params: Params, m: int, center) -> SimState:
     k = jnp.where(jnp.abs(off) > g / 4, jnp.round(off), 0.0).astype(jnp.int32)
     px_old = _level_px(state, params, m)
     q, ah, dropped = bk.shift(state.book.qty[m], state.book.ahead[m], k)
-    book = state.book.replace(qty=state.book.qty.at[m].set(q), ahead=state.book.ahead.at[m].set(ah),
-                              origin=state.book.origin.at[m].add(k))
+    book = state.book.replace(
+        qty=state.book.qty.at[m].set(q),
+        ahead=state.book.ahead.at[m].set(ah),
+        origin=state.book.origin.at[m].add(k),
+    )
     bal = state.acct.bal
     if m != PERP:
         bal = bal.at[:, USDT].add(jnp.einsum("ga,g->a", dropped[BID], px_old))
@@ -710,8 +815,10 @@ def _liquidity(state: SimState, params: Params) -> SimState:
         px = _level_px(state, params, m)
         tick = mp.tick_size[m]
         dist_bps = jnp.abs(px - center) / center * 1e4
-        vol_ratio = state.px.vol[0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)] / (
-            params.exo.vol_ref[0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)])
+        vol_ratio = (
+            state.px.vol[0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)]
+            / (params.exo.vol_ref[0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)])
+        )
         scale = 1.0 / (1.0 + mp.lp_vol_withdraw[m] * jnp.maximum(vol_ratio - 1.0, 0.0))
         prof = mp.lp_depth[m] * jnp.exp(-dist_bps / mp.lp_decay_bps[m]) * scale
         gap = mp.lp_half_spread_ticks[m] * tick
@@ -720,8 +827,12 @@ def _liquidity(state: SimState, params: Params) -> SimState:
         # Pull excess at once (makers withdraw fast), refill at the resilience rate.
         fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
         q_m = state.book.qty[m]
-        excess = jnp.stack([jnp.maximum(q_m[BID, :, lp] - tgt_bid, 0.0),
-                            jnp.maximum(q_m[ASK, :, lp] - tgt_ask, 0.0)])
+        excess = jnp.stack(
+            [
+                jnp.maximum(q_m[BID, :, lp] - tgt_bid, 0.0),
+                jnp.maximum(q_m[ASK, :, lp] - tgt_ask, 0.0),
+            ]
+        )
         state = _cancel_sizes(state, params, lp, m, excess)
         q_m = state.book.qty[m]
         add_bid = jnp.maximum(tgt_bid - q_m[BID, :, lp], 0.0) * fill
@@ -734,14 +845,20 @@ def _liquidity(state: SimState, params: Params) -> SimState:
         if m != PERP:
             asset = MARKET_ASSET[m]
             cost = jnp.sum(add_bid * px)
-            add_bid = add_bid * jnp.minimum(1.0, jnp.maximum(bal[lp, USDT], 0.0) / jnp.maximum(cost, 1e-30))
+            add_bid = add_bid * jnp.minimum(
+                1.0, jnp.maximum(bal[lp, USDT], 0.0) / jnp.maximum(cost, 1e-30)
+            )
             need = add_ask.sum()
-            add_ask = add_ask * jnp.minimum(1.0, jnp.maximum(bal[lp, asset], 0.0) / jnp.maximum(need, 1e-30))
+            add_ask = add_ask * jnp.minimum(
+                1.0, jnp.maximum(bal[lp, asset], 0.0) / jnp.maximum(need, 1e-30)
+            )
             bal = bal.at[lp, USDT].add(-jnp.sum(add_bid * px)).at[lp, asset].add(-add_ask.sum())
         qb, ab = bk.add_levels(q_m[BID], state.book.ahead[m, BID], lp, add_bid)
         qa, aa = bk.add_levels(q_m[ASK], state.book.ahead[m, ASK], lp, add_ask)
-        book = state.book.replace(qty=state.book.qty.at[m].set(jnp.stack([qb, qa])),
-                                  ahead=state.book.ahead.at[m].set(jnp.stack([ab, aa])))
+        book = state.book.replace(
+            qty=state.book.qty.at[m].set(jnp.stack([qb, qa])),
+            ahead=state.book.ahead.at[m].set(jnp.stack([ab, aa])),
+        )
         state = state.replace(book=book, acct=state.acct.replace(bal=bal))
     return state
 
@@ -752,8 +869,10 @@ def _cancel_sizes(state: SimState, params: Params, a, m: int, sizes: Array) -> S
     q_m, ah_m = state.book.qty[m], state.book.ahead[m]
     qb, ab, cb = bk.cancel_levels(q_m[BID], ah_m[BID], a, sizes[BID])
     qa, aa, ca = bk.cancel_levels(q_m[ASK], ah_m[ASK], a, sizes[ASK])
-    book = state.book.replace(qty=state.book.qty.at[m].set(jnp.stack([qb, qa])),
-                              ahead=state.book.ahead.at[m].set(jnp.stack([ab, aa])))
+    book = state.book.replace(
+        qty=state.book.qty.at[m].set(jnp.stack([qb, qa])),
+        ahead=state.book.ahead.at[m].set(jnp.stack([ab, aa])),
+    )
     bal = state.acct.bal
     if m != PERP:
         bal = bal.at[a, USDT].add(jnp.sum(cb * px)).at[a, MARKET_ASSET[m]].add(ca.sum())
@@ -793,8 +912,9 @@ def _apply_schedule(state: SimState, params: Params, acc: _Acc):
         # Rule enforcement cancels the account's orders first, then sells at market.
         st2 = _cancel_all(state, params, a)
         state = jax.tree_util.tree_map(lambda x, y: jnp.where(qty > 0, y, x), state, st2)
-        state, acc, f, notional = _take(state, params, acc, a, PERP, side, qty,
-                                        jnp.where(side > 0, jnp.inf, 0.0))
+        state, acc, f, notional = _take(
+            state, params, acc, a, PERP, side, qty, jnp.where(side > 0, jnp.inf, 0.0)
+        )
         acc = acc.replace(forced=acc.forced + notional)
         return (state, acc), None
 
@@ -894,8 +1014,10 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced):
     closed_iso = iso & (acct.pos[a] == 0) & liq
     im = acct.iso_margin[a]
     acct = acct.replace(
-        bal=acct.bal.at[a, USDT].add(jnp.where(closed_iso, jnp.maximum(im, 0.0), 0.0))
-        .at[ins, USDT].add(jnp.where(closed_iso, jnp.minimum(im, 0.0), 0.0)),
+        bal=acct.bal.at[a, USDT]
+        .add(jnp.where(closed_iso, jnp.maximum(im, 0.0), 0.0))
+        .at[ins, USDT]
+        .add(jnp.where(closed_iso, jnp.minimum(im, 0.0), 0.0)),
         iso_margin=acct.iso_margin.at[a].set(jnp.where(closed_iso, 0.0, im)),
     )
     state = state.replace(acct=acct)
@@ -904,8 +1026,9 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced):
     cross_liq = liq & ~iso
     acct = state.acct
     rep = jnp.where(cross_liq, jnp.minimum(jnp.maximum(acct.bal[a], 0.0), acct.debt[a]), 0.0)
-    acct = acct.replace(bal=acct.bal.at[a].add(-rep).at[dims.outside].add(rep),
-                        debt=acct.debt.at[a].add(-rep))
+    acct = acct.replace(
+        bal=acct.bal.at[a].add(-rep).at[dims.outside].add(rep), debt=acct.debt.at[a].add(-rep)
+    )
     state = state.replace(acct=acct)
     for asset in COLLATERAL_SALE_ORDER:
         m = ASSET_MARKET[asset]
@@ -915,8 +1038,10 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced):
         need = bk.walk_for_quote(tot, px, deficit * (1 + rules.taker_fee), 0.0).sum()
         qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))
         state, acc, sold, proceeds = _take(state, params, acc, a, m, -1, qty, 0.0)
-        acc = acc.replace(coll_sold=acc.coll_sold.at[asset].add(sold),
-                          coll_sold_usdt=acc.coll_sold_usdt + proceeds)
+        acc = acc.replace(
+            coll_sold=acc.coll_sold.at[asset].add(sold),
+            coll_sold_usdt=acc.coll_sold_usdt + proceeds,
+        )
     # Bankrupt: no position and no collateral left, USDT still negative -> the fund pays;
     # debts that nothing can repay are settled with the lender by the fund at index.
     acct = state.acct
@@ -928,8 +1053,12 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced):
     debt_usdt = jnp.sum(left_debt * px_a)
     fund0 = acct.bal[ins, USDT]
     acct = acct.replace(
-        bal=acct.bal.at[a, USDT].add(hole).at[ins, USDT].add(-hole - debt_usdt)
-        .at[dims.outside, USDT].add(debt_usdt),
+        bal=acct.bal.at[a, USDT]
+        .add(hole)
+        .at[ins, USDT]
+        .add(-hole - debt_usdt)
+        .at[dims.outside, USDT]
+        .add(debt_usdt),
         debt=acct.debt.at[a].add(-left_debt),
     )
     fund1 = acct.bal[ins, USDT]
@@ -963,8 +1092,7 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc, forced: Arra
         (state, acc), _ = jax.lax.scan(body, (state, acc), jnp.arange(params.dims.n_accounts))
         return (state, acc), None
 
-    (state, acc), _ = jax.lax.scan(one_round, (state, acc),
-                                   jnp.arange(params.dims.cascade_rounds))
+    (state, acc), _ = jax.lax.scan(one_round, (state, acc), jnp.arange(params.dims.cascade_rounds))
     state = _reprice(state, params)
     # The fund unwinds part of its taken-over position into the book.
     ins = params.dims.insurance
@@ -1024,8 +1152,11 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
     spot_mid = 0.5 * (best_b[SPOT] + best_a[SPOT])
     perp_mid = 0.5 * (best_b[PERP] + best_a[PERP])
     ok = (best_b[SPOT] > 0) & (best_a[SPOT] > 0) & (best_b[PERP] > 0) & (best_a[PERP] > 0)
-    basis = jnp.where(ok, (perp_mid - spot_mid) / jnp.maximum(spot_mid, TINY),
-                      (p.last[PERP] - p.last[SPOT]) / jnp.maximum(p.last[SPOT], TINY))
+    basis = jnp.where(
+        ok,
+        (perp_mid - spot_mid) / jnp.maximum(spot_mid, TINY),
+        (p.last[PERP] - p.last[SPOT]) / jnp.maximum(p.last[SPOT], TINY),
+    )
     fund1 = state.acct.bal[dims.insurance, USDT]
     sch = params.schedule
     t = state.t
@@ -1034,22 +1165,46 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
     next_change_s = jnp.where(pending.any(), next_change * params.dt, -1.0)
     rejects = jnp.zeros((N_REASONS,), jnp.int32).at[reason].add(1).at[OK].set(0)
     return TickEvents(
-        t=t, time_s=t * params.dt, ext_px=p.ext.mean(-1), spot_px=p.last[SPOT],
-        perp_px=p.last[PERP], index_px=p.index, mark_px=p.mark, basis=basis,
-        mark_index_gap=(p.mark - p.index[0]) / p.index[0], funding_rate=p.funding_rate,
-        funding_paid=paid, funding_settled=settled, oi_long=jnp.sum(jnp.maximum(pos, 0.0)),
-        oi_short=jnp.sum(jnp.maximum(-pos, 0.0)), depth_1pct=jnp.stack(depth),
-        best_bid=jnp.stack(best_b), best_ask=jnp.stack(best_a), volume=acc.volume,
-        liq_notional_long=acc.liq_long, liq_notional_short=acc.liq_short,
-        liq_accounts=acc.liq_accounts, collateral_sold=acc.coll_sold,
-        collateral_sold_usdt=acc.coll_sold_usdt, insurance_fund=fund1,
-        insurance_draw=fund0 - fund1, if_takeover_notional=acc.takeover,
-        adl_count=acc.adl_count, adl_notional=acc.adl_notional, bad_debt=acc.bad_debt,
+        t=t,
+        time_s=t * params.dt,
+        ext_px=p.ext.mean(-1),
+        spot_px=p.last[SPOT],
+        perp_px=p.last[PERP],
+        index_px=p.index,
+        mark_px=p.mark,
+        basis=basis,
+        mark_index_gap=(p.mark - p.index[0]) / p.index[0],
+        funding_rate=p.funding_rate,
+        funding_paid=paid,
+        funding_settled=settled,
+        oi_long=jnp.sum(jnp.maximum(pos, 0.0)),
+        oi_short=jnp.sum(jnp.maximum(-pos, 0.0)),
+        depth_1pct=jnp.stack(depth),
+        best_bid=jnp.stack(best_b),
+        best_ask=jnp.stack(best_a),
+        volume=acc.volume,
+        liq_notional_long=acc.liq_long,
+        liq_notional_short=acc.liq_short,
+        liq_accounts=acc.liq_accounts,
+        collateral_sold=acc.coll_sold,
+        collateral_sold_usdt=acc.coll_sold_usdt,
+        insurance_fund=fund1,
+        insurance_draw=fund0 - fund1,
+        if_takeover_notional=acc.takeover,
+        adl_count=acc.adl_count,
+        adl_notional=acc.adl_notional,
+        bad_debt=acc.bad_debt,
         forced_reduce_notional=acc.forced,
         collateral_px=jnp.stack([p.last[STABLE_SPOT], p.last[3]]),
-        collateral_index=p.index[1:], fees=acc.fees, rejects=rejects, order_reason=reason,
-        order_filled=filled, order_avg_px=avg, order_unfilled=unfilled,
-        rules_changed=acc.rules_changed, next_change_s=next_change_s,
+        collateral_index=p.index[1:],
+        fees=acc.fees,
+        rejects=rejects,
+        order_reason=reason,
+        order_filled=filled,
+        order_avg_px=avg,
+        order_unfilled=unfilled,
+        rules_changed=acc.rules_changed,
+        next_change_s=next_change_s,
     )
 
 
@@ -1064,31 +1219,53 @@ def reset(key: Array, params: Params) -> SimState:
     ai = params.accounts
     x = dims.transfer_slots
     acct = AccountState(
-        bal=ai.bal, debt=ai.debt, ext_bal=ai.ext_bal, pos=ai.pos, entry=ai.entry,
-        iso_margin=ai.iso_margin, mode=ai.mode, lev=ai.lev,
-        transit_amt=jnp.zeros((n, x), dtype), transit_asset=jnp.zeros((n, x), jnp.int32),
-        transit_due=jnp.zeros((n, x), jnp.int32), transit_in=jnp.zeros((n, x), bool),
+        bal=ai.bal,
+        debt=ai.debt,
+        ext_bal=ai.ext_bal,
+        pos=ai.pos,
+        entry=ai.entry,
+        iso_margin=ai.iso_margin,
+        mode=ai.mode,
+        lev=ai.lev,
+        transit_amt=jnp.zeros((n, x), dtype),
+        transit_asset=jnp.zeros((n, x), jnp.int32),
+        transit_due=jnp.zeros((n, x), jnp.int32),
+        transit_in=jnp.zeros((n, x), bool),
     )
     p0 = params.exo.price0
     ext = jnp.broadcast_to(p0[:, None], (3, dims.n_venues)).astype(dtype)
     last = jnp.stack([p0[0], p0[0], p0[1], p0[2]]).astype(dtype)
     origin = (jnp.round(last / params.markets.tick_size) - g // 2).astype(jnp.int32)
-    book = Book(qty=jnp.zeros((N_MARKETS, 2, g, n), dtype),
-                ahead=jnp.zeros((N_MARKETS, 2, g, n), dtype), origin=origin)
+    book = Book(
+        qty=jnp.zeros((N_MARKETS, 2, g, n), dtype),
+        ahead=jnp.zeros((N_MARKETS, 2, g, n), dtype),
+        origin=origin,
+    )
     z = jnp.zeros((), dtype)
     px = PriceState(
-        ext=ext, ext_common=p0.astype(dtype), last=last, index=p0.astype(dtype), mark=p0[0],
-        basis_buf=jnp.zeros((w,), dtype), basis_count=jnp.zeros((), jnp.int32),
-        prem_wsum=z, prem_w=z, prem_n=jnp.zeros((), jnp.int32),
-        funding_rate=params.rules.funding_interest * params.rules.funding_interval_s / pr.SECONDS_PER_8H,
-        last_funding_rate=z, next_funding_s=params.rules.funding_interval_s,
+        ext=ext,
+        ext_common=p0.astype(dtype),
+        last=last,
+        index=p0.astype(dtype),
+        mark=p0[0],
+        basis_buf=jnp.zeros((w,), dtype),
+        basis_count=jnp.zeros((), jnp.int32),
+        prem_wsum=z,
+        prem_w=z,
+        prem_n=jnp.zeros((), jnp.int32),
+        funding_rate=params.rules.funding_interest
+        * params.rules.funding_interval_s
+        / pr.SECONDS_PER_8H,
+        last_funding_rate=z,
+        next_funding_s=params.rules.funding_interval_s,
         vol=params.exo.vol_ref.astype(dtype),
     )
     state = SimState(t=jnp.zeros((), jnp.int32), book=book, acct=acct, px=px, rules=params.rules)
     state = _reprice(state, params)
     # Fill the books to the target profile at once (resilience 1 for the first fill).
-    full = params.replace(markets=params.markets.replace(
-        lp_resilience_per_s=jnp.full((N_MARKETS,), 1e9, dtype)))
+    full = params.replace(
+        markets=params.markets.replace(lp_resilience_per_s=jnp.full((N_MARKETS,), 1e9, dtype))
+    )
     return _liquidity(state, full)
 
 
@@ -1120,10 +1297,14 @@ def audit(state: SimState, params: Params) -> dict[str, Array]:
     acct = state.acct
     dims = params.dims
     spot_ms = [m for m in range(N_MARKETS) if m != PERP]
-    bid_usdt = sum(jnp.sum(state.book.qty[m, BID].sum(-1) * _level_px(state, params, m))
-                   for m in spot_ms)
-    transit = jnp.zeros((N_ASSETS,), acct.bal.dtype).at[acct.transit_asset.ravel()].add(
-        acct.transit_amt.ravel())
+    bid_usdt = sum(
+        jnp.sum(state.book.qty[m, BID].sum(-1) * _level_px(state, params, m)) for m in spot_ms
+    )
+    transit = (
+        jnp.zeros((N_ASSETS,), acct.bal.dtype)
+        .at[acct.transit_asset.ravel()]
+        .add(acct.transit_amt.ravel())
+    )
     asset_tot = acct.bal.sum(0) + acct.ext_bal.sum(0) + transit
     ask_res = {MARKET_ASSET[m]: state.book.qty[m, ASK].sum() for m in spot_ms}
     out = {

@@ -52,8 +52,15 @@ def wallet_value(bal: Array, debt: Array, asset_px: Array) -> Array:
 
 
 def margin_balance(
-    bal: Array, debt: Array, pos: Array, entry: Array, iso_margin: Array, mode: Array,
-    asset_px: Array, mark: Array, haircut: Array,
+    bal: Array,
+    debt: Array,
+    pos: Array,
+    entry: Array,
+    iso_margin: Array,
+    mode: Array,
+    asset_px: Array,
+    mark: Array,
+    haircut: Array,
 ) -> Array:
     """MB = collateral value + uPnL at mark (cross) or isolated margin + uPnL (isolated)."""
     upnl = pos * (mark - entry)

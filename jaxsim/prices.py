@@ -32,8 +32,12 @@ def index_price(constituents: Array, weights: Array, clip: Array, floor: Array) 
 
 
 def mark_price(
-    index: Array, last: Array, basis_ma: Array, funding_rate: Array,
-    time_to_funding_s: Array, funding_interval_s: Array,
+    index: Array,
+    last: Array,
+    basis_ma: Array,
+    funding_rate: Array,
+    time_to_funding_s: Array,
+    funding_interval_s: Array,
 ) -> Array:
     """Binance mark: median(P1, P2, last).
 

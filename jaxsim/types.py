@@ -47,8 +47,17 @@ KIND_SET_LEVERAGE = 6  # qty = new chosen leverage
 KIND_BORROW = 7  # borrow `qty` of asset `market` from the lender (the outside world)
 KIND_REPAY = 8  # repay `qty` of asset `market` debt
 N_KINDS = 9
-KIND_NAMES = ("none", "market", "limit", "cancel", "transfer_out", "transfer_in",
-              "set_leverage", "borrow", "repay")
+KIND_NAMES = (
+    "none",
+    "market",
+    "limit",
+    "cancel",
+    "transfer_out",
+    "transfer_in",
+    "set_leverage",
+    "borrow",
+    "repay",
+)
 
 # ---------------------------------------------------------------- reject reasons
 OK = 0
@@ -62,8 +71,18 @@ REJ_OUT_OF_RANGE = 7  # limit price outside the book's price grid
 REJ_NO_LIQUIDITY = 8  # market order found nothing to fill within its limit
 REJ_SYSTEM = 9  # order from a system account (LP, outside world, insurance fund, fees)
 N_REASONS = 10
-REASON_NAMES = ("ok", "invalid", "balance", "margin", "position_limit", "leverage",
-                "price_band", "out_of_range", "no_liquidity", "system_account")
+REASON_NAMES = (
+    "ok",
+    "invalid",
+    "balance",
+    "margin",
+    "position_limit",
+    "leverage",
+    "price_band",
+    "out_of_range",
+    "no_liquidity",
+    "system_account",
+)
 
 # ---------------------------------------------------------------- rule-change policies
 POLICY_GRANDFATHER = 0  # existing positions keep their size; new orders obey the new rule

@@ -33,10 +33,21 @@ OVERRIDES = {
             {"name": "agent", "usdt": 200000.0, "base": 1.0, "stable": 50000.0},
             {"name": "long", "usdt": 30000.0, "position": 3.0, "leverage": 20},
             {"name": "short", "usdt": 30000.0, "position": -3.0, "leverage": 20},
-            {"name": "iso_long", "usdt": 5000.0, "position": 1.0, "mode": "isolated",
-             "isolated_margin": 6000.0, "leverage": 20},
-            {"name": "stable_long", "stable": 40000.0, "position": 2.0, "leverage": 20,
-             "debt": {"stable": 10000.0}},
+            {
+                "name": "iso_long",
+                "usdt": 5000.0,
+                "position": 1.0,
+                "mode": "isolated",
+                "isolated_margin": 6000.0,
+                "leverage": 20,
+            },
+            {
+                "name": "stable_long",
+                "stable": 40000.0,
+                "position": 2.0,
+                "leverage": 20,
+                "debt": {"stable": 10000.0},
+            },
             {"name": "lst_short", "lst": 0.5, "usdt": 1000.0, "position": -3.0, "leverage": 20},
         ],
         "lp": {"usdt": 20000000.0, "base": 200.0, "stable": 20000000.0, "lst": 200.0},
@@ -84,7 +95,9 @@ def _gross(state, params):
 
 n_accounts = OVERRIDES["dims"]["n_accounts"]
 qty_st = st.one_of(
-    st.floats(0.001, 5.0), st.floats(0.0, 1e9), st.sampled_from([0.0, -1.0, np.nan, np.inf, 1e12]),
+    st.floats(0.001, 5.0),
+    st.floats(0.0, 1e9),
+    st.sampled_from([0.0, -1.0, np.nan, np.inf, 1e12]),
 )
 order_row = st.tuples(
     st.integers(-1, n_accounts),  # account, incl. out of range and system accounts
@@ -107,9 +120,12 @@ def _orders(rows: list, params) -> Orders:
     price = arr[..., 5] * ref[np.clip(mkt, 0, 4)]
     dt = params.dt.dtype
     return Orders(
-        account=jnp.asarray(arr[..., 0], jnp.int32), market=jnp.asarray(mkt, jnp.int32),
-        side=jnp.asarray(arr[..., 2], jnp.int32), kind=jnp.asarray(arr[..., 3], jnp.int32),
-        qty=jnp.asarray(arr[..., 4], dt), price=jnp.asarray(price, dt),
+        account=jnp.asarray(arr[..., 0], jnp.int32),
+        market=jnp.asarray(mkt, jnp.int32),
+        side=jnp.asarray(arr[..., 2], jnp.int32),
+        kind=jnp.asarray(arr[..., 3], jnp.int32),
+        qty=jnp.asarray(arr[..., 4], dt),
+        price=jnp.asarray(price, dt),
     )
 
 
@@ -150,7 +166,9 @@ def test_conservation_oi_and_finiteness(run, params, rows, shock, shock_asset, s
     for i, name in enumerate(LEDGER):
         x0, x1 = float(a0[name]), float(a1[name])
         assert abs(x1 - x0) <= 2e-6 * gross[i], f"{name} not conserved: {x0} -> {x1}"
-    np.testing.assert_allclose(np.asarray(ev.oi_long), np.asarray(ev.oi_short), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(ev.oi_long), np.asarray(ev.oi_short), rtol=1e-5, atol=1e-4
+    )
     _assert_finite(s1, "state")
     _assert_finite(ev, "events")
     assert np.all(np.asarray(s1.acct.bal[:, 1:]) >= -1e-3), "a non-USDT balance went negative"
@@ -159,9 +177,17 @@ def test_conservation_oi_and_finiteness(run, params, rows, shock, shock_asset, s
 def test_garbage_orders_are_rejected_not_applied(run, params):
     """NaN/inf/negative quantities, unknown kinds and out-of-range accounts change nothing."""
     rows = []
-    bad = [(0, 1, 1, 1, np.nan, 0.0), (0, 1, 1, 2, np.inf, 1.0), (0, 1, 1, 1, -5.0, 0.0),
-           (-1, 1, 1, 1, 1.0, 0.0), (0, 7, 1, 1, 1.0, 0.0), (0, 1, 3, 1, 1.0, 0.0),
-           (0, 1, 1, 2, 1.0, np.nan), (0, 1, 1, 12, 1.0, 0.0), (8, 1, 1, 1, 1.0, 0.0)]
+    bad = [
+        (0, 1, 1, 1, np.nan, 0.0),
+        (0, 1, 1, 2, np.inf, 1.0),
+        (0, 1, 1, 1, -5.0, 0.0),
+        (-1, 1, 1, 1, 1.0, 0.0),
+        (0, 7, 1, 1, 1.0, 0.0),
+        (0, 1, 3, 1, 1.0, 0.0),
+        (0, 1, 1, 2, 1.0, np.nan),
+        (0, 1, 1, 12, 1.0, 0.0),
+        (8, 1, 1, 1, 1.0, 0.0),
+    ]
     for i in range(N_TICKS * K):
         rows.append(bad[i % len(bad)])
     p = params.replace(exo=params.exo.replace(vol_per_sqrt_s=params.exo.vol_per_sqrt_s * 0))
@@ -177,9 +203,17 @@ def _random_batch(params, n=3):
     rng = np.random.default_rng(0)
     batch_params, batch_orders = [], []
     for b in range(n):
-        rows = [(int(rng.integers(0, 6)), int(rng.integers(0, 4)), int(rng.choice([-1, 1])),
-                 int(rng.choice([1, 2, 3])), float(rng.uniform(0.01, 2.0)),
-                 float(rng.uniform(0.97, 1.03))) for _ in range(N_TICKS * K)]
+        rows = [
+            (
+                int(rng.integers(0, 6)),
+                int(rng.integers(0, 4)),
+                int(rng.choice([-1, 1])),
+                int(rng.choice([1, 2, 3])),
+                float(rng.uniform(0.01, 2.0)),
+                float(rng.uniform(0.97, 1.03)),
+            )
+            for _ in range(N_TICKS * K)
+        ]
         batch_params.append(_with_shock(params, [-0.2, 0.0, 0.1][b % 3], start_tick=4))
         batch_orders.append(_orders(rows, params))
     return batch_params, batch_orders
@@ -203,10 +237,17 @@ def test_batch_equals_one_by_one():
         for b in range(3):
             _, s_one, ev_one = run(keys[b], batch_params[b], batch_orders[b])
             one = jax.tree_util.tree_leaves_with_path((s_one, ev_one))
-            bat = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x[b], (s_batch, ev_batch)))
+            bat = jax.tree_util.tree_leaves(
+                jax.tree_util.tree_map(lambda x: x[b], (s_batch, ev_batch))
+            )
             for (path, x), y in zip(one, bat, strict=True):
-                np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-9, atol=1e-9,
-                                           err_msg=f"env {b} {jax.tree_util.keystr(path)}")
+                np.testing.assert_allclose(
+                    np.asarray(x),
+                    np.asarray(y),
+                    rtol=1e-9,
+                    atol=1e-9,
+                    err_msg=f"env {b} {jax.tree_util.keystr(path)}",
+                )
         # The shocked env really differs from the calm one (the comparison is not vacuous).
         assert not np.allclose(np.asarray(ev_batch.index_px[0]), np.asarray(ev_batch.index_px[1]))
         assert np.asarray(ev_batch.order_filled).sum() > 0
@@ -218,8 +259,9 @@ def test_same_key_same_trajectory(run, params):
     batch_params, batch_orders = _random_batch(params, n=1)
     _, s_a, ev_a = run(keys[0], batch_params[0], batch_orders[0])
     _, s_b, ev_b = run(keys[0], batch_params[0], batch_orders[0])
-    for x, y in zip(jax.tree_util.tree_leaves((s_a, ev_a)), jax.tree_util.tree_leaves((s_b, ev_b)),
-                    strict=True):
+    for x, y in zip(
+        jax.tree_util.tree_leaves((s_a, ev_a)), jax.tree_util.tree_leaves((s_b, ev_b)), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     _, _, ev_c = run(keys[1], batch_params[0], batch_orders[0])
     assert not np.array_equal(np.asarray(ev_a.ext_px), np.asarray(ev_c.ext_px))
@@ -237,8 +279,12 @@ def test_step_compiles_once(params):
     o = jaxsim.no_orders(params)
     for i in range(4):
         p = _with_shock(params, -0.05 * i, start_tick=i)
-        o = o.replace(kind=o.kind.at[0].set(i % 3), qty=o.qty.at[0].set(0.1 * (i + 1)),
-                      market=o.market.at[0].set(1), side=o.side.at[0].set(1))
+        o = o.replace(
+            kind=o.kind.at[0].set(i % 3),
+            qty=o.qty.at[0].set(0.1 * (i + 1)),
+            market=o.market.at[0].set(1),
+            side=o.side.at[0].set(1),
+        )
         s, ev = stepper(jax.random.PRNGKey(i), s, o, p)
     jax.block_until_ready(s)
     chex.clear_trace_counter()
@@ -251,9 +297,17 @@ def test_conservation_in_x64():
         p = _with_shock(p, -0.3, start_tick=2)
         assert p.dt.dtype == jnp.float64
         rng = np.random.default_rng(3)
-        rows = [(int(rng.integers(0, 6)), int(rng.integers(0, 4)), int(rng.choice([-1, 1])),
-                 int(rng.choice([1, 2, 3])), float(rng.uniform(0.01, 3.0)),
-                 float(rng.uniform(0.95, 1.05))) for _ in range(N_TICKS * K)]
+        rows = [
+            (
+                int(rng.integers(0, 6)),
+                int(rng.integers(0, 4)),
+                int(rng.choice([-1, 1])),
+                int(rng.choice([1, 2, 3])),
+                float(rng.uniform(0.01, 3.0)),
+                float(rng.uniform(0.95, 1.05)),
+            )
+            for _ in range(N_TICKS * K)
+        ]
         s0, s1, ev = jax.jit(_run)(jax.random.PRNGKey(5), p, _orders(rows, p))
         a0, a1 = jaxsim.audit(s0, p), jaxsim.audit(s1, p)
         gross = np.maximum(_gross(s0, p), _gross(s1, p))

@@ -465,6 +465,7 @@ def build_params(cfg: dict, dtype=None) -> Params:
         "n_tiers": (1, 64),
         "n_schedule": (1, 1024),
         "cascade_rounds": (1, 64),
+        "liq_per_round": (1, 4096),
         "n_venues": (1, 32),
         "basis_window": (1, 4096),
         "transfer_slots": (1, 64),

@@ -300,10 +300,12 @@ def _cancel(state: SimState, params: Params, a, m, sides_mask: Array, frac=1.0):
     return state.replace(book=book, acct=state.acct.replace(bal=bal))
 
 
-def _cancel_all(state: SimState, params: Params, a) -> SimState:
+def _cancel_all(state: SimState, params: Params, a, on=True) -> SimState:
+    """Cancel all of account a's resting orders when `on` (a traced bool)."""
     both = jnp.ones((2,))
+    frac = jnp.asarray(on, state.acct.bal.dtype)
     for m in range(N_MARKETS):
-        state = _cancel(state, params, a, m, both)
+        state = _cancel(state, params, a, m, both, frac)
     return state
 
 
@@ -336,7 +338,9 @@ def _validate(o, params: Params) -> Array:
     return jnp.where(o.kind == KIND_NONE, OK, reason)
 
 
-def _trade(state: SimState, params: Params, acc: _Acc, o, is_limit: bool):
+def _trade(state: SimState, params: Params, acc: _Acc, o):
+    """Market (IOC walk) or limit (walk, then rest the remainder) order; `o.kind` decides."""
+    is_limit = o.kind == KIND_LIMIT
     dims = params.dims
     a, m, side, qty = o.account, o.market, o.side, o.qty
     rules = state.rules
@@ -365,12 +369,9 @@ def _trade(state: SimState, params: Params, acc: _Acc, o, is_limit: bool):
     avg_dry = n_dry / jnp.maximum(f_dry, 1e-30)
     rest = jnp.where(is_limit, qty - f_dry, 0.0)
 
-    reason = jnp.array(OK)
-    if is_limit:
-        reason = jnp.where(~in_range, REJ_OUT_OF_RANGE, reason)
-        reason = jnp.where((reason == OK) & ~in_band, REJ_PRICE_BAND, reason)
-    else:
-        reason = jnp.where(f_dry <= 0, REJ_NO_LIQUIDITY, reason)
+    limit_reason = jnp.where(~in_range, REJ_OUT_OF_RANGE, jnp.where(~in_band, REJ_PRICE_BAND, OK))
+    market_reason = jnp.where(f_dry <= 0, REJ_NO_LIQUIDITY, OK)
+    reason = jnp.where(is_limit, limit_reason, market_reason)
 
     acct = state.acct
     asset = MARKET_ASSET_ARR[m]
@@ -411,23 +412,21 @@ def _trade(state: SimState, params: Params, acc: _Acc, o, is_limit: bool):
     state, acc, filled, notional = _take(
         state, params, acc, a, m, side, jnp.where(ok, qty, 0.0), limit
     )
-    unfilled = jnp.where(ok, qty - filled, qty)
-    if is_limit:
-        rest_sz = jnp.where(ok, jnp.maximum(qty - filled, 0.0), 0.0)
-        side_idx = jnp.where(side > 0, BID, ASK)
-        q_s, a_s = bk.add(
-            state.book.qty[m, side_idx], state.book.ahead[m, side_idx], level, a, rest_sz
-        )
-        book = state.book.replace(
-            qty=state.book.qty.at[m, side_idx].set(q_s),
-            ahead=state.book.ahead.at[m, side_idx].set(a_s),
-        )
-        is_spot = m != PERP
-        bal = state.acct.bal
-        bal = bal.at[a, USDT].add(-jnp.where(is_spot & (side > 0), rest_sz * px_lim, 0.0))
-        bal = bal.at[a, asset].add(-jnp.where(is_spot & (side < 0), rest_sz, 0.0))
-        state = state.replace(book=book, acct=state.acct.replace(bal=bal))
-        unfilled = jnp.where(ok, 0.0, qty)
+    # A limit order's remainder rests at the back of its level's queue (a market order's
+    # remainder is reported unfilled); spot orders reserve what they would pay.
+    rest_sz = jnp.where(ok & is_limit, jnp.maximum(qty - filled, 0.0), 0.0)
+    side_idx = jnp.where(side > 0, BID, ASK)
+    q_s, a_s = bk.add(state.book.qty[m, side_idx], state.book.ahead[m, side_idx], level, a, rest_sz)
+    book = state.book.replace(
+        qty=state.book.qty.at[m, side_idx].set(q_s),
+        ahead=state.book.ahead.at[m, side_idx].set(a_s),
+    )
+    is_spot = m != PERP
+    bal = state.acct.bal
+    bal = bal.at[a, USDT].add(-jnp.where(is_spot & (side > 0), rest_sz * px_lim, 0.0))
+    bal = bal.at[a, asset].add(-jnp.where(is_spot & (side < 0), rest_sz, 0.0))
+    state = state.replace(book=book, acct=state.acct.replace(bal=bal))
+    unfilled = jnp.where(ok, jnp.where(is_limit, 0.0, qty - filled), qty)
     avg = notional / jnp.maximum(filled, 1e-30)
     return state, acc, (reason, filled, jnp.where(filled > 0, avg, 0.0), unfilled)
 
@@ -435,14 +434,6 @@ def _trade(state: SimState, params: Params, acc: _Acc, o, is_limit: bool):
 def _op_none(state, params, acc, o):
     z = jnp.zeros((), state.acct.bal.dtype)
     return state, acc, (jnp.array(OK), z, z, z)
-
-
-def _op_market(state, params, acc, o):
-    return _trade(state, params, acc, o, is_limit=False)
-
-
-def _op_limit(state, params, acc, o):
-    return _trade(state, params, acc, o, is_limit=True)
 
 
 def _op_cancel(state, params, acc, o):
@@ -551,19 +542,30 @@ def _op_repay(state, params, acc, o):
     return state.replace(acct=acct.replace(bal=bal, debt=debt)), acc, (reason, amt, z, qty - amt)
 
 
-_OPS_BY_KIND = {
-    KIND_NONE: _op_none,
-    KIND_MARKET: _op_market,
-    KIND_LIMIT: _op_limit,
-    KIND_CANCEL: _op_cancel,
-    KIND_TRANSFER_OUT: _op_transfer_out,
-    KIND_TRANSFER_IN: _op_transfer_in,
-    KIND_SET_LEVERAGE: _op_set_leverage,
-    KIND_BORROW: _op_borrow,
-    KIND_REPAY: _op_repay,
+# One branch per operation; market and limit orders share `_trade`.
+_BRANCHES = (
+    _op_none,
+    _trade,
+    _op_cancel,
+    _op_transfer_out,
+    _op_transfer_in,
+    _op_set_leverage,
+    _op_borrow,
+    _op_repay,
+)
+_KIND_BRANCH = {
+    KIND_NONE: 0,
+    KIND_MARKET: 1,
+    KIND_LIMIT: 1,
+    KIND_CANCEL: 2,
+    KIND_TRANSFER_OUT: 3,
+    KIND_TRANSFER_IN: 4,
+    KIND_SET_LEVERAGE: 5,
+    KIND_BORROW: 6,
+    KIND_REPAY: 7,
 }
-assert sorted(_OPS_BY_KIND) == list(range(N_KINDS))
-_OPS = tuple(_OPS_BY_KIND[k] for k in range(N_KINDS))
+assert sorted(_KIND_BRANCH) == list(range(N_KINDS))
+KIND_BRANCH = jnp.array([_KIND_BRANCH[k] for k in range(N_KINDS)], jnp.int32)
 
 
 def _process_orders(state: SimState, params: Params, orders: Orders, acc: _Acc):
@@ -571,8 +573,10 @@ def _process_orders(state: SimState, params: Params, orders: Orders, acc: _Acc):
         state, acc = carry
         reason0 = _validate(o, params)
         kind = jnp.where(reason0 == OK, o.kind, KIND_NONE)
-        branches = [lambda s, c, oo, f=f: f(s, params, c, oo) for f in _OPS]
-        state, acc, (reason, filled, avg, unfilled) = jax.lax.switch(kind, branches, state, acc, o)
+        branches = [lambda s, c, oo, f=f: f(s, params, c, oo) for f in _BRANCHES]
+        state, acc, (reason, filled, avg, unfilled) = jax.lax.switch(
+            KIND_BRANCH[kind], branches, state, acc, o
+        )
         reason = jnp.where(reason0 == OK, reason, reason0)
         unfilled = jnp.where(reason0 == OK, unfilled, jnp.where(jnp.isfinite(o.qty), o.qty, 0.0))
         return (state, acc), (reason.astype(jnp.int32), filled, avg, unfilled)
@@ -883,43 +887,67 @@ def _cancel_sizes(state: SimState, params: Params, a, m: int, sizes: Array) -> S
 
 
 def _apply_schedule(state: SimState, params: Params, acc: _Acc):
+    """Apply due rule changes; queue breaching accounts for the change's policy."""
     sch = params.schedule
     due = sch.active & (sch.effective_tick == state.t)
     flat, unravel = ravel_pytree(state.rules)
     cur = flat[sch.flat_index]
     flat = flat.at[sch.flat_index].set(jnp.where(due, sch.value.astype(flat.dtype), cur))
-    rules = unravel(flat)
-    state = state.replace(rules=rules)
+    state = state.replace(rules=unravel(flat))
     policy = jnp.max(jnp.where(due, sch.policy, 0))
     acc = acc.replace(rules_changed=acc.rules_changed + due.sum().astype(jnp.int32))
-    # Positions that now break the limits: notional above the position limit, or initial
-    # margin at the tier's max leverage above the margin balance.
-    acct = state.acct
-    mark = state.px.mark
-    n = jnp.abs(acct.pos) * mark
-    mb = _margin_balances(state)
-    n_allowed = _max_allowed_notional(mb, rules)
-    breach = (n > n_allowed * (1 + 1e-6)) & ~_system_mask(params) & (acct.pos != 0)
-    any_due = due.any()
-    force = any_due & (policy == POLICY_FORCE_REDUCE)
-    liquidate = any_due & (policy == POLICY_LIQUIDATE) & breach
+    # Positions that now break the limits (notional above the position limit, or initial
+    # margin at the tier's max leverage above the margin balance) are queued for the
+    # policy; grandfathered ones are left alone.
+    queue = due.any() & _breaching(state, params) & (policy > 0)
+    state = state.replace(enforce=jnp.where(queue, policy, state.enforce))
+    return _force_reduce(state, params, acc)
 
-    def reduce_one(carry, a):
+
+def _breaching(state: SimState, params: Params) -> Array:
+    acct = state.acct
+    n = jnp.abs(acct.pos) * state.px.mark
+    n_allowed = _max_allowed_notional(_margin_balances(state), state.rules)
+    return (n > n_allowed * (1 + 1e-6)) & ~_system_mask(params) & (acct.pos != 0)
+
+
+def _first_k(mask: Array, k: int) -> tuple[Array, Array]:
+    """Indices of the first k True entries of mask (account order) and their validity."""
+    order = jnp.argsort(~mask, stable=True)[:k]
+    return order, mask[order]
+
+
+def _force_reduce(state: SimState, params: Params, acc: _Acc):
+    """Cut queued force-reduce accounts back to what the rules in force allow, by market order.
+
+    Up to `dims.liq_per_round` accounts per tick; the rest stay queued for the next tick.
+    """
+    pending = state.enforce == POLICY_FORCE_REDUCE
+    idx, valid = _first_k(pending, min(params.dims.liq_per_round, params.dims.n_accounts))
+
+    def reduce_one(carry, xs):
         state, acc = carry
-        cut_n = jnp.where(force & breach[a], n[a] - n_allowed[a], 0.0)
-        qty = cut_n / mark
+        a, ok = xs
+        mark = state.px.mark
+        n_now = jnp.abs(state.acct.pos[a]) * mark
+        # Orders go first so the margin they tie up is free, then the excess is sold.
+        state = _cancel_all(state, params, a, ok)
+        allowed = _max_allowed_notional(_margin_balances(state), state.rules)[a]
+        qty = jnp.where(ok, jnp.maximum(n_now - allowed, 0.0) / mark, 0.0)
         side = -jnp.sign(state.acct.pos[a])
-        # Rule enforcement cancels the account's orders first, then sells at market.
-        st2 = _cancel_all(state, params, a)
-        state = jax.tree_util.tree_map(lambda x, y: jnp.where(qty > 0, y, x), state, st2)
-        state, acc, f, notional = _take(
+        state, acc, _, notional = _take(
             state, params, acc, a, PERP, side, qty, jnp.where(side > 0, jnp.inf, 0.0)
         )
-        acc = acc.replace(forced=acc.forced + notional)
-        return (state, acc), None
+        enforce = state.enforce.at[a].set(jnp.where(ok, 0, state.enforce[a]))
+        return (state.replace(enforce=enforce), acc.replace(forced=acc.forced + notional)), None
 
-    (state, acc), _ = jax.lax.scan(reduce_one, (state, acc), jnp.arange(params.dims.n_accounts))
-    return state, acc, liquidate
+    (state, acc), _ = jax.lax.cond(
+        valid.any(),
+        lambda c: jax.lax.scan(reduce_one, c, (idx, valid)),
+        lambda c: (c, None),
+        (state, acc),
+    )
+    return state, acc
 
 
 def _max_allowed_notional(mb: Array, rules) -> Array:
@@ -936,20 +964,24 @@ def _max_allowed_notional(mb: Array, rules) -> Array:
 # ============================================================== liquidation engine
 
 
-def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced):
+def _needs_liquidation(state: SimState, params: Params) -> Array:
+    """(A,) margin balance below maintenance at mark, for accounts with any exposure."""
+    acct = state.acct
+    mb = _margin_balances(state)
+    mm = mg.maint_margin(jnp.abs(acct.pos) * state.px.mark, state.rules)
+    exposure = (acct.pos != 0) | (acct.debt.sum(-1) > 0) | (acct.bal[:, USDT] < 0)
+    return (mb < mm) & exposure & ~_system_mask(params)
+
+
+def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced, active):
     dims = params.dims
     n = dims.n_accounts
     dtype = state.acct.bal.dtype
     rules = state.rules
     mark = state.px.mark
-    mb = _margin_balances(state)
-    mm = mg.maint_margin(jnp.abs(state.acct.pos) * mark, rules)
-    acct = state.acct
-    has_exposure = (acct.pos[a] != 0) | (acct.debt[a].sum() > 0) | (acct.bal[a, USDT] < 0)
-    liq = ((mb[a] < mm[a]) | forced) & has_exposure & ~_system_mask(params)[a]
-
-    st = _cancel_all(state, params, a)
-    state = jax.tree_util.tree_map(lambda x, y: jnp.where(liq, y, x), state, st)
+    # Re-checked at the account's turn: earlier liquidations this round moved prices.
+    liq = active & (_needs_liquidation(state, params)[a] | (forced & (state.acct.pos[a] != 0)))
+    state = _cancel_all(state, params, a, liq)
     acct = state.acct
     pos = acct.pos[a]
     s = jnp.sign(pos)
@@ -1078,18 +1110,32 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced):
     return state, acc
 
 
-def _liquidation_engine(state: SimState, params: Params, acc: _Acc, forced: Array):
+def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
+    """`cascade_rounds` rounds, re-priced between them. Each takes the accounts under
+    maintenance at its start (and those a rule change queued for liquidation), in account
+    order, up to `liq_per_round` of them; the rest wait for the next round or tick."""
+    k = min(params.dims.liq_per_round, params.dims.n_accounts)
+
     def one_round(carry, r):
         state, acc = carry
         state = _reprice(state, params)
-        forced_r = forced & (r == 0)
+        forced = state.enforce == POLICY_LIQUIDATE
+        idx, valid = _first_k(_needs_liquidation(state, params) | forced, k)
 
-        def body(c, a):
-            st, ac = c
-            st, ac = _liquidate_account(st, params, ac, a, forced_r[a])
-            return (st, ac), None
+        def body(c, xs):
+            a, ok = xs
 
-        (state, acc), _ = jax.lax.scan(body, (state, acc), jnp.arange(params.dims.n_accounts))
+            def work(c):
+                st, ac = c
+                st, ac = _liquidate_account(st, params, ac, a, forced[a], ok)
+                enforce = st.enforce.at[a].set(jnp.where(ok & forced[a], 0, st.enforce[a]))
+                return st.replace(enforce=enforce), ac
+
+            # Skipping empty slots is exact (a slot with ok=False changes nothing); under
+            # vmap the cond becomes a select, so batched runs pay for every slot.
+            return jax.lax.cond(ok, work, lambda c: c, c), None
+
+        (state, acc), _ = jax.lax.scan(body, (state, acc), (idx, valid))
         return (state, acc), None
 
     (state, acc), _ = jax.lax.scan(one_round, (state, acc), jnp.arange(params.dims.cascade_rounds))
@@ -1126,12 +1172,12 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
 
     state = _exogenous(k_exo, state, params)
     state = _reprice(state, params)
-    state, acc, forced = _apply_schedule(state, params, acc)
+    state, acc = _apply_schedule(state, params, acc)
     state = _liquidity(state, params)
     state, acc, (reason, filled, avg, unfilled) = _process_orders(state, params, orders, acc)
     state = _arrivals(state)
     state, settled, paid = _prices_and_funding(state, params)
-    state, acc = _liquidation_engine(state, params, acc, forced)
+    state, acc = _liquidation_engine(state, params, acc)
     state = state.replace(t=state.t + 1)
     events = _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfilled)
     return state, events
@@ -1260,7 +1306,14 @@ def reset(key: Array, params: Params) -> SimState:
         next_funding_s=params.rules.funding_interval_s,
         vol=params.exo.vol_ref.astype(dtype),
     )
-    state = SimState(t=jnp.zeros((), jnp.int32), book=book, acct=acct, px=px, rules=params.rules)
+    state = SimState(
+        t=jnp.zeros((), jnp.int32),
+        book=book,
+        acct=acct,
+        px=px,
+        rules=params.rules,
+        enforce=jnp.zeros((n,), jnp.int32),
+    )
     state = _reprice(state, params)
     # Fill the books to the target profile at once (resilience 1 for the first fill).
     full = params.replace(

@@ -107,6 +107,7 @@ class Dims:
     n_tiers: int = 12
     n_schedule: int = 8
     cascade_rounds: int = 3
+    liq_per_round: int = 4  # accounts the liquidation engine handles per cascade round
     n_venues: int = 3
     basis_window: int = 30  # samples in the basis moving average ring buffer
     transfer_slots: int = 2
@@ -289,6 +290,7 @@ class SimState:
     acct: AccountState
     px: PriceState
     rules: ExchangeRules
+    enforce: Array  # (A,) int32 pending rule-enforcement policy per account (0 = none)
 
 
 @struct.dataclass

@@ -238,7 +238,7 @@ def _build_rules(r: dict, dims: Dims) -> ExchangeRules:
             )
     pad = dims.n_tiers - len(tiers)
     # Padding tiers start at an unreachable notional and repeat the last row.
-    floors += [1e30 * (k + 1) for k in range(pad)]
+    floors += [_PAD_FLOOR * 10 * (k + 1) for k in range(pad)]
     levs += [levs[-1]] * pad
     mmrs += [mmrs[-1]] * pad
 
@@ -300,7 +300,9 @@ def _build_rules(r: dict, dims: Dims) -> ExchangeRules:
         price_band=band,
         if_unwind_per_s=_num(r["if_unwind_per_h"], "rules.if_unwind_per_h", 0.0, 3600.0) / 3600.0,
     )
-    return ExchangeRules(**{k: np.asarray(v, np.float64) for k, v in rules.items()})
+    out = ExchangeRules(**{k: np.asarray(v, np.float64) for k, v in rules.items()})
+    _check_rules_consistent(out, "rules")
+    return out
 
 
 def _rule_layout(rules: ExchangeRules) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -317,10 +319,106 @@ def _rule_layout(rules: ExchangeRules) -> dict[str, tuple[int, tuple[int, ...]]]
 RULE_FIELDS = tuple(ExchangeRules.__dataclass_fields__)
 
 
+# Allowed values of each rule field (per element), for schedule rows.
+RULE_RANGES: dict[str, dict] = {
+    "tier_floor": dict(lo=0.0),
+    "tier_mmr": dict(lo=0.0, hi=1.0, lo_open=True),
+    "tier_max_lev": dict(lo=1.0, hi=1000.0),
+    "position_limit": dict(lo=0.0, lo_open=True),
+    "index_weights": dict(lo=0.0, hi=1.0),
+    "index_clip": dict(lo=0.0, hi=1.0, lo_open=True),
+    "price_floor": dict(lo=0.0),
+    "haircut": dict(lo=0.0, hi=1.0, hi_open=True),
+    "funding_interest": dict(lo=-0.01, hi=0.01),
+    "funding_clamp": dict(lo=0.0, hi=0.01),
+    "funding_cap": dict(lo=0.0, hi=0.1, lo_open=True),
+    "funding_interval_s": dict(lo=0.0, hi=86400.0, lo_open=True),
+    "imn_quote": dict(lo=0.0, lo_open=True),
+    "maker_fee": dict(lo=-0.01, hi=0.01),
+    "taker_fee": dict(lo=0.0, hi=0.01),
+    "liq_fee": dict(lo=0.0, hi=0.1),
+    "adl_on": dict(lo=0.0, hi=1.0),
+    "if_position_cap": dict(lo=0.0),
+    "withdrawal_delay_s": dict(lo=0.0, hi=30 * 86400.0),
+    "partial_liquidation": dict(lo=0.0, hi=1.0),
+    "price_band": dict(lo=0.0, hi=0.99, lo_open=True),
+    "if_unwind_per_s": dict(lo=0.0, hi=1.0),
+}
+_PAD_FLOOR = 1e29  # tiers at or above this floor are padding
+_RULES_TEMPLATE: dict = {}  # the scenario's rules section, used to expand `field: tiers` rows
+
+
+def _check_rules_consistent(r: ExchangeRules, where: str) -> None:
+    """Cross-field checks that must hold whenever rules are in force (also mid-schedule)."""
+    floor, mmr, lev = (np.asarray(x, float) for x in (r.tier_floor, r.tier_mmr, r.tier_max_lev))
+    real = floor < _PAD_FLOOR
+    f, m, lv = floor[real], mmr[real], lev[real]
+    if f.size == 0 or f[0] != 0.0:
+        raise ConfigError(f"{where}: tier_floor[0] must be 0 (the first tier starts at zero)")
+    for i in range(1, f.size):
+        if f[i] <= f[i - 1]:
+            raise ConfigError(
+                f"{where}: tiers must be monotone: tier_floor[{i}] <= tier_floor[{i - 1}]"
+            )
+        if m[i] < m[i - 1]:
+            raise ConfigError(f"{where}: tiers must be monotone: tier_mmr[{i}] < tier_mmr[{i - 1}]")
+        if lv[i] > lv[i - 1]:
+            raise ConfigError(
+                f"{where}: tiers must be monotone: tier_max_lev[{i}] > tier_max_lev[{i - 1}]"
+            )
+    for i in range(f.size):
+        if m[i] >= 1.0 / lv[i]:
+            raise ConfigError(f"{where}: tier_mmr[{i}] must be below 1/tier_max_lev[{i}]")
+    w = np.asarray(r.index_weights, float)
+    for k, name in enumerate(INDEX_KEYS):
+        if abs(w[k].sum() - 1.0) > 1e-6:
+            raise ConfigError(
+                f"{where}: index_weights of {name} must sum to 1, they sum to {w[k].sum():.6g}"
+            )
+
+
+def _expand_table_rows(rows: Any, rules: ExchangeRules, dims: Dims) -> list:
+    """Rewrite the convenience fields into per-field rows.
+
+    - `field: tiers, value: [[floor, max_leverage, mmr], ...]` replaces the whole bracket
+      table (as `rules.tiers` in YAML);
+    - `field: max_leverage_cap, value: X` caps every tier's max leverage at X (tiers
+      allowing more are lowered to X; the maintenance rates stay).
+    """
+    if not isinstance(rows, list):
+        raise ConfigError("schedule must be a list of rule changes")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ConfigError(f"schedule[{i}] must be a mapping")
+        field = row.get("field")
+        base = {k: v for k, v in row.items() if k not in ("field", "value")}
+        if field == "tiers":
+            tbl = row.get("value")
+            if not isinstance(tbl, list) or not tbl or len(tbl) > dims.n_tiers:
+                raise ConfigError(
+                    f"schedule[{i}].value must be a list of 1..{dims.n_tiers} [floor, max_leverage, mmr] rows"
+                )
+            try:
+                new = _build_rules({**_RULES_TEMPLATE, "tiers": tbl}, dims)
+            except ConfigError as e:
+                raise ConfigError(f"schedule[{i}] (field: tiers): {e}") from None
+            for name in ("tier_floor", "tier_max_lev", "tier_mmr"):
+                out.append({**base, "field": name, "value": [float(x) for x in getattr(new, name)]})
+        elif field == "max_leverage_cap":
+            cap = _num(row.get("value"), f"schedule[{i}].value", 1.0, 1000.0)
+            levs = np.minimum(np.asarray(rules.tier_max_lev, float), cap)
+            out.append({**base, "field": "tier_max_lev", "value": [float(x) for x in levs]})
+        else:
+            out.append(row)
+    return out
+
+
 def _build_schedule(rows: Any, rules: ExchangeRules, dims: Dims, dt: float) -> Schedule:
     if not isinstance(rows, list):
         raise ConfigError("schedule must be a list of rule changes")
     layout = _rule_layout(rules)
+    rows = _expand_table_rows(rows, rules, dims)
     expanded = []
     for i, row in enumerate(rows):
         f = f"schedule[{i}]"
@@ -340,18 +438,19 @@ def _build_schedule(rows: Any, rules: ExchangeRules, dims: Dims, dt: float) -> S
         off, shape = layout[field]
         size = int(np.prod(shape)) if shape else 1
         value = row.get("value")
-        if field == "tier_floor" or field == "tier_mmr" or field == "tier_max_lev" or shape:
+        rng = RULE_RANGES[field]
+        if shape:
             if "index" in row:
                 ix = _int(row["index"], f"{f}.index", 0, size - 1)
-                vals = {ix: _num(value, f"{f}.value")}
+                vals = {ix: _num(value, f"{f}.value", **rng)}
             else:
                 if not isinstance(value, list) or len(value) > size:
                     raise ConfigError(
                         f"{f}.value must be a list of at most {size} numbers for '{field}'"
                     )
-                vals = {j: _num(x, f"{f}.value[{j}]") for j, x in enumerate(value)}
+                vals = {j: _num(x, f"{f}.value[{j}]", **rng) for j, x in enumerate(value)}
         else:
-            vals = {0: _num(value, f"{f}.value")}
+            vals = {0: _num(value, f"{f}.value", **rng)}
         for j, v in vals.items():
             expanded.append(
                 (round(ann / dt), round(eff / dt), off + j, v, POLICY_NAMES.index(policy))
@@ -359,6 +458,18 @@ def _build_schedule(rows: Any, rules: ExchangeRules, dims: Dims, dt: float) -> S
     if len(expanded) > dims.n_schedule:
         raise ConfigError(
             f"schedule expands to {len(expanded)} rows; dims.n_schedule allows {dims.n_schedule}"
+        )
+    # The rules in force after every effective time must still be consistent.
+    flat, unravel = ravel_pytree(
+        jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), rules)
+    )
+    flat = np.asarray(flat, np.float64).copy()
+    for tick in sorted({row[1] for row in expanded}):
+        for row in expanded:
+            if row[1] == tick:
+                flat[row[2]] = row[3]
+        _check_rules_consistent(
+            unravel(jnp.asarray(flat)), f"schedule at effective_s={tick * dt:g}"
         )
     pad = dims.n_schedule - len(expanded)
     cols = list(zip(*expanded, strict=True)) if expanded else [[], [], [], [], []]
@@ -554,6 +665,8 @@ def build_params(cfg: dict, dtype=None) -> Params:
             )
 
     rules = _build_rules(cfg["rules"], dims)
+    _RULES_TEMPLATE.clear()
+    _RULES_TEMPLATE.update(cfg["rules"])
     schedule = _build_schedule(cfg.get("schedule") or [], rules, dims, dt)
     accounts = _build_accounts(cfg["accounts"], dims, price0, rules)
 

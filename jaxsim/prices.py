@@ -22,6 +22,11 @@ def index_price(constituents: Array, weights: Array, clip: Array, floor: Array) 
       floor: (...) index = max(index, floor); 0 means no floor.
     """
     active = weights > 0
+    # Rules are validated to keep weights summing to 1; should a row still have no active
+    # constituent, fall back to equal weights rather than produce NaN.
+    none = ~active.any(-1, keepdims=True)
+    active = active | none
+    weights = jnp.where(none, 1.0, weights)
     med = jnp.nanmedian(jnp.where(active, constituents, jnp.nan), axis=-1)
     lo = med * (1.0 - clip)
     hi = med * (1.0 + clip)

@@ -938,7 +938,9 @@ def _force_reduce(state: SimState, params: Params, acc: _Acc):
         state, acc, _, notional = _take(
             state, params, acc, a, PERP, side, qty, jnp.where(side > 0, jnp.inf, 0.0)
         )
-        enforce = state.enforce.at[a].set(jnp.where(ok, 0, state.enforce[a]))
+        # Stays queued while the book could not absorb the whole cut.
+        done = ok & ~_breaching(state, params)[a]
+        enforce = state.enforce.at[a].set(jnp.where(done, 0, state.enforce[a]))
         return (state.replace(enforce=enforce), acc.replace(forced=acc.forced + notional)), None
 
     (state, acc), _ = jax.lax.cond(

@@ -49,6 +49,9 @@ def walk(tot: Array, px: Array, taker_side: Array, qty: Array, limit: Array) -> 
     order_avail = jnp.where(taker_side > 0, avail, avail[::-1])
     before = jnp.cumsum(order_avail) - order_avail
     fill_ordered = jnp.clip(qty - before, 0.0, order_avail)
+    # A level reached only through rounding of the cumulative sum gets nothing.
+    eps = dust_eps(tot.dtype)
+    fill_ordered = jnp.where(fill_ordered > eps * jnp.maximum(qty, before), fill_ordered, 0.0)
     return jnp.where(taker_side > 0, fill_ordered, fill_ordered[::-1])
 
 
@@ -63,31 +66,50 @@ def walk_for_quote(tot: Array, px: Array, quote: Array, limit: Array) -> Array:
 
 
 def consume(q_side: Array, ahead_side: Array, fill_lvl: Array) -> tuple[Array, Array, Array]:
-    """Take `fill_lvl` (G,) from the FIFO queues of one side. Returns (q, ahead, owner_fill)."""
-    f = jnp.clip(fill_lvl[:, None] - ahead_side, 0.0, q_side)
+    """Take `fill_lvl` (G,) from the FIFO queues of one side. Returns (q, ahead, owner_fill).
+
+    Queue offsets are kept incrementally, so they carry rounding; an order left with a
+    remainder within rounding of zero (or reached with an offset within rounding of the
+    fill) is filled completely rather than left as dust that would count as a best price.
+    The caller must take `owner_fill.sum(-1)` as the traded size per level, so taker and
+    makers always trade the same amount.
+    """
+    eps = dust_eps(q_side.dtype)
+    scale = jnp.maximum(fill_lvl, q_side.sum(-1))[:, None]
+    f = jnp.where(fill_lvl[:, None] > 0, jnp.clip(fill_lvl[:, None] - ahead_side, 0.0, q_side), 0.0)
+    hit = (fill_lvl[:, None] > 0) & (fill_lvl[:, None] > ahead_side - eps * scale)
+    f = jnp.where(hit & (q_side - f <= eps * scale), q_side, f)
     q_new = q_side - f
     ahead_new = jnp.maximum(ahead_side - fill_lvl[:, None], 0.0)
-    ahead_new = jnp.where(q_new > 0, ahead_new, 0.0)
+    ahead_new = jnp.where((q_new > 0) & (ahead_new > eps * scale), ahead_new, 0.0)
     return q_new, ahead_new, f
+
+
+def dust_eps(dtype) -> float:
+    """Relative size treated as rounding noise in book arithmetic."""
+    return float(jnp.finfo(dtype).eps) * 64
 
 
 def add(q_side: Array, ahead_side: Array, level: Array, owner: Array, size: Array):
     """Rest `size` at `level` for `owner`, at the back of the queue (scalar level/owner)."""
-    row_q = q_side[level]
-    row_a = ahead_side[level]
-    others = row_q.sum() - row_q[owner]
-    grows = size > 0
-    row_a = row_a.at[owner].set(jnp.where(grows, others, row_a[owner]))
-    row_q = row_q.at[owner].add(jnp.maximum(size, 0.0))
-    return q_side.at[level].set(row_q), ahead_side.at[level].set(row_a)
+    q_new, a_new = add_levels(
+        q_side[level][None], ahead_side[level][None], owner, jnp.reshape(size, (1,))
+    )
+    return q_side.at[level].set(q_new[0]), ahead_side.at[level].set(a_new[0])
 
 
 def add_levels(q_side: Array, ahead_side: Array, owner: Array, sizes: Array):
     """Add `sizes` (G,) for one owner at every level, each at the back of its queue."""
-    owner_q = q_side[:, owner]
-    others = q_side.sum(-1) - owner_q
+    old = q_side[:, owner]
+    own_ahead = ahead_side[:, owner]
     grows = sizes > 0
-    ahead_side = ahead_side.at[:, owner].set(jnp.where(grows, others, ahead_side[:, owner]))
+    # Topping up = cancel then re-add at the back: owners queued behind the old order move
+    # forward by its size, then the whole order goes behind everyone.
+    behind = (ahead_side > own_ahead[:, None]) & (q_side > 0)
+    behind = behind.at[:, owner].set(False) & (grows & (old > 0))[:, None]
+    ahead_side = jnp.where(behind, jnp.maximum(ahead_side - old[:, None], 0.0), ahead_side)
+    others = q_side.sum(-1) - old
+    ahead_side = ahead_side.at[:, owner].set(jnp.where(grows, others, own_ahead))
     q_side = q_side.at[:, owner].add(jnp.maximum(sizes, 0.0))
     return q_side, ahead_side
 

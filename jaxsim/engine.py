@@ -85,6 +85,7 @@ ASSET_MARKET = {BASE: SPOT, STABLE: STABLE_SPOT, LST: 3}
 VOL_EWMA_S = 300.0  # time constant of the realized-vol estimate used by the LP
 DEPTH_BAND = 0.01  # depth reported within +/- 1% of mid
 TINY = 1e-9
+DUST = 1e-6  # relative size below which a limit order's remainder counts as filled
 
 
 @struct.dataclass
@@ -95,7 +96,7 @@ class _Acc:
     fees: Array
     liq_long: Array
     liq_short: Array
-    liq_accounts: Array
+    liq_mask: Array  # (A,) accounts liquidated at least once this tick
     coll_sold: Array  # (4,)
     coll_sold_usdt: Array
     takeover: Array
@@ -106,14 +107,14 @@ class _Acc:
     rules_changed: Array
 
 
-def _acc_zero(dtype) -> _Acc:
+def _acc_zero(dtype, n_accounts: int) -> _Acc:
     z = jnp.zeros((), dtype)
     return _Acc(
         volume=jnp.zeros((N_MARKETS,), dtype),
         fees=z,
         liq_long=z,
         liq_short=z,
-        liq_accounts=jnp.zeros((), jnp.int32),
+        liq_mask=jnp.zeros((n_accounts,), bool),
         coll_sold=jnp.zeros((N_ASSETS,), dtype),
         coll_sold_usdt=z,
         takeover=z,
@@ -222,6 +223,7 @@ def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit, fe
     hit = jnp.where(side > 0, ASK, BID)
     fill_lvl = bk.walk(q_m[hit].sum(-1), px, side, qty, limit)
     q_side, ah_side, f = bk.consume(q_m[hit], ah_m[hit], fill_lvl)
+    fill_lvl = f.sum(-1)  # what makers actually gave (equal to the walk up to rounding)
     book = state.book.replace(
         qty=state.book.qty.at[m, hit].set(q_side), ahead=state.book.ahead.at[m, hit].set(ah_side)
     )
@@ -415,6 +417,9 @@ def _trade(state: SimState, params: Params, acc: _Acc, o):
     # A limit order's remainder rests at the back of its level's queue (a market order's
     # remainder is reported unfilled); spot orders reserve what they would pay.
     rest_sz = jnp.where(ok & is_limit, jnp.maximum(qty - filled, 0.0), 0.0)
+    # Summed level fills round: a remainder below 1e-6 of the order is a complete fill, not
+    # dust left resting across the book.
+    rest_sz = jnp.where(rest_sz > DUST * qty, rest_sz, 0.0)
     side_idx = jnp.where(side > 0, BID, ASK)
     q_s, a_s = bk.add(state.book.qty[m, side_idx], state.book.ahead[m, side_idx], level, a, rest_sz)
     book = state.book.replace(
@@ -1056,7 +1061,9 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced, ac
     )
     state = state.replace(acct=acct)
 
-    # Cross: repay debts from same-asset balances, then sell collateral for a USDT deficit.
+    # Cross: repay debts from same-asset balances; then sell collateral into its own spot
+    # book to cover the USDT deficit plus the debts still unpaid (valued at index); then
+    # settle those debts with the lender (non-USDT ones in USDT at index).
     cross_liq = liq & ~iso
     acct = state.acct
     rep = jnp.where(cross_liq, jnp.minimum(jnp.maximum(acct.bal[a], 0.0), acct.debt[a]), 0.0)
@@ -1064,9 +1071,12 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced, ac
         bal=acct.bal.at[a].add(-rep).at[dims.outside].add(rep), debt=acct.debt.at[a].add(-rep)
     )
     state = state.replace(acct=acct)
+    px_a = asset_prices(state.px)
+    unpaid = jnp.where(cross_liq, acct.debt[a], 0.0)
+    unpaid_usdt = jnp.sum(unpaid * px_a)
     for asset in COLLATERAL_SALE_ORDER:
         m = ASSET_MARKET[asset]
-        deficit = jnp.where(cross_liq, jnp.maximum(-state.acct.bal[a, USDT], 0.0), 0.0)
+        deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
         px = _level_px(state, params, m)
         tot = state.book.qty[m, BID].sum(-1)
         need = bk.walk_for_quote(tot, px, deficit * (1 + rules.taker_fee), 0.0).sum()
@@ -1076,25 +1086,25 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced, ac
             coll_sold=acc.coll_sold.at[asset].add(sold),
             coll_sold_usdt=acc.coll_sold_usdt + proceeds,
         )
-    # Bankrupt: no position and no collateral left, USDT still negative -> the fund pays;
-    # debts that nothing can repay are settled with the lender by the fund at index.
     acct = state.acct
-    px_a = asset_prices(state.px)
-    coll_left = jnp.sum(jnp.maximum(acct.bal[a, 1:], 0.0) * px_a[1:])
-    bust = cross_liq & (acct.pos[a] == 0) & (coll_left < 1e-6 * jnp.maximum(mark, 1.0))
-    hole = jnp.where(bust, jnp.maximum(-acct.bal[a, USDT], 0.0), 0.0)
-    left_debt = jnp.where(bust, jnp.maximum(acct.debt[a] - jnp.maximum(acct.bal[a], 0.0), 0.0), 0.0)
-    debt_usdt = jnp.sum(left_debt * px_a)
-    fund0 = acct.bal[ins, USDT]
     acct = acct.replace(
-        bal=acct.bal.at[a, USDT]
-        .add(hole)
-        .at[ins, USDT]
-        .add(-hole - debt_usdt)
-        .at[dims.outside, USDT]
-        .add(debt_usdt),
-        debt=acct.debt.at[a].add(-left_debt),
+        bal=acct.bal.at[a, USDT].add(-unpaid_usdt).at[dims.outside, USDT].add(unpaid_usdt),
+        debt=acct.debt.at[a].add(-unpaid),
     )
+    # Position closed and USDT still negative (the books could not absorb the collateral):
+    # the fund resets the negative wallet and takes collateral worth the deficit at index
+    # in exchange (MECHANICS 4.1 step 4: leftover collateral goes to the fund).
+    bust = cross_liq & (acct.pos[a] == 0) & (acct.bal[a, USDT] < 0)
+    hole = jnp.where(bust, -acct.bal[a, USDT], 0.0)
+    bal = acct.bal
+    owed = hole
+    for asset in COLLATERAL_SALE_ORDER:
+        units = jnp.minimum(jnp.maximum(bal[a, asset], 0.0), owed / jnp.maximum(px_a[asset], TINY))
+        units = jnp.where(bust, units, 0.0)
+        bal = bal.at[a, asset].add(-units).at[ins, asset].add(units)
+        owed = jnp.maximum(owed - units * px_a[asset], 0.0)
+    fund0 = acct.bal[ins, USDT]
+    acct = acct.replace(bal=bal.at[a, USDT].add(hole).at[ins, USDT].add(-hole))
     fund1 = acct.bal[ins, USDT]
     bad = jnp.maximum(-fund1, 0.0) - jnp.maximum(-fund0, 0.0)
     state = state.replace(acct=acct)
@@ -1103,7 +1113,7 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced, ac
     acc = acc.replace(
         liq_long=acc.liq_long + jnp.where(s > 0, liq_n, 0.0),
         liq_short=acc.liq_short + jnp.where(s < 0, liq_n, 0.0),
-        liq_accounts=acc.liq_accounts + liq.astype(jnp.int32),
+        liq_mask=acc.liq_mask.at[a].set(acc.liq_mask[a] | liq),
         takeover=acc.takeover + x_if * p_bk + left * p_bk,
         adl_count=acc.adl_count + jnp.sum(take > 0).astype(jnp.int32),
         adl_notional=acc.adl_notional + adl_total * p_bk,
@@ -1169,7 +1179,7 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
     """Advance one tick. Returns (state, TickEvents)."""
     k_exo, _ = jax.random.split(key)
     dtype = state.acct.bal.dtype
-    acc = _acc_zero(dtype)
+    acc = _acc_zero(dtype, params.dims.n_accounts)
     fund0 = state.acct.bal[params.dims.insurance, USDT]
 
     state = _exogenous(k_exo, state, params)
@@ -1233,7 +1243,7 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
         volume=acc.volume,
         liq_notional_long=acc.liq_long,
         liq_notional_short=acc.liq_short,
-        liq_accounts=acc.liq_accounts,
+        liq_accounts=acc.liq_mask.sum().astype(jnp.int32),
         collateral_sold=acc.coll_sold,
         collateral_sold_usdt=acc.coll_sold_usdt,
         insurance_fund=fund1,

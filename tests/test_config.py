@@ -1,0 +1,276 @@
+"""`load_scenario` validation: bad values raise ConfigError naming the field; overrides,
+variants and derived values (LP net position, auto funding cap) apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxsim
+from jaxsim import ConfigError, list_scenarios, list_variants, load_scenario, margin
+
+BTC_TIERS = [[0, 125, 0.004], [50000, 100, 0.005], [600000, 75, 0.0065]]
+
+
+def _raises(overrides=None, *fields, name="calm", variant=None):
+    """load_scenario must raise ConfigError whose message names every string in `fields`."""
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(name, variant=variant, overrides=overrides)
+    msg = str(ei.value)
+    for f in fields:
+        assert f in msg, f"{f!r} not in error message {msg!r}"
+    return msg
+
+
+# ------------------------------------------------------------------ bad values
+
+
+def test_negative_user_leverage():
+    users = [{"name": "x", "usdt": 1000.0, "leverage": -5}]
+    _raises({"accounts.users": users}, "accounts.users[0].leverage")
+
+
+def test_user_leverage_above_tier1_max():
+    users = [{"name": "ok", "usdt": 1.0}, {"name": "x", "usdt": 1000.0, "leverage": 200}]
+    _raises({"accounts.users": users}, "accounts.users[1].leverage")
+
+
+def test_unknown_user_key():
+    _raises(
+        {"accounts.users": [{"name": "x", "usdt": 1.0, "colour": "red"}]},
+        "accounts.users[0]",
+        "colour",
+    )
+
+
+def test_index_weights_must_sum_to_one():
+    _raises({"rules.index.base.venues": [0.5, 0.3, 0.3]}, "rules.index.base", "sum to 1")
+    _raises({"rules.index.lst": {"internal": 0.5, "redemption": 0.4}}, "rules.index.lst")
+
+
+def test_index_weights_wrong_count():
+    _raises({"rules.index.base.venues": [0.5, 0.5]}, "rules.index.base.venues")
+
+
+def test_tiers_floor_not_monotone():
+    tiers = [[0, 125, 0.004], [50000, 100, 0.005], [40000, 75, 0.0065]]
+    _raises({"rules.tiers": tiers}, "rules.tiers", "floor")
+
+
+def test_tiers_mmr_not_monotone():
+    tiers = [[0, 125, 0.004], [50000, 100, 0.003]]
+    _raises({"rules.tiers": tiers}, "rules.tiers", "mmr")
+
+
+def test_tiers_max_leverage_not_monotone():
+    tiers = [[0, 100, 0.004], [50000, 125, 0.005]]
+    _raises({"rules.tiers": tiers}, "rules.tiers", "max_leverage")
+
+
+def test_tiers_first_floor_zero():
+    _raises({"rules.tiers": [[10, 125, 0.004]]}, "rules.tiers[0].floor")
+
+
+def test_mmr_not_below_initial_margin():
+    # 125x -> IMR 0.8%; MMR 0.8% is not below it.
+    _raises({"rules.tiers": [[0, 125, 0.008]]}, "rules.tiers[0]", "mmr")
+    _raises({"rules.tiers": [[0, 125, 0.004], [50000, 10, 0.2]]}, "rules.tiers[1]", "mmr")
+
+
+def test_too_many_tiers_for_dims():
+    tiers = [[i * 1000, 10, 0.01] for i in range(5)]
+    _raises({"rules.tiers": tiers, "dims.n_tiers": 4}, "rules.tiers", "dims.n_tiers")
+
+
+def test_unknown_top_level_key():
+    _raises({"bogus_key": 1}, "bogus_key")
+
+
+def test_unknown_nested_key():
+    _raises({"rules.fees.bogus": 0.1}, "rules.fees.bogus")
+    _raises({"rules": {"funding": {"interval": 4}}}, "rules.funding.interval")
+    _raises({"markets.tick_size.futures": 1.0}, "markets.tick_size.futures")
+
+
+def test_unknown_scenario():
+    _raises(None, "no_such_scenario_xyz", name="no_such_scenario_xyz")
+
+
+def test_unknown_variant():
+    _raises(None, "variant", "nope", variant="nope")
+
+
+def test_schedule_bad_field():
+    rows = [{"effective_s": 100.0, "field": "max_fun", "value": 1.0}]
+    _raises({"schedule": rows}, "schedule[0].field", "max_fun")
+
+
+def test_schedule_bad_policy():
+    rows = [{"effective_s": 100.0, "field": "position_limit", "value": 1e6, "policy": "nuke"}]
+    _raises({"schedule": rows}, "schedule[0].policy", "nuke")
+
+
+def test_schedule_unknown_key():
+    rows = [{"effective_s": 100.0, "field": "position_limit", "value": 1e6, "when": 3}]
+    _raises({"schedule": rows}, "schedule[0]")
+
+
+def test_schedule_effective_before_announce():
+    rows = [{"announce_s": 100.0, "effective_s": 50.0, "field": "position_limit", "value": 1e6}]
+    _raises({"schedule": rows}, "schedule[0].effective_s", "announce_s")
+
+
+def test_schedule_too_many_rows_for_dims():
+    rows = [{"effective_s": 10.0 * i, "field": "position_limit", "value": 1e6} for i in range(3)]
+    _raises({"schedule": rows, "dims.n_schedule": 2}, "schedule", "dims.n_schedule")
+
+
+def test_too_many_users_for_dims():
+    # calm has 8 users; 10 accounts leave room for 6 (4 are system accounts).
+    _raises({"dims.n_accounts": 10}, "accounts.users", "dims.n_accounts")
+
+
+def test_tick_grid_covering_under_one_percent():
+    # 64 levels x 1 USDT = 64 USDT < 1% of 100,000.
+    _raises({"markets.tick_size.perp": 1.0}, "markets.tick_size.perp")
+    # Same with fewer levels: 8 x 50 = 400 < 1,000.
+    _raises({"dims.n_levels": 8}, "markets.tick_size", "dims.n_levels")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("rules.fees.taker", -0.001),
+        ("rules.funding.interval_h", 0.0),
+        ("rules.funding.cap", -0.01),
+        ("rules.adl", "yes"),
+        ("dt_s", 0.0),
+        ("exogenous.vol_annual.base", -0.1),
+        ("dims.cascade_rounds", 0),
+        ("rules.price_band.perp", 1.5),
+    ],
+)
+def test_out_of_range_scalars(key, value):
+    _raises({key: value}, key)
+
+
+def test_bad_shock():
+    shock = {"start_s": 0.0, "duration_s": 10.0, "asset": "gold", "return_pct": -10.0}
+    _raises({"exogenous.shocks": [shock]}, "exogenous.shocks[0].asset", "gold")
+
+
+# ------------------------------------------------------------------ positive cases
+
+
+def test_list_scenarios_and_variants():
+    assert "calm" in list_scenarios()
+    assert "defaults" not in list_scenarios()
+    assert "wide_fees" in list_variants("calm")
+
+
+def test_dotted_override_applies():
+    p = load_scenario("calm", overrides={"rules.fees.taker": 0.001})
+    assert float(p.rules.taker_fee) == pytest.approx(0.001)
+    # Untouched neighbours keep the defaults (maker 0.02%).
+    assert float(p.rules.maker_fee) == pytest.approx(0.0002)
+
+
+def test_nested_override_applies():
+    p = load_scenario(
+        "calm",
+        overrides={
+            "rules": {"fees": {"maker": -0.0001}},
+            "dims": {"n_accounts": 12, "n_levels": 32},
+        },
+    )
+    assert float(p.rules.maker_fee) == pytest.approx(-0.0001)
+    assert float(p.rules.taker_fee) == pytest.approx(0.0005)
+    assert p.dims.n_accounts == 12 and p.dims.n_levels == 32
+    assert p.accounts.bal.shape == (12, 4)
+
+
+def test_dotted_and_nested_mix():
+    p = load_scenario(
+        "calm", overrides={"rules.funding": {"interval_h": 4.0}, "rules.funding.interest_8h": 0.0}
+    )
+    assert float(p.rules.funding_interval_s) == pytest.approx(4 * 3600.0)
+    assert float(p.rules.funding_interest) == 0.0
+
+
+def test_variant_applies():
+    base = load_scenario("calm")
+    v = load_scenario("calm", variant="wide_fees")
+    assert float(v.rules.maker_fee) == pytest.approx(0.0004)
+    assert float(v.rules.taker_fee) == pytest.approx(0.001)
+    assert float(base.rules.taker_fee) == pytest.approx(0.0005)
+    # Overrides go on top of the variant.
+    vo = load_scenario("calm", variant="wide_fees", overrides={"rules.fees.taker": 0.002})
+    assert float(vo.rules.taker_fee) == pytest.approx(0.002)
+    assert float(vo.rules.maker_fee) == pytest.approx(0.0004)
+
+
+def test_lp_takes_net_of_user_positions():
+    users = [
+        {"name": "a", "usdt": 1e5, "position": 5.0},
+        {"name": "b", "usdt": 1e5, "position": -2.0},
+        {"name": "c", "usdt": 1e5, "position": 1.5, "entry": 90000.0},
+    ]
+    p = load_scenario("calm", overrides={"accounts.users": users})
+    pos = np.asarray(p.accounts.pos, np.float64)
+    lp = p.dims.lp
+    assert pos[lp] == pytest.approx(-(5.0 - 2.0 + 1.5))
+    assert pos.sum() == pytest.approx(0.0, abs=1e-6)
+    assert np.maximum(pos, 0).sum() == pytest.approx(np.maximum(-pos, 0).sum())
+    # LP enters at the BASE start price; user c keeps its own entry; a defaults to price0.
+    assert float(p.accounts.entry[lp]) == pytest.approx(100000.0)
+    assert float(p.accounts.entry[2]) == pytest.approx(90000.0)
+    assert float(p.accounts.entry[0]) == pytest.approx(100000.0)
+
+
+def test_calm_is_balanced():
+    p = load_scenario("calm")
+    pos = np.asarray(p.accounts.pos, np.float64)
+    assert pos[p.dims.lp] == 0.0
+    assert pos.sum() == pytest.approx(0.0)
+
+
+def test_funding_cap_auto():
+    # auto = 0.75 x tier-1 MMR: 0.75 x 0.4% = 0.3% for the BTC table.
+    assert float(load_scenario("calm").rules.funding_cap) == pytest.approx(0.003)
+    # A table with MMR1 = 1% gives 0.75%.
+    p = load_scenario(
+        "calm",
+        overrides={"rules.tiers": [[0, 50, 0.01], [100000, 20, 0.025]], "accounts.users": []},
+    )
+    assert float(p.rules.funding_cap) == pytest.approx(0.0075)
+    # An explicit cap is kept.
+    p = load_scenario("calm", overrides={"rules.funding.cap": 0.02})
+    assert float(p.rules.funding_cap) == pytest.approx(0.02)
+
+
+def test_tiers_padded_to_dims():
+    p = load_scenario("calm", overrides={"rules.tiers": BTC_TIERS})
+    floor = np.asarray(p.rules.tier_floor, np.float64)
+    assert floor.shape == (p.dims.n_tiers,)
+    np.testing.assert_allclose(floor[:3], [0, 50000, 600000])
+    # Padding rows are unreachable: a 1e12 notional stays in the last real tier.
+    assert float(margin.max_leverage(np.float32(1e12), p.rules)) == 75
+
+
+def test_schedule_rows_become_ticks():
+    rows = [
+        {
+            "announce_s": 20.0,
+            "effective_s": 50.0,
+            "field": "position_limit",
+            "value": 2e5,
+            "policy": "force_reduce",
+        }
+    ]
+    p = load_scenario("calm", overrides={"schedule": rows})
+    s = p.schedule
+    # dt = 10 s: announce tick 2, effective tick 5.
+    assert int(s.announce_tick[0]) == 2 and int(s.effective_tick[0]) == 5
+    assert int(s.policy[0]) == jaxsim.types.POLICY_FORCE_REDUCE
+    assert bool(s.active[0]) and not bool(s.active[1:].any())
+    assert float(s.value[0]) == pytest.approx(2e5)

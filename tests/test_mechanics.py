@@ -1,0 +1,633 @@
+"""Engine-level scenarios with injected orders through `jaxsim.step`.
+
+All scenarios share one shape (12 accounts = 8 users + 4 system, 32 levels, 4 orders per
+tick, 3 cascade rounds), so the jitted `step` compiles once for the module (a second time
+only for the `cascade_rounds=1` comparison). Prices are deterministic: zero volatility, no
+venue dispersion, LP depth not withdrawn on volatility; moves come from scripted shocks.
+System balances are kept small (LP 1e7 USDT) so float32 audits resolve a few USDT.
+
+Tolerances (float32): USDT balances ~1e5 -> 0.05; audit totals -> relative 2e-6 (about
+25 USDT on the ~1.2e7 USDT ledger, 4 STABLE on ~2e6); positions -> 1e-5 BTC.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsim
+from jaxsim import margin as mg
+from jaxsim.types import (
+    BASE,
+    BID,
+    KIND_CANCEL,
+    KIND_LIMIT,
+    KIND_MARKET,
+    KIND_TRANSFER_IN,
+    KIND_TRANSFER_OUT,
+    OK,
+    PERP,
+    REJ_BALANCE,
+    REJ_INVALID,
+    REJ_LEVERAGE,
+    REJ_MARGIN,
+    REJ_OUT_OF_RANGE,
+    REJ_POSITION_LIMIT,
+    REJ_PRICE_BAND,
+    REJ_SYSTEM,
+    SPOT,
+    STABLE,
+    USDT,
+    Orders,
+)
+
+N_ACCOUNTS = 12
+DT = 10.0  # dt_s of the defaults
+ZERO4 = {"spot": 0.0, "perp": 0.0, "stable": 0.0, "lst": 0.0}
+BASE_OVERRIDES = {
+    "dims.n_accounts": N_ACCOUNTS,
+    "dims.n_levels": 32,
+    "exogenous.vol_annual": {"base": 0.0, "stable": 0.0, "lst": 0.0},
+    "exogenous.venue_dispersion": 0.0,
+    "markets.lp_vol_withdraw": ZERO4,
+    "accounts.lp": {"usdt": 1.0e7, "base": 100.0, "stable": 1.0e6, "lst": 100.0},
+    "accounts.outside": {"usdt": 1.0e6, "base": 10.0, "stable": 1.0e6, "lst": 10.0},
+}
+# -10% on BASE during tick 1 (the tick starting at 10 s).
+SHOCK_T1 = [{"start_s": 10.0, "duration_s": 10.0, "asset": "base", "return_pct": -10.0}]
+
+USD_TOL = 0.05
+POS_TOL = 1e-5
+
+
+def make(users, **over):
+    o = dict(BASE_OVERRIDES)
+    o["accounts.users"] = users
+    o.update(over)
+    return jaxsim.load_scenario("calm", overrides=o)
+
+
+# Compile-time savings for the test suite only (LLVM's expensive passes off: ~40% faster
+# compiles, same semantics); falls back to a plain compile if the backend refuses them.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """`step` compiled once per Dims and shared by the module.
+
+    `reset` runs eagerly: its ops are cached by shape, so a second Dims costs nothing.
+    """
+
+    class Sim:
+        compiled: dict = {}
+
+        def start(self, p):
+            return jaxsim.reset(jax.random.PRNGKey(0), p)
+
+        def _step(self, key, st, o, p):
+            fn = self.compiled.get(p.dims)
+            if fn is None:
+                lowered = jax.jit(jaxsim.step).lower(key, st, o, p)
+                try:
+                    fn = lowered.compile(compiler_options=FAST_COMPILE)
+                except Exception:  # noqa: BLE001 - option names are backend-specific
+                    fn = lowered.compile()
+                self.compiled[p.dims] = fn
+            return fn(key, st, o, p)
+
+        def tick(self, st, p, rows=()):
+            o = orders(p, rows) if rows else jaxsim.no_orders(p)
+            return self._step(jax.random.PRNGKey(int(st.t) + 1), st, o, p)
+
+        def run(self, p, n, orders_at=None, st=None):
+            """n ticks; returns (states after each tick, events of each tick, initial state)."""
+            st0 = self.start(p) if st is None else st
+            st, states, evs = st0, [], []
+            for i in range(n):
+                st, ev = self.tick(st, p, (orders_at or {}).get(i, ()))
+                states.append(st)
+                evs.append(ev)
+            return states, evs, st0
+
+    return Sim()
+
+
+def orders(p, rows):
+    """Orders pytree from a list of dicts (missing fields 0)."""
+    k = p.dims.max_orders
+    assert len(rows) <= k
+    ints = ("account", "market", "side", "kind")
+    cols = {
+        f: np.zeros(k, np.int32 if f in ints else np.float32)
+        for f in ("account", "market", "side", "kind", "qty", "price")
+    }
+    for i, r in enumerate(rows):
+        for f, v in r.items():
+            cols[f][i] = v
+    return Orders(**{f: jnp.asarray(v) for f, v in cols.items()})
+
+
+def assert_conserved(p, st0, st1):
+    """Ledger totals of `jaxsim.audit` unchanged; open interest balanced."""
+    a0 = {k: np.asarray(v, np.float64) for k, v in jaxsim.audit(st0, p).items()}
+    a1 = {k: np.asarray(v, np.float64) for k, v in jaxsim.audit(st1, p).items()}
+    for k in ("usdt", "base", "stable", "lst"):
+        np.testing.assert_allclose(a1[k], a0[k], rtol=2e-6, atol=1e-4, err_msg=k)
+    assert a1["oi_long"] == pytest.approx(a1["oi_short"], abs=1e-4)
+    np.testing.assert_allclose(a1["debt"], a0["debt"], atol=1e-4)
+
+
+def usdt(st, a):
+    return float(st.acct.bal[a, USDT])
+
+
+def pos(st, a):
+    return float(st.acct.pos[a])
+
+
+def asset_px(st):
+    return jnp.concatenate([jnp.ones((1,), st.px.index.dtype), st.px.index])
+
+
+def mb_and_mm(st):
+    """Margin balance and maintenance margin of every account at the state's mark."""
+    a = st.acct
+    mb = mg.margin_balance(
+        a.bal,
+        a.debt,
+        a.pos,
+        a.entry,
+        a.iso_margin,
+        a.mode,
+        asset_px(st),
+        st.px.mark,
+        st.rules.haircut,
+    )
+    mm = mg.maint_margin(jnp.abs(a.pos) * st.px.mark, st.rules)
+    return np.asarray(mb, np.float64), np.asarray(mm, np.float64)
+
+
+# ================================================================== cascade
+
+
+# Cohort 1 (account 0): cross long 0.45 BTC, only 4,700 STABLE as collateral. A -10% shock
+# puts it under maintenance (MB = 4,465 - 4,500 < MM = 162). Its liquidation realizes the
+# loss in USDT and the engine sells STABLE into a thin STABLE/USDT book (400 per level,
+# flat), which moves the STABLE index (internal book, weight 1 in the defaults).
+# Cohort 2 (account 1): cross long 20 BTC whose collateral is STABLE, sized so that it is
+# above maintenance after the shock at STABLE = 1 but below it once cohort 1's sale has
+# printed. It can only be liquidated in the shock tick if the engine re-prices between
+# cascade rounds.
+THIN_STABLE = {
+    "markets.lp_depth": {"spot": 2.0, "perp": 3.0, "stable": 400.0, "lst": 1.0},
+    "markets.lp_decay_bps": {"spot": 50.0, "perp": 50.0, "stable": 10000.0, "lst": 40.0},
+}
+C2_POS = 20.0
+C2_ENTRY = 120000.0  # a bad entry makes cohort 2 lean on a large STABLE balance
+
+
+def _cascade_params(q_stable, rounds=3):
+    users = [
+        {"name": "c1", "stable": 4700.0, "position": 0.45, "leverage": 20},
+        {"name": "c2", "stable": q_stable, "position": C2_POS, "entry": C2_ENTRY, "leverage": 20},
+    ]
+    return make(
+        users, **THIN_STABLE, **{"exogenous.shocks": SHOCK_T1, "dims.cascade_rounds": rounds}
+    )
+
+
+@pytest.fixture(scope="module")
+def cascade_q(sim):
+    """STABLE collateral for cohort 2 that puts it between the two price states.
+
+    Calibration run with cohort 2 over-collateralized: read the mark and the STABLE price
+    after cohort 1's liquidation, then solve MB(STABLE = 1) - MM = +x and
+    MB(STABLE = s1) - MM = -x with x = half the effect of the STABLE drop:
+    MB(s) = Q s (1 - 5% haircut) + 20 (mark - 120,000).
+    The only price that moves between round 0 and round 1 besides STABLE is the mark (by
+    ~35 USDT: its `last` leg drops from 100,000 to the liquidation fill), so x must exceed
+    20 x 35 = 700 USDT with room to spare.
+    """
+    p = _cascade_params(1e7)
+    states, evs, _ = sim.run(p, 2)
+    st = states[-1]
+    assert pos(st, 0) == 0.0 and pos(st, 1) == C2_POS
+    mark = float(st.px.mark)
+    s1 = float(st.px.index[1])
+    d = 1.0 - s1
+    assert d > 0.003, "cohort 1's collateral sale should move the STABLE index"
+    mm = float(mg.maint_margin(jnp.float32(C2_POS * mark), p.rules))
+    upnl = C2_POS * (mark - C2_ENTRY)
+    q = (mm - upnl) / (0.95 * (1.0 - d / 2))
+    x = 0.95 * q * d / 2
+    assert x > 2.0 * C2_POS * 35.0, (mark, s1, q, x)
+    return q
+
+
+def test_cascade_within_one_tick(sim, cascade_q):
+    p = _cascade_params(cascade_q, rounds=3)
+    states, evs, st0 = sim.run(p, 2)
+    ev, st = evs[1], states[1]
+    # Both cohorts are liquidated in the shock tick: cohort 1 fully (tier 1), cohort 2 at
+    # least down to a lower tier (partial liquidation by tiers).
+    assert pos(st, 0) == 0.0
+    assert pos(st, 1) < C2_POS - 1.0
+    assert int(ev.liq_accounts) >= 2
+    assert float(ev.collateral_sold[STABLE]) > 0
+    assert float(ev.collateral_px[0]) < 1.0
+    assert pos(states[0], 1) == C2_POS  # nothing happened before the shock
+    assert_conserved(p, st0, st)
+
+
+def test_cascade_needs_rounds(sim, cascade_q):
+    p = _cascade_params(cascade_q, rounds=1)
+    states, evs, st0 = sim.run(p, 3)
+    st = states[1]
+    # One round: only cohort 1 goes in the shock tick...
+    assert pos(st, 0) == 0.0
+    assert pos(st, 1) == C2_POS
+    # ...although cohort 2 is now under maintenance at the post-sale prices,
+    mb, mm = mb_and_mm(st)
+    assert mb[1] < mm[1]
+    # ...and it is liquidated at the next tick's first round.
+    assert pos(states[2], 1) < C2_POS - 1.0
+    assert_conserved(p, st0, states[2])
+
+
+# ================================================================== insurance fund / ADL
+
+
+def _bankrupt_users():
+    # 0.4 BTC long at 100,000 with 2,000 USDT (20x). After the -10% shock (mark ~90,009)
+    # equity = 2,000 - 0.4 x 9,991 < 0: bankrupt. Bankruptcy price (equity + Q (p - mark)
+    # = 0): p_bk = 100,000 - 2,000 / 0.4 = 95,000, above every bid, so the IOC at p_bk fills
+    # nothing and the rest goes to the fund (or ADL) at 95,000.
+    return [{"name": "bust_cross", "usdt": 2000.0, "position": 0.4, "leverage": 20}]
+
+
+def test_insurance_fund_pays_bankruptcy(sim):
+    users = _bankrupt_users() + [
+        # Isolated twin: 2,000 isolated margin and 1,000 in the wallet that must stay untouched.
+        {
+            "name": "bust_iso",
+            "usdt": 1000.0,
+            "position": 0.4,
+            "mode": "isolated",
+            "isolated_margin": 2000.0,
+            "leverage": 20,
+        }
+    ]
+    # The fund unwinds its taken-over position within the tick (if_unwind_per_h = 3600).
+    p = make(users, **{"exogenous.shocks": SHOCK_T1, "rules.if_unwind_per_h": 3600.0})
+    states, evs, st0 = sim.run(p, 2)
+    ev, st = evs[1], states[1]
+    ins = p.dims.insurance
+    assert pos(st, 0) == 0.0 and pos(st, 1) == 0.0
+    # Bankrupt accounts end at zero, not negative.
+    assert usdt(st, 0) == pytest.approx(0.0, abs=USD_TOL)
+    assert float(st.acct.iso_margin[1]) == pytest.approx(0.0, abs=USD_TOL)
+    # Isolated: the loss is capped at the isolated margin; the wallet keeps its 1,000.
+    assert usdt(st, 1) == pytest.approx(1000.0, abs=USD_TOL)
+    # The fund took 0.8 BTC at 95,000 (38,000 each) and sold it at <= 90,000: it lost at
+    # least 0.8 x (95,000 - 90,000) = 4,000, at most 0.8 x (95,000 - 88,000) + fees.
+    assert float(ev.if_takeover_notional) == pytest.approx(0.8 * 95000.0, rel=1e-5)
+    draw = float(ev.insurance_draw)
+    assert 4000.0 < draw < 0.8 * 7000.0 + 100.0
+    assert usdt(st, ins) == pytest.approx(1e6 - draw, abs=1.0)
+    assert pos(st, ins) == pytest.approx(0.0, abs=POS_TOL)
+    assert float(ev.bad_debt) == 0.0
+    assert int(ev.adl_count) == 0
+    assert_conserved(p, st0, st)
+
+
+@pytest.mark.parametrize(
+    "fund, cap",
+    [(0.0, 0.0), (1e6, 0.0), (0.0, 1.0)],
+    ids=["empty_fund_no_cap", "cap_zero", "empty_fund"],
+)
+def test_adl_when_fund_cannot_absorb(sim, fund, cap):
+    users = _bankrupt_users() + [
+        # Two shorts of 0.5 at 100,000. At mark ~90,009 both have PnL% = 9.99%;
+        # EffLev = 45,004 / equity: low_lev (100,000 USDT) ~0.43 -> score 0.043;
+        # high_lev (2,000 USDT) ~18 -> score 1.8. high_lev sits at the higher account
+        # index, so picking by index would choose low_lev.
+        {"name": "low_lev", "usdt": 100000.0, "position": -0.5, "leverage": 10},
+        {"name": "high_lev", "usdt": 2000.0, "position": -0.5, "leverage": 50},
+    ]
+    p = make(
+        users,
+        **{
+            "exogenous.shocks": SHOCK_T1,
+            "accounts.insurance_fund": fund,
+            "rules.if_position_cap": cap,
+        },
+    )
+    states, evs, st0 = sim.run(p, 2)
+    ev, st = evs[1], states[1]
+    assert int(ev.adl_count) == 1
+    # The 0.4 BTC goes to the top-ranked short only, at the bankruptcy price 95,000 (no fee):
+    # its realized PnL is 0.4 x (100,000 - 95,000) = 2,000.
+    assert pos(st, 2) == pytest.approx(-0.1, abs=POS_TOL)
+    assert usdt(st, 2) == pytest.approx(2000.0 + 2000.0, abs=USD_TOL)
+    assert float(st.acct.entry[2]) == pytest.approx(100000.0, abs=0.05)
+    assert pos(st, 1) == -0.5
+    assert usdt(st, 1) == pytest.approx(100000.0, abs=USD_TOL)
+    assert float(ev.adl_notional) == pytest.approx(0.4 * 95000.0, rel=1e-5)
+    # The bankrupt account is closed at zero and the fund is not touched.
+    assert pos(st, 0) == 0.0
+    assert usdt(st, 0) == pytest.approx(0.0, abs=USD_TOL)
+    assert usdt(st, p.dims.insurance) == pytest.approx(fund, abs=USD_TOL)
+    assert pos(st, p.dims.insurance) == 0.0
+    assert_conserved(p, st0, st)
+
+
+# ================================================================== rule schedule
+
+
+def _schedule_params(policy):
+    users = [{"name": "whale", "usdt": 100000.0, "position": 5.0, "leverage": 10}]
+    rows = [
+        {
+            "announce_s": 20.0,
+            "effective_s": 50.0,
+            "field": "position_limit",
+            "value": 200000.0,
+            "policy": policy,
+        }
+    ]
+    return make(users, schedule=rows)
+
+
+def test_schedule_next_change_countdown(sim):
+    p = _schedule_params("grandfather")
+    _, evs, _ = sim.run(p, 7)
+    got = [float(e.next_change_s) for e in evs]
+    # Events after ticks 0..6 (time 10..70 s): unannounced until 20 s, then seconds left to
+    # 50 s, then -1 once the change took effect (in the tick starting at 50 s).
+    assert got == [-1.0, 30.0, 20.0, 10.0, 0.0, -1.0, -1.0]
+    assert [int(e.rules_changed) for e in evs] == [0, 0, 0, 0, 0, 1, 0]
+
+
+def test_schedule_force_reduce(sim):
+    p = _schedule_params("force_reduce")
+    states, evs, st0 = sim.run(p, 7)
+    for i in range(5):
+        assert pos(states[i], 0) == 5.0
+        assert float(evs[i].forced_reduce_notional) == 0.0
+    ev, st = evs[5], states[5]
+    assert float(st.rules.position_limit) == pytest.approx(200000.0)
+    # 5 BTC (500k) cut to the 200k limit: ~3 BTC sold at ~99,950 = ~300k by market order.
+    assert float(ev.forced_reduce_notional) == pytest.approx(3 * 99950.0, rel=0.01)
+    assert pos(st, 0) == pytest.approx(2.0, rel=0.01)
+    assert abs(pos(st, 0)) * float(st.px.mark) <= 200000.0 * (1 + 1e-4)
+    assert float(ev.volume[PERP]) == pytest.approx(5.0 - pos(st, 0), abs=POS_TOL)
+    assert_conserved(p, st0, states[-1])
+
+
+def test_schedule_grandfather(sim):
+    p = _schedule_params("grandfather")
+    # After the change (tick 6), an order that increases the position is refused.
+    buy = [{"account": 0, "market": PERP, "side": 1, "kind": KIND_MARKET, "qty": 0.1}]
+    states, evs, st0 = sim.run(p, 7, orders_at={6: buy})
+    assert float(states[5].rules.position_limit) == pytest.approx(200000.0)
+    assert all(pos(s, 0) == 5.0 for s in states)
+    assert all(float(e.forced_reduce_notional) == 0.0 for e in evs)
+    assert int(evs[6].order_reason[0]) == REJ_POSITION_LIMIT
+    assert_conserved(p, st0, states[-1])
+
+
+# ================================================================== funding
+
+
+def test_funding_settles_at_interval(sim):
+    # 90-s interval (9 ticks), I = 1% per 8 h with a 1% clamp band so the rate is exactly I
+    # when the premium is 0 (the symmetric LP book: impact bid 99,950 < index 100,000 <
+    # impact ask 100,050). F = 1% x 90 / 28,800 = 3.125e-5 per interval.
+    users = [
+        {"name": "long", "usdt": 100000.0, "position": 10.0},
+        {"name": "short", "usdt": 100000.0, "position": -6.0},
+        {
+            "name": "iso_short",
+            "usdt": 10000.0,
+            "position": -4.0,
+            "mode": "isolated",
+            "isolated_margin": 50000.0,
+        },
+    ]
+    p = make(
+        users,
+        **{
+            "rules.funding.interval_h": 90.0 / 3600.0,
+            "rules.funding.interest_8h": 0.01,
+            "rules.funding.clamp_8h": 0.01,
+        },
+    )
+    states, evs, st0 = sim.run(p, 10)
+    f = 0.01 * 90.0 / 28800.0
+    settled = [bool(e.funding_settled) for e in evs]
+    assert settled == [False] * 8 + [True, False]
+    assert float(evs[8].funding_paid) == pytest.approx(f, rel=1e-5)
+    # Nothing moves before the settlement.
+    for a, b0 in ((0, 100000.0), (1, 100000.0)):
+        assert usdt(states[7], a) == b0
+    before, after = states[7], states[8]
+    assert float(after.px.mark) == pytest.approx(100000.0, abs=0.05)
+    # funding_i = -Q x mark x F: long pays 10 x 1e5 x F = 31.25; shorts get 18.75 and 12.5.
+    d_long = usdt(after, 0) - usdt(before, 0)
+    d_short = usdt(after, 1) - usdt(before, 1)
+    d_iso = float(after.acct.iso_margin[2] - before.acct.iso_margin[2])
+    assert d_long == pytest.approx(-31.25, abs=0.02)
+    assert d_short == pytest.approx(18.75, abs=0.02)
+    assert d_iso == pytest.approx(12.5, abs=0.02)
+    assert usdt(after, 2) == usdt(before, 2)  # isolated funding goes to the position margin
+    assert d_long + d_short + d_iso == pytest.approx(0.0, abs=0.03)
+    # The exchange keeps nothing: the fee account and the fund do not change.
+    for sys_acct in (p.dims.fees, p.dims.insurance, p.dims.lp, p.dims.outside):
+        assert usdt(after, sys_acct) == usdt(before, sys_acct)
+    assert_conserved(p, st0, states[-1])
+
+
+# ================================================================== orders
+
+
+def test_fifo_queue_priority(sim):
+    users = [{"name": f"u{i}", "usdt": 100000.0} for i in range(3)]
+    p = make(users)
+    px = 100000.0  # inside the LP spread (bids <= 99,950, asks >= 100,050): an empty level
+    rest = [
+        {"account": 1, "market": PERP, "side": 1, "kind": KIND_LIMIT, "qty": 0.3, "price": px},
+        {"account": 0, "market": PERP, "side": 1, "kind": KIND_LIMIT, "qty": 0.3, "price": px},
+    ]
+    sell = [{"account": 2, "market": PERP, "side": -1, "kind": KIND_MARKET, "qty": 0.4}]
+    states, evs, st0 = sim.run(p, 2, orders_at={0: rest, 1: sell})
+    assert [int(r) for r in evs[0].order_reason[:2]] == [OK, OK]
+    st, ev = states[1], evs[1]
+    # Account 1 was first in the queue: it fills its 0.3, account 0 gets the other 0.1.
+    assert pos(st, 1) == pytest.approx(0.3, abs=POS_TOL)
+    assert pos(st, 0) == pytest.approx(0.1, abs=POS_TOL)
+    assert pos(st, 2) == pytest.approx(-0.4, abs=POS_TOL)
+    assert float(ev.order_avg_px[0]) == pytest.approx(px, abs=0.05)
+    lvl = int(round(px / 50.0)) - int(st.book.origin[PERP])
+    q = np.asarray(st.book.qty[PERP, BID, lvl])
+    assert q[1] == pytest.approx(0.0, abs=POS_TOL) and q[0] == pytest.approx(0.2, abs=POS_TOL)
+    assert_conserved(p, st0, st)
+
+
+def test_cancel_refunds_spot_reserves(sim):
+    users = [{"name": "spot", "usdt": 100000.0, "base": 2.0}]
+    p = make(users)
+    place = [
+        {"account": 0, "market": SPOT, "side": 1, "kind": KIND_LIMIT, "qty": 0.5, "price": 99500.0},
+        {
+            "account": 0,
+            "market": SPOT,
+            "side": -1,
+            "kind": KIND_LIMIT,
+            "qty": 1.0,
+            "price": 100500.0,
+        },
+    ]
+    cancel = lambda side: [{"account": 0, "market": SPOT, "side": side, "kind": KIND_CANCEL}]
+    plan = {0: place, 1: cancel(1), 2: cancel(-1), 3: place, 4: cancel(0)}
+    states, evs, st0 = sim.run(p, 5, orders_at=plan)
+    base = lambda st: float(st.acct.bal[0, BASE])
+    # Resting buy reserves 0.5 x 99,500 = 49,750 USDT; resting sell reserves 1 BASE.
+    assert [int(r) for r in evs[0].order_reason[:2]] == [OK, OK]
+    assert usdt(states[0], 0) == 100000.0 - 49750.0
+    assert base(states[0]) == 1.0
+    # Cancel bids only: the USDT comes back exactly, the BASE stays reserved.
+    assert usdt(states[1], 0) == 100000.0 and base(states[1]) == 1.0
+    assert base(states[2]) == 2.0 and usdt(states[2], 0) == 100000.0
+    # Both sides at once.
+    assert usdt(states[3], 0) == 50250.0 and base(states[3]) == 1.0
+    assert usdt(states[4], 0) == 100000.0 and base(states[4]) == 2.0
+    assert float(np.asarray(states[4].book.qty[SPOT, :, :, 0]).sum()) == 0.0
+    assert_conserved(p, st0, states[-1])
+
+
+def test_reject_reasons(sim):
+    users = [
+        {"name": "poor", "usdt": 1000.0, "leverage": 10},
+        {"name": "rich_125x", "usdt": 1000000.0, "leverage": 125},
+    ]
+    p = make(users, **{"rules.position_limit": 150000.0, "rules.price_band.perp": 0.001})
+    nan = float("nan")
+    t0 = [
+        # 10 BASE ~ 1e6 USDT with 1,000 USDT.
+        {"account": 0, "market": SPOT, "side": 1, "kind": KIND_MARKET, "qty": 10.0},
+        # 1 BTC perp needs 10,000 initial margin at 10x.
+        {"account": 0, "market": PERP, "side": 1, "kind": KIND_MARKET, "qty": 1.0},
+        # 2 BTC = 200k notional > 150k position limit.
+        {"account": 0, "market": PERP, "side": 1, "kind": KIND_MARKET, "qty": 2.0},
+        # 0.6 BTC = 60k -> tier 2 allows 100x < the account's 125x.
+        {"account": 1, "market": PERP, "side": 1, "kind": KIND_MARKET, "qty": 0.6},
+    ]
+    t1 = [
+        # Band 0.1% of mark = 100 USDT: 99,500 is on the grid but outside the band.
+        {
+            "account": 0,
+            "market": PERP,
+            "side": 1,
+            "kind": KIND_LIMIT,
+            "qty": 0.001,
+            "price": 99500.0,
+        },
+        # 50,000 is off the 32-level grid (99,200 .. 100,750).
+        {
+            "account": 0,
+            "market": PERP,
+            "side": 1,
+            "kind": KIND_LIMIT,
+            "qty": 0.001,
+            "price": 50000.0,
+        },
+        {"account": 0, "market": PERP, "side": 1, "kind": KIND_MARKET, "qty": nan},
+        # The LP is a system account.
+        {"account": p.dims.lp, "market": PERP, "side": 1, "kind": KIND_MARKET, "qty": 0.1},
+    ]
+    t2 = [
+        {
+            "account": 0,
+            "market": PERP,
+            "side": 1,
+            "kind": KIND_LIMIT,
+            "qty": 0.0,
+            "price": 100000.0,
+        },
+        {"account": 0, "market": PERP, "side": 0, "kind": KIND_MARKET, "qty": 0.1},
+        {"account": 0, "market": 7, "side": 1, "kind": KIND_MARKET, "qty": 0.1},
+        # A valid order still goes through after the rejects: 0.001 BTC needs 10 USDT.
+        {"account": 0, "market": PERP, "side": 1, "kind": KIND_MARKET, "qty": 0.001},
+    ]
+    states, evs, st0 = sim.run(p, 3, orders_at={0: t0, 1: t1, 2: t2})
+    reasons = [[int(r) for r in e.order_reason] for e in evs]
+    assert reasons[0] == [REJ_BALANCE, REJ_MARGIN, REJ_POSITION_LIMIT, REJ_LEVERAGE]
+    assert reasons[1] == [REJ_PRICE_BAND, REJ_OUT_OF_RANGE, REJ_INVALID, REJ_SYSTEM]
+    assert reasons[2] == [REJ_INVALID, REJ_INVALID, REJ_INVALID, OK]
+    # The per-reason histogram agrees; OK is not counted.
+    hist = np.asarray(evs[0].rejects)
+    for r in (REJ_BALANCE, REJ_MARGIN, REJ_POSITION_LIMIT, REJ_LEVERAGE):
+        assert hist[r] == 1
+    assert hist[OK] == 0 and hist.sum() == 4
+    # Rejected orders move nothing; NaN does not leak into the events.
+    for i in range(2):
+        assert usdt(states[1], i) == usdt(st0, i)
+        assert pos(states[1], i) == 0.0
+    assert float(evs[1].order_unfilled[2]) == 0.0
+    assert np.isfinite(np.asarray(evs[1].order_filled)).all()
+    assert pos(states[2], 0) == pytest.approx(0.001, abs=1e-7)
+    assert_conserved(p, st0, states[-1])
+
+
+# ================================================================== collateral liquidation
+
+
+def test_collateral_liquidation_sells_stable(sim):
+    # Cross long 0.45 BTC with 4,700 STABLE only (MB = 4,700 x 0.95 = 4,465). After the
+    # -10% shock uPnL = -4,500 -> MB < 0 < MM: liquidated. The realized loss leaves USDT
+    # negative, and the engine sells STABLE into the STABLE/USDT book to cover it.
+    users = [{"name": "stable_long", "stable": 4700.0, "position": 0.45, "leverage": 20}]
+    p = make(users, **{"exogenous.shocks": SHOCK_T1})
+    states, evs, st0 = sim.run(p, 2)
+    ev, st = evs[1], states[1]
+    assert float(evs[0].collateral_sold[STABLE]) == 0.0
+    sold = float(ev.collateral_sold[STABLE])
+    assert sold > 0
+    assert float(st.acct.bal[0, STABLE]) == pytest.approx(4700.0 - sold, abs=0.01)
+    assert float(ev.collateral_sold_usdt) > 0
+    # The internal STABLE price (last trade) and with it the STABLE index fall below 1.
+    assert float(ev.collateral_px[0]) < 1.0
+    assert float(ev.collateral_index[0]) < 1.0
+    assert float(evs[0].collateral_px[0]) == 1.0
+    assert pos(st, 0) == 0.0
+    assert usdt(st, 0) >= -USD_TOL  # the deficit is covered
+    assert int(ev.liq_accounts) >= 1
+    assert_conserved(p, st0, st)
+
+
+# ================================================================== transfers
+
+
+@pytest.mark.parametrize("delay_s", [30.0, 25.0, 0.0])
+def test_transfers_arrive_after_delay(sim, delay_s):
+    users = [{"name": "arb", "usdt": 10000.0, "external": {"usdt": 5000.0}}]
+    p = make(users, **{"rules.withdrawal_delay_s": delay_s})
+    moves = [
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_OUT, "qty": 1000.0},
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_IN, "qty": 2000.0},
+        # Both transfer slots are taken: a third transfer is refused.
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_OUT, "qty": 1.0},
+    ]
+    states, evs, st0 = sim.run(p, 5, orders_at={0: moves})
+    assert [int(r) for r in evs[0].order_reason[:3]] == [OK, OK, REJ_INVALID]
+    ext = lambda st: float(st.acct.ext_bal[0, USDT])
+    # Sent at time 0; it lands in the first tick starting at or after delay_s.
+    n_ticks = int(np.ceil(delay_s / DT))
+    for i, st in enumerate(states):
+        arrived = i >= n_ticks
+        assert usdt(st, 0) == (11000.0 if arrived else 9000.0), (i, delay_s)
+        assert ext(st) == (4000.0 if arrived else 3000.0), (i, delay_s)
+        assert_conserved(p, st0, st)  # in-flight amounts stay on the ledger

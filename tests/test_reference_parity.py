@@ -1,0 +1,449 @@
+"""Tick-by-tick parity of `jaxsim.step` with the slow reference in `reference_exchange.py`.
+
+Both run side by side over a few hundred ticks of random external orders (market / limit /
+cancel on all four markets, both sides, several users, sizes and prices that are sometimes
+rejected, some system-account and malformed orders); after every tick the whole state and the
+tick's order results and liquidation counters are compared.
+
+Precision: the comparison runs in float64 (`jax.enable_x64` only inside this module's
+fixture, so other modules keep float32), so discrete decisions (level rounding, margin and
+liquidation thresholds) are not decided by float32 noise. Tolerance: RTOL = 1e-9, ATOL = 1e-7
+on every float (base units, USDT, prices); integers, reasons, origins exactly.
+
+What the reference replays from the engine: nothing from the engine's state. It draws the
+exogenous standard normals with `jax.random` from the same key (`reference_exchange.exogenous`)
+and applies the price formulas itself; reset (initial LP depth) is recomputed too.
+
+Regressions found by this parity test (fixed in the engine; the tests named
+test_regression_* reproduce them minimally):
+1. topping up a resting order must move the owners queued behind it forward (cancel, then
+   add at the back); otherwise queue intervals overlap and a taker's fill is not debited
+   from any maker (size from nothing);
+2. a limit order that fills completely must not rest its float-rounding remainder at its
+   limit price (a crossed book).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference_exchange import (
+    ASK,
+    BID,
+    KIND_CANCEL,
+    KIND_LIMIT,
+    KIND_MARKET,
+    KIND_NONE,
+    PERP,
+    RefExchange,
+    _np_tree,
+)
+
+import jaxsim
+from jaxsim.types import Orders
+
+RTOL = 1e-9
+ATOL = 1e-7
+N_TICKS = 300
+
+USERS = [
+    # 0: a multi-asset agent that trades everything
+    {"name": "agent", "usdt": 300000.0, "base": 3.0, "stable": 100000.0, "lst": 2.0},
+    {"name": "long_cross_20x", "usdt": 70000.0, "position": 5.0, "leverage": 20},
+    {"name": "short_cross_10x", "usdt": 100000.0, "position": -5.0, "leverage": 10},
+    {
+        "name": "long_iso_20x",
+        "usdt": 20000.0,
+        "position": 2.0,
+        "mode": "isolated",
+        "isolated_margin": 8000.0,
+        "leverage": 20,
+    },
+    {
+        "name": "stable_coll_long",
+        "usdt": 2000.0,
+        "stable": 60000.0,
+        "position": 3.0,
+        "leverage": 20,
+    },
+    {
+        "name": "lst_coll_long_debt",
+        "usdt": 50000.0,
+        "lst": 1.0,
+        "position": 6.0,
+        "leverage": 20,
+        "debt": {"usdt": 45000.0},
+    },
+]
+
+BASE_OVERRIDES = {
+    "dims.n_accounts": 10,
+    "dims.n_levels": 32,
+    "dims.max_orders": 4,
+    "dims.liq_per_round": 1,  # binds in the shock run: breaching accounts wait their turn
+    "rules.funding.interval_h": 0.25,  # settles every 90 ticks: 3 settlements per run
+    # Perp band narrower than the grid's half-width (0.8%) so price-band rejects can happen.
+    "rules.price_band.perp": 0.006,
+    "accounts.users": USERS,
+}
+
+SHOCK_OVERRIDES = {
+    **BASE_OVERRIDES,
+    "accounts.insurance_fund": 30000.0,  # small fund: its position cap binds -> ADL
+    "exogenous.shocks": [
+        # a slide (liquidations before bankruptcy: IOC fills, clearance fees) ...
+        {"start_s": 300.0, "duration_s": 600.0, "asset": "base", "return_pct": -8.0},
+        {"start_s": 300.0, "duration_s": 600.0, "asset": "stable", "return_pct": -4.0},
+        # ... then a one-tick gap: several accounts breach at once, past bankruptcy
+        {"start_s": 1200.0, "duration_s": 10.0, "asset": "base", "return_pct": -16.0},
+    ],
+}
+
+# Variant with no LP refill after reset (the LP only pulls excess): users' orders may rest
+# across ticks while the book holds only what reset placed.
+NO_REFILL = {"markets.lp_resilience_per_s": {"spot": 0.0, "perp": 0.0, "stable": 0.0, "lst": 0.0}}
+
+SIZE_SCALE = {0: 0.5, 1: 1.0, 2: 20000.0, 3: 0.3}
+
+
+@pytest.fixture(scope="module")
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def engine(x64):
+    """(jitted step, jitted reset), compiled once for the module (all params share shapes)."""
+    return jax.jit(jaxsim.step), jax.jit(jaxsim.reset)
+
+
+def _params(overrides):
+    return jaxsim.load_scenario("calm", overrides=overrides, dtype=jnp.float64)
+
+
+# ============================================================== random order flow
+
+
+class OrderFlow:
+    """Random external orders. mode: 'free' (anything), 'rest' (orders rest across ticks but a
+    user never adds to its own resting order), 'flash' (at most one limit per tick, cancelled by
+    the tick's last order, so no user order rests while the LP refills)."""
+
+    def __init__(self, seed: int, k: int, n_user: int, n: int, mode: str):
+        self.rng = np.random.default_rng(seed)
+        self.k, self.n_user, self.n, self.mode = k, n_user, n, mode
+
+    def _one(self, ref: RefExchange, allow_limit: bool, own_levels: set):
+        rng = self.rng
+        u = rng.random()
+        a = int(rng.integers(0, self.n_user))
+        if u < 0.03:
+            a = int(rng.integers(self.n_user, self.n))  # system account -> rejected
+        m = int(rng.choice(4, p=[0.25, 0.4, 0.15, 0.2]))
+        side = int(rng.choice([-1, 1]))
+        kind = int(
+            rng.choice([KIND_MARKET, KIND_LIMIT, KIND_CANCEL, KIND_NONE], p=[0.4, 0.4, 0.12, 0.08])
+        )
+        qty = SIZE_SCALE[m] * float(rng.lognormal(0.0, 1.0))
+        if rng.random() < 0.08:
+            qty *= 60.0  # large: margin / position / balance rejects, deep sweeps
+        refp = ref.mark if m == PERP else float(ref.last[m])
+        price = 0.0
+        if kind == KIND_MARKET and rng.random() < 0.3:
+            price = refp * (1 + float(rng.normal(0.0, 0.004)))
+        if kind == KIND_LIMIT:
+            spread = 0.03 if rng.random() < 0.1 else 0.004
+            price = refp * (1 + float(rng.normal(0.0, spread)))
+            tick = ref.tick[m]
+            raw = price / tick
+            j_tick = math.floor(raw + 1e-6) if side > 0 else math.ceil(raw - 1e-6)
+            key = (a, m, BID if side > 0 else ASK, j_tick)
+            if not allow_limit or (self.mode == "rest" and key in own_levels):
+                kind, price = KIND_MARKET, 0.0
+            else:
+                own_levels.add(key)
+        if kind == KIND_CANCEL:
+            side = int(rng.choice([-1, 0, 1]))
+        if rng.random() < 0.02:  # malformed
+            qty = float(rng.choice([-1.0, 0.0, np.nan]))
+            if kind == KIND_CANCEL:
+                price = -1.0
+        return [kind, a, m, side, qty, price]
+
+    def orders(self, ref: RefExchange):
+        own = set()
+        if self.mode == "rest":
+            for m in range(4):
+                for sd in (BID, ASK):
+                    for j in range(ref.g):
+                        for owner, _ in ref.book[m][sd][j]:
+                            own.add((owner, m, sd, ref.origin[m] + j))
+        out = []
+        n_limit = 0
+        for i in range(self.k):
+            if self.mode == "flash" and i == self.k - 1:
+                lim = [o for o in out if o[0] == KIND_LIMIT]
+                if lim:
+                    out.append([KIND_CANCEL, lim[0][1], lim[0][2], 0, 0.0, 0.0])
+                    continue
+            allow = not (self.mode == "flash" and (n_limit >= 1 or i == self.k - 1))
+            o = self._one(ref, allow, own)
+            n_limit += o[0] == KIND_LIMIT
+            out.append(o)
+        return out
+
+
+def _to_orders(rows) -> Orders:
+    cols = list(zip(*rows, strict=True))
+    return Orders(
+        kind=jnp.array(cols[0], jnp.int32),
+        account=jnp.array(cols[1], jnp.int32),
+        market=jnp.array(cols[2], jnp.int32),
+        side=jnp.array(cols[3], jnp.int32),
+        qty=jnp.array(cols[4], jnp.float64),
+        price=jnp.array(cols[5], jnp.float64),
+    )
+
+
+# ============================================================== comparison
+
+
+def _close(name, got, want, t, rtol=RTOL, atol=ATOL):
+    got, want = np.asarray(got, float), np.asarray(want, float)
+    if not np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True):
+        diff = np.abs(got - want)
+        i = np.unravel_index(np.nanargmax(diff), diff.shape) if diff.ndim else ()
+        raise AssertionError(
+            f"tick {t}: {name} differs (engine vs reference) at {i}: "
+            f"{got[i] if diff.ndim else got} vs {want[i] if diff.ndim else want}; "
+            f"max |diff| {np.nanmax(diff):.3g}"
+        )
+
+
+def _exact(name, got, want, t):
+    if not np.array_equal(np.asarray(got), np.asarray(want)):
+        raise AssertionError(f"tick {t}: {name} differs: engine {got} vs reference {want}")
+
+
+def compare_state(s, ref: RefExchange, t, check_ahead=True):
+    """s: engine state as a nested NumPy dict."""
+    a = s["acct"]
+    _exact("t", s["t"], ref.t, t)
+    for name, want in (
+        ("bal", ref.bal),
+        ("debt", ref.debt),
+        ("pos", ref.pos),
+        ("entry", ref.entry),
+        ("iso_margin", ref.iso),
+        ("lev", ref.lev),
+    ):
+        _close(f"acct.{name}", a[name], want, t)
+    _exact("acct.mode", a["mode"], ref.mode, t)
+    qty, ahead, origin = ref.as_arrays()
+    _exact("book.origin", s["book"]["origin"], origin, t)
+    _close("book.qty", s["book"]["qty"], qty, t)
+    if check_ahead:
+        _close("book.ahead (FIFO queue position)", s["book"]["ahead"], ahead, t)
+    p = s["px"]
+    for name, want in (
+        ("last", ref.last),
+        ("index", ref.index),
+        ("mark", ref.mark),
+        ("ext", ref.ext),
+        ("ext_common", ref.ext_common),
+        ("vol", ref.vol),
+        ("funding_rate", ref.funding_rate),
+        ("prem_wsum", ref.prem_wsum),
+        ("prem_w", ref.prem_w),
+        ("next_funding_s", ref.next_funding_s),
+        ("last_funding_rate", ref.last_funding_rate),
+    ):
+        _close(f"px.{name}", p[name], want, t)
+    _exact("px.prem_n", p["prem_n"], ref.prem_n, t)
+    _exact("px.basis_count", p["basis_count"], len(ref.basis_samples), t)
+    w = ref.basis_window
+    buf = np.zeros(w)
+    for i, x in enumerate(ref.basis_samples):
+        buf[i % w] = x
+    _close("px.basis_buf", p["basis_buf"], buf, t)
+
+
+def compare_events(ev, rev, t):
+    _exact("order_reason", ev.order_reason, rev["order_reason"], t)
+    _close("order_filled", ev.order_filled, rev["order_filled"], t)
+    _close("order_avg_px", ev.order_avg_px, rev["order_avg_px"], t)
+    _close("order_unfilled", ev.order_unfilled, rev["order_unfilled"], t)
+    _close("volume", ev.volume, rev["volume"], t)
+    _close("fees", ev.fees, rev["fees"], t)
+    _close("liq_notional_long", ev.liq_notional_long, rev["liq_long"], t)
+    _close("liq_notional_short", ev.liq_notional_short, rev["liq_short"], t)
+    _exact("liq_accounts", ev.liq_accounts, rev["liq_accounts"], t)
+    _close("collateral_sold", ev.collateral_sold, rev["coll_sold"], t)
+    _close("collateral_sold_usdt", ev.collateral_sold_usdt, rev["coll_sold_usdt"], t)
+    _close("if_takeover_notional", ev.if_takeover_notional, rev["takeover"], t)
+    _exact("adl_count", ev.adl_count, rev["adl_count"], t)
+    _close("adl_notional", ev.adl_notional, rev["adl_notional"], t)
+    _close("bad_debt", ev.bad_debt, rev["bad_debt"], t)
+    _close("insurance_fund", ev.insurance_fund, rev["insurance_fund"], t)
+    _exact("funding_settled", bool(ev.funding_settled), bool(rev["funding_settled"]), t)
+    _close("funding_paid", ev.funding_paid, rev["funding_paid"], t)
+
+
+def run_parity(
+    engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=True
+):
+    """Run engine and reference side by side; assert agreement after every tick.
+
+    Returns totals of the tick events (for checking what the run exercised).
+    """
+    step, reset = engine
+    key = jax.random.PRNGKey(seed)
+    k_reset, key = jax.random.split(key)
+    state = reset(k_reset, params)
+    ref = RefExchange(params).reset()
+    if ref_hook is not None:
+        ref_hook(ref)
+    compare_state(_np_tree(state), ref, -1, check_ahead)
+    flow = OrderFlow(seed, params.dims.max_orders, ref.n_user, ref.n, mode)
+    totals = {
+        "ref": ref,
+        "liq_accounts": 0,
+        "takeover": 0.0,
+        "adl_count": 0,
+        "coll_sold_usdt": 0.0,
+        "bad_debt": 0.0,
+        "fills": 0,
+        "liq_book_notional": 0.0,
+        "rejects": set(),
+        "settlements": 0,
+    }
+    for t in range(n_ticks):
+        key, k = jax.random.split(key)
+        rows = flow.orders(ref)
+        state, ev = step(k, state, _to_orders(rows), params)
+        s_np = _np_tree(state)
+        ev = jax.device_get(ev)
+        rev = ref.step(k, [tuple(r) for r in rows])
+        compare_events(ev, rev, t)
+        compare_state(s_np, ref, t, check_ahead)
+        totals["liq_accounts"] += int(ev.liq_accounts)
+        totals["liq_book_notional"] += float(
+            ev.liq_notional_long + ev.liq_notional_short - ev.if_takeover_notional - ev.adl_notional
+        )
+        totals["takeover"] += float(ev.if_takeover_notional)
+        totals["adl_count"] += int(ev.adl_count)
+        totals["coll_sold_usdt"] += float(ev.collateral_sold_usdt)
+        totals["bad_debt"] += float(ev.bad_debt)
+        totals["fills"] += int(np.sum(np.asarray(ev.order_filled) > 0))
+        totals["rejects"] |= set(int(x) for x in np.asarray(ev.order_reason))
+        totals["settlements"] += int(ev.funding_settled)
+    return totals
+
+
+# ============================================================== tests
+
+
+def test_parity_resting_orders_no_lp_refill(engine):
+    """Orders rest across ticks (queues with several users, partial fills, cancels)."""
+    params = _params({**BASE_OVERRIDES, **NO_REFILL})
+    tot = run_parity(engine, params, N_TICKS, "rest", seed=1)
+    assert tot["fills"] > 100
+    assert {0, 1, 3, 6, 7, 9} <= tot["rejects"], tot["rejects"]
+    assert tot["settlements"] == 3
+
+
+def test_parity_lp_refill_flash_orders(engine):
+    """Default LP replenishment; each tick's limit order is cancelled within the tick."""
+    params = _params(BASE_OVERRIDES)
+    tot = run_parity(engine, params, N_TICKS, "flash", seed=2)
+    assert tot["fills"] > 100
+    assert tot["settlements"] == 3
+
+
+def test_parity_shock_liquidations(engine):
+    """A -12% BASE / -4% STABLE shock: liquidation IOCs, takeover, ADL, collateral sales."""
+    params = _params(SHOCK_OVERRIDES)
+    tot = run_parity(engine, params, 200, "flash", seed=3)
+    assert tot["liq_accounts"] > 0, tot
+    assert tot["takeover"] > 0, tot
+    assert tot["adl_count"] > 0, tot
+    assert tot["coll_sold_usdt"] > 0, tot
+    assert tot["liq_book_notional"] > 0, tot
+    assert tot["ref"].n_deferred > 0  # liq_per_round bound: some accounts waited a round
+    assert tot["ref"].n_bust > 0  # the fund covered a bankrupt cross account's hole
+
+
+def test_parity_detects_a_perturbed_reference(engine):
+    """The comparison can fail: a reference with a 1% different maker fee is caught."""
+    params = _params(BASE_OVERRIDES)
+
+    def hook(ref):
+        ref.r["maker_fee"] = ref.r["maker_fee"] * 1.01
+
+    with pytest.raises(AssertionError, match="differs"):
+        run_parity(engine, params, 60, "flash", seed=4, ref_hook=hook)
+
+
+def test_parity_free_flow_lp_refill(engine):
+    """Unrestricted flow: users' orders rest at levels the LP keeps topping up (queue
+    positions compared too: this is where the FIFO regression showed)."""
+    params = _params(BASE_OVERRIDES)
+    run_parity(engine, params, N_TICKS, "free", seed=5)
+
+
+def test_regression_topping_up_keeps_fifo(x64):
+    """Owner 0 rests 3, owner 1 rests 1 behind it, owner 0 adds 0.5 (-> back of the queue).
+
+    A taker of 1.0 must fill owner 1 (now first in line). Before the fix owner 1's `ahead`
+    stayed at 3, so nobody was debited while the taker got 1.0: size from nothing.
+    """
+    from jaxsim import book as bk
+
+    q = jnp.zeros((4, 3))
+    ah = jnp.zeros((4, 3))
+    q, ah = bk.add(q, ah, 0, 0, 3.0)
+    q, ah = bk.add(q, ah, 0, 1, 1.0)
+    q, ah = bk.add(q, ah, 0, 0, 0.5)
+    _, _, f = bk.consume(q, ah, jnp.zeros(4).at[0].set(1.0))
+    np.testing.assert_allclose(np.asarray(f[0]), [0.0, 1.0, 0.0])
+
+
+def test_regression_filled_limit_rests_no_dust():
+    """float32, the engine's default: bids 1.624 @ level 17 and 2.192 @ level 16; a limit sell
+    of 2.206 down to level 10 fills completely (1.624 + 0.582), but `qty - sum(fills)` is
+    2.4e-7, which `_trade` used to rest as an ask at level 10, below the best bid (a crossed
+    book; later mids, the basis sample, the mark and the LP's no-cross rule all saw it)."""
+    p = jaxsim.load_scenario(
+        "calm",
+        overrides={"dims.n_accounts": 5, "dims.n_levels": 32, "accounts.users": [{"usdt": 1e6}]},
+        dtype=jnp.float32,
+    )
+    state = jax.jit(jaxsim.reset)(jax.random.PRNGKey(0), p)
+    bids = jnp.zeros((32, 5), jnp.float32).at[16, 1].set(2.192).at[17, 1].set(1.624)
+    book = state.book.replace(
+        qty=state.book.qty.at[PERP, BID].set(bids).at[PERP, ASK, :20].set(0.0),
+        ahead=jnp.zeros_like(state.book.ahead),
+    )
+    state = state.replace(book=book)
+    px = (int(state.book.origin[PERP]) + 10) * 50.0
+    f32 = jnp.float32
+    orders = Orders(
+        account=jnp.zeros(4, jnp.int32),
+        market=jnp.array([PERP, 0, 0, 0], jnp.int32),
+        side=jnp.array([-1, 0, 0, 0], jnp.int32),
+        kind=jnp.array([KIND_LIMIT, 0, 0, 0], jnp.int32),
+        qty=jnp.array([2.206, 0, 0, 0], f32),
+        price=jnp.array([px, 0, 0, 0], f32),
+    )
+    # Only the order matters here: run the trade phase alone (no LP refill, no price move).
+    from jaxsim import engine as eng
+
+    trade = jax.jit(lambda st, o, pp: eng._trade(st, pp, eng._acc_zero(f32, pp.dims.n_accounts), o))
+    new, _, (reason, filled, _, _) = trade(state, jax.tree.map(lambda x: x[0], orders), p)
+    assert int(reason) == 0 and float(filled) == pytest.approx(2.206, rel=1e-6)
+    assert float(new.book.qty[PERP, ASK, :, 0].sum()) == 0.0  # nothing may rest

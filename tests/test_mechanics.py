@@ -19,6 +19,7 @@ import pytest
 
 import jaxsim
 from jaxsim import margin as mg
+from jaxsim.engine import asset_prices
 from jaxsim.types import (
     BASE,
     BID,
@@ -149,7 +150,7 @@ def pos(st, a):
 
 
 def asset_px(st):
-    return jnp.concatenate([jnp.ones((1,), st.px.index.dtype), st.px.index])
+    return asset_prices(st.px)
 
 
 def mb_and_mm(st):

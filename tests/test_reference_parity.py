@@ -294,9 +294,7 @@ def compare_events(ev, rev, t):
     _close("funding_paid", ev.funding_paid, rev["funding_paid"], t)
 
 
-def run_parity(
-    engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=True
-):
+def run_parity(engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=True):
     """Run engine and reference side by side; assert agreement after every tick.
 
     Returns totals of the tick events (for checking what the run exercised).
@@ -393,7 +391,8 @@ def test_parity_free_flow_lp_refill(engine):
     """Unrestricted flow: users' orders rest at levels the LP keeps topping up (queue
     positions compared too: this is where the FIFO regression showed)."""
     params = _params(BASE_OVERRIDES)
-    run_parity(engine, params, N_TICKS, "free", seed=5)
+    tot = run_parity(engine, params, N_TICKS, "free", seed=5)
+    assert tot["fills"] > 100, tot  # the flow really traded against resting orders
 
 
 def test_regression_topping_up_keeps_fifo(x64):

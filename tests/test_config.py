@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import TESTBED
 
 import jaxsim
 from jaxsim import ConfigError, list_scenarios, list_variants, load_scenario, margin
@@ -12,7 +13,7 @@ from jaxsim import ConfigError, list_scenarios, list_variants, load_scenario, ma
 BTC_TIERS = [[0, 125, 0.004], [50000, 100, 0.005], [600000, 75, 0.0065]]
 
 
-def _raises(overrides=None, *fields, name="calm", variant=None):
+def _raises(overrides=None, *fields, name=TESTBED, variant=None):
     """load_scenario must raise ConfigError whose message names every string in `fields`."""
     with pytest.raises(ConfigError) as ei:
         load_scenario(name, variant=variant, overrides=overrides)
@@ -165,11 +166,11 @@ def test_bad_shock():
 def test_list_scenarios_and_variants():
     assert "calm" in list_scenarios()
     assert "defaults" not in list_scenarios()
-    assert "wide_fees" in list_variants("calm")
+    assert "wide_fees" in list_variants(TESTBED)
 
 
 def test_dotted_override_applies():
-    p = load_scenario("calm", overrides={"rules.fees.taker": 0.001})
+    p = load_scenario(TESTBED, overrides={"rules.fees.taker": 0.001})
     assert float(p.rules.taker_fee) == pytest.approx(0.001)
     # Untouched neighbours keep the defaults (maker 0.02%).
     assert float(p.rules.maker_fee) == pytest.approx(0.0002)
@@ -177,7 +178,7 @@ def test_dotted_override_applies():
 
 def test_nested_override_applies():
     p = load_scenario(
-        "calm",
+        TESTBED,
         overrides={
             "rules": {"fees": {"maker": -0.0001}},
             "dims": {"n_accounts": 12, "n_levels": 32},
@@ -191,20 +192,20 @@ def test_nested_override_applies():
 
 def test_dotted_and_nested_mix():
     p = load_scenario(
-        "calm", overrides={"rules.funding": {"interval_h": 4.0}, "rules.funding.interest_8h": 0.0}
+        TESTBED, overrides={"rules.funding": {"interval_h": 4.0}, "rules.funding.interest_8h": 0.0}
     )
     assert float(p.rules.funding_interval_s) == pytest.approx(4 * 3600.0)
     assert float(p.rules.funding_interest) == 0.0
 
 
 def test_variant_applies():
-    base = load_scenario("calm")
-    v = load_scenario("calm", variant="wide_fees")
+    base = load_scenario(TESTBED)
+    v = load_scenario(TESTBED, variant="wide_fees")
     assert float(v.rules.maker_fee) == pytest.approx(0.0004)
     assert float(v.rules.taker_fee) == pytest.approx(0.001)
     assert float(base.rules.taker_fee) == pytest.approx(0.0005)
     # Overrides go on top of the variant.
-    vo = load_scenario("calm", variant="wide_fees", overrides={"rules.fees.taker": 0.002})
+    vo = load_scenario(TESTBED, variant="wide_fees", overrides={"rules.fees.taker": 0.002})
     assert float(vo.rules.taker_fee) == pytest.approx(0.002)
     assert float(vo.rules.maker_fee) == pytest.approx(0.0004)
 
@@ -215,7 +216,7 @@ def test_lp_takes_net_of_user_positions():
         {"name": "b", "usdt": 1e5, "position": -2.0},
         {"name": "c", "usdt": 1e5, "position": 1.5, "entry": 90000.0},
     ]
-    p = load_scenario("calm", overrides={"accounts.users": users})
+    p = load_scenario(TESTBED, overrides={"accounts.users": users})
     pos = np.asarray(p.accounts.pos, np.float64)
     lp = p.dims.lp
     assert pos[lp] == pytest.approx(-(5.0 - 2.0 + 1.5))
@@ -228,7 +229,7 @@ def test_lp_takes_net_of_user_positions():
 
 
 def test_calm_is_balanced():
-    p = load_scenario("calm")
+    p = load_scenario(TESTBED)
     pos = np.asarray(p.accounts.pos, np.float64)
     assert pos[p.dims.lp] == 0.0
     assert pos.sum() == pytest.approx(0.0)
@@ -236,20 +237,20 @@ def test_calm_is_balanced():
 
 def test_funding_cap_auto():
     # auto = 0.75 x tier-1 MMR: 0.75 x 0.4% = 0.3% for the BTC table.
-    assert float(load_scenario("calm").rules.funding_cap) == pytest.approx(0.003)
+    assert float(load_scenario(TESTBED).rules.funding_cap) == pytest.approx(0.003)
     # A table with MMR1 = 1% gives 0.75%.
     p = load_scenario(
-        "calm",
+        TESTBED,
         overrides={"rules.tiers": [[0, 50, 0.01], [100000, 20, 0.025]], "accounts.users": []},
     )
     assert float(p.rules.funding_cap) == pytest.approx(0.0075)
     # An explicit cap is kept.
-    p = load_scenario("calm", overrides={"rules.funding.cap": 0.02})
+    p = load_scenario(TESTBED, overrides={"rules.funding.cap": 0.02})
     assert float(p.rules.funding_cap) == pytest.approx(0.02)
 
 
 def test_tiers_padded_to_dims():
-    p = load_scenario("calm", overrides={"rules.tiers": BTC_TIERS})
+    p = load_scenario(TESTBED, overrides={"rules.tiers": BTC_TIERS})
     floor = np.asarray(p.rules.tier_floor, np.float64)
     assert floor.shape == (p.dims.n_tiers,)
     np.testing.assert_allclose(floor[:3], [0, 50000, 600000])
@@ -267,7 +268,7 @@ def test_schedule_rows_become_ticks():
             "policy": "force_reduce",
         }
     ]
-    p = load_scenario("calm", overrides={"schedule": rows})
+    p = load_scenario(TESTBED, overrides={"schedule": rows})
     s = p.schedule
     # dt = 10 s: announce tick 2, effective tick 5.
     assert int(s.announce_tick[0]) == 2 and int(s.effective_tick[0]) == 5

@@ -15,6 +15,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TESTBED
 
 import jaxsim
 from jaxsim import book, margin, prices
@@ -31,7 +32,7 @@ def f32(x):
 @pytest.fixture(scope="module")
 def rules():
     """BTCUSDT rules as loaded from configs (calm scenario)."""
-    return jaxsim.load_scenario("calm").rules
+    return jaxsim.load_scenario(TESTBED).rules
 
 
 def rate(avg_premium, *, interest=1e-4, clamp=5e-4, cap=3e-3, interval_h=8.0):

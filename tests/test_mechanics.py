@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TESTBED
 
 import jaxsim
 from jaxsim import margin as mg
@@ -67,7 +68,7 @@ def make(users, **over):
     o = dict(BASE_OVERRIDES)
     o["accounts.users"] = users
     o.update(over)
-    return jaxsim.load_scenario("calm", overrides=o)
+    return jaxsim.load_scenario(TESTBED, overrides=o)
 
 
 # Compile-time savings for the test suite only (LLVM's expensive passes off: ~40% faster

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TESTBED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -60,7 +61,7 @@ LEDGER = ("usdt", "base", "stable", "lst")
 
 @pytest.fixture(scope="module")
 def params():
-    return jaxsim.load_scenario("calm", overrides=OVERRIDES)
+    return jaxsim.load_scenario(TESTBED, overrides=OVERRIDES)
 
 
 def _run(key, params, orders_seq):
@@ -227,7 +228,7 @@ def test_batch_equals_one_by_one():
     agreement is checked where rounding cannot hide a real divergence.
     """
     with jax.enable_x64(True):
-        params = jaxsim.load_scenario("calm", overrides=OVERRIDES, dtype=jnp.float64)
+        params = jaxsim.load_scenario(TESTBED, overrides=OVERRIDES, dtype=jnp.float64)
         keys = jax.random.split(jax.random.PRNGKey(7), 3)
         batch_params, batch_orders = _random_batch(params)
         stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
@@ -293,7 +294,7 @@ def test_step_compiles_once(params):
 def test_conservation_in_x64():
     """The audit run in float64: the ledger is conserved to rounding (1e-10 relative)."""
     with jax.enable_x64(True):
-        p = jaxsim.load_scenario("calm", overrides=OVERRIDES, dtype=jnp.float64)
+        p = jaxsim.load_scenario(TESTBED, overrides=OVERRIDES, dtype=jnp.float64)
         p = _with_shock(p, -0.3, start_tick=2)
         assert p.dt.dtype == jnp.float64
         rng = np.random.default_rng(3)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TESTBED
 from reference_exchange import (
     ASK,
     BID,
@@ -123,7 +124,7 @@ def engine(x64):
 
 
 def _params(overrides):
-    return jaxsim.load_scenario("calm", overrides=overrides, dtype=jnp.float64)
+    return jaxsim.load_scenario(TESTBED, overrides=overrides, dtype=jnp.float64)
 
 
 # ============================================================== random order flow
@@ -418,7 +419,7 @@ def test_regression_filled_limit_rests_no_dust():
     2.4e-7, which `_trade` used to rest as an ask at level 10, below the best bid (a crossed
     book; later mids, the basis sample, the mark and the LP's no-cross rule all saw it)."""
     p = jaxsim.load_scenario(
-        "calm",
+        TESTBED,
         overrides={"dims.n_accounts": 5, "dims.n_levels": 32, "accounts.users": [{"usdt": 1e6}]},
         dtype=jnp.float32,
     )

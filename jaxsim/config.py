@@ -20,6 +20,7 @@ import yaml
 from jax.flatten_util import ravel_pytree
 
 from jaxsim.types import (
+    BEHAVIOUR_NAMES,
     N_MARKETS,
     N_SYSTEM,
     POLICY_NAMES,
@@ -29,6 +30,7 @@ from jaxsim.types import (
     ExoParams,
     MarketParams,
     Params,
+    PopParams,
     Schedule,
 )
 
@@ -40,8 +42,8 @@ MARKET_KEYS = ("spot", "perp", "stable", "lst")
 ASSET_KEYS = ("usdt", "base", "stable", "lst")
 INDEX_KEYS = ("base", "stable", "lst")
 # Keys whose values are free-form (lists / maps checked separately).
-_FREE = {"users", "shocks", "schedule", "variants", "tiers", "venues"}
-_TOP_EXTRA = {"description", "extends"}
+_FREE = {"users", "shocks", "schedule", "variants", "tiers", "venues", "cohorts", "programs"}
+_TOP_EXTRA = {"description", "extends", "horizon_s"}
 
 
 class ConfigError(ValueError):
@@ -561,6 +563,164 @@ def _build_accounts(
     )
 
 
+# ------------------------------------------------------------------ population
+
+# Behaviour parameters a cohort row may set: name -> (default, lo, hi).
+COHORT_PARAMS: dict[str, tuple[float, float, float]] = {
+    "side": (0.0, -1.0, 1.0),
+    "bias": (0.0, -1.0, 1.0),
+    "lev_target": (1.0, 0.0, 125.0),
+    "trend": (0.0, -10.0, 10.0),
+    "funding": (0.0, 0.0, 10.0),
+    "act_prob": (1.0, 0.0, 1.0),
+    "speed": (0.5, 0.0, 1.0),
+    "noise": (0.0, 0.0, 10.0),
+    "threshold": (0.0, 0.0, 1.0),
+    "exit": (0.0, 0.0, 1e12),
+    "reentry_per_h": (0.0, 0.0, 100.0),
+    "reentry_below": (0.0, 0.0, 1.0),
+    "min_trade": (0.01, 0.0, 1.0),
+}
+
+
+def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParams:
+    n = dims.n_accounts
+    names = {u.get("name"): i for i, u in enumerate(users) if isinstance(u, dict) and u.get("name")}
+
+    def account(row, f):
+        a = row.get("account")
+        if a not in names:
+            raise ConfigError(f"{f}.account '{a}' is not a named user; users: {sorted(names)}")
+        return names[a]
+
+    cols = {k: np.full(n, d) for k, (d, _, _) in COHORT_PARAMS.items()}
+    kind = np.zeros(n, np.int32)
+    market = np.zeros(n, np.int32)
+    cohorts = pop.get("cohorts") or []
+    if not isinstance(cohorts, list):
+        raise ConfigError("population.cohorts must be a list")
+    seen: set[int] = set()
+    for i, row in enumerate(cohorts):
+        f = f"population.cohorts[{i}]"
+        allowed = {"account", "behaviour", "market", *COHORT_PARAMS}
+        if not isinstance(row, dict) or set(row) - allowed:
+            bad = sorted(set(row) - allowed) if isinstance(row, dict) else row
+            raise ConfigError(f"{f}: unknown key {bad}; allowed: {sorted(allowed)}")
+        a = account(row, f)
+        if a in seen:
+            raise ConfigError(f"{f}.account '{row['account']}' already has a behaviour")
+        seen.add(a)
+        beh = row.get("behaviour")
+        if beh not in BEHAVIOUR_NAMES[1:]:
+            raise ConfigError(f"{f}.behaviour '{beh}' not one of {list(BEHAVIOUR_NAMES[1:])}")
+        kind[a] = BEHAVIOUR_NAMES.index(beh)
+        mk = row.get("market", "spot")
+        if mk not in MARKET_KEYS or mk == "perp":
+            raise ConfigError(f"{f}.market '{mk}' must be a spot market: spot, stable or lst")
+        market[a] = MARKET_KEYS.index(mk)
+        for k, (_, lo, hi) in COHORT_PARAMS.items():
+            if k in row:
+                cols[k][a] = _num(row[k], f"{f}.{k}", lo, hi)
+
+    progs = pop.get("programs") or []
+    if not isinstance(progs, list) or len(progs) > dims.n_programs:
+        raise ConfigError(
+            f"population.programs must be a list of at most dims.n_programs = {dims.n_programs}"
+        )
+    p = dims.n_programs
+    pa, pm, ps = np.zeros(p, np.int32), np.zeros(p, np.int32), np.zeros(p)
+    p0, p1, pq = np.zeros(p, np.int32), np.zeros(p, np.int32), np.zeros(p)
+    pon = np.zeros(p, bool)
+    for i, row in enumerate(progs):
+        f = f"population.programs[{i}]"
+        req = {"account", "market", "side", "start_s", "duration_s", "qty"}
+        if not isinstance(row, dict) or set(row) != req:
+            raise ConfigError(f"{f} must have exactly the keys {sorted(req)}")
+        pa[i] = account(row, f)
+        if row["market"] not in MARKET_KEYS:
+            raise ConfigError(f"{f}.market '{row['market']}' not one of {list(MARKET_KEYS)}")
+        pm[i] = MARKET_KEYS.index(row["market"])
+        if row["side"] not in ("buy", "sell"):
+            raise ConfigError(f"{f}.side '{row['side']}' must be buy or sell")
+        ps[i] = 1.0 if row["side"] == "buy" else -1.0
+        start = _num(row["start_s"], f"{f}.start_s", 0.0)
+        dur = _num(row["duration_s"], f"{f}.duration_s", 0.0, lo_open=True)
+        p0[i] = round(start / dt)
+        p1[i] = p0[i] + max(1, round(dur / dt))
+        pq[i] = _num(row["qty"], f"{f}.qty", 0.0, lo_open=True) / (p1[i] - p0[i])
+        pon[i] = True
+
+    mm = pop.get("mm") or {}
+    allowed_mm = {
+        "skew_bps",
+        "inv_unit",
+        "loss_withdraw",
+        "loss_ref_usdt",
+        "widen",
+        "int_vol_ref_annual",
+    }
+    if not isinstance(mm, dict) or set(mm) - allowed_mm:
+        raise ConfigError(f"population.mm: unknown key; allowed: {sorted(allowed_mm)}")
+    fast = _num(pop.get("trend_fast_s", 600.0), "population.trend_fast_s", 0.0, lo_open=True)
+    slow = _num(pop.get("trend_slow_s", 3600.0), "population.trend_slow_s", fast)
+    return PopParams(
+        kind=kind,
+        side=cols["side"],
+        bias=cols["bias"],
+        lev_target=cols["lev_target"],
+        trend=cols["trend"],
+        funding=cols["funding"],
+        act_prob=cols["act_prob"],
+        speed=cols["speed"],
+        noise=cols["noise"],
+        threshold=cols["threshold"],
+        exit=cols["exit"],
+        market=market,
+        reentry_per_h=cols["reentry_per_h"],
+        reentry_below=cols["reentry_below"],
+        min_trade=cols["min_trade"],
+        trend_fast_s=np.asarray(fast),
+        trend_slow_s=np.asarray(slow),
+        trend_scale=np.asarray(
+            _num(pop.get("trend_scale", 0.005), "population.trend_scale", 0.0, lo_open=True)
+        ),
+        liq_ewma_s=np.asarray(
+            _num(pop.get("liq_ewma_s", 600.0), "population.liq_ewma_s", 0.0, lo_open=True)
+        ),
+        prog_account=pa,
+        prog_market=pm,
+        prog_side=ps,
+        prog_start=p0,
+        prog_end=p1,
+        prog_qty=pq,
+        prog_active=pon,
+        lp_skew_bps=np.array(
+            _keyed(mm.get("skew_bps", 0.0), MARKET_KEYS, "population.mm.skew_bps", lo=0.0)
+        ),
+        lp_inv_unit=np.array(
+            _keyed(
+                mm.get("inv_unit", 1.0), MARKET_KEYS, "population.mm.inv_unit", lo=0.0, lo_open=True
+            )
+        ),
+        lp_loss_withdraw=np.asarray(
+            _num(mm.get("loss_withdraw", 0.0), "population.mm.loss_withdraw", 0.0)
+        ),
+        lp_loss_ref=np.asarray(
+            _num(mm.get("loss_ref_usdt", 1e6), "population.mm.loss_ref_usdt", 0.0, lo_open=True)
+        ),
+        lp_widen=np.array(_keyed(mm.get("widen", 0.0), MARKET_KEYS, "population.mm.widen", lo=0.0)),
+        int_vol_ref=np.array(
+            _keyed(
+                mm.get("int_vol_ref_annual", 0.5),
+                MARKET_KEYS,
+                "population.mm.int_vol_ref_annual",
+                lo=0.0,
+            )
+        )
+        / math.sqrt(SECONDS_PER_YEAR),
+    )
+
+
 # ------------------------------------------------------------------ top level
 
 
@@ -581,6 +741,7 @@ def build_params(cfg: dict, dtype=None) -> Params:
         "basis_window": (1, 4096),
         "transfer_slots": (1, 64),
         "n_shocks": (1, 256),
+        "n_programs": (1, 256),
     }
     for k, (lo, hi) in limits.items():
         dims_kwargs[k] = _int(d[k], f"dims.{k}", lo, hi)
@@ -637,6 +798,23 @@ def build_params(cfg: dict, dtype=None) -> Params:
         shock_asset=np.array(list(cols[2]) + [0] * pad, np.int32),
         shock_log_return=np.array(list(cols[3]) + [0.0] * pad),
         shock_active=np.array([True] * len(srows) + [False] * pad),
+        vol_of_vol_per_sqrt_s=np.array(
+            _keyed(
+                e["vol_of_vol_per_h"], INDEX_KEYS, "exogenous.vol_of_vol_per_h", lo=0.0, hi=100.0
+            )
+        )
+        / 60.0,
+        sv_reversion_per_s=np.asarray(
+            _num(e["sv_reversion_per_h"], "exogenous.sv_reversion_per_h", 0.0, 3600.0) / 3600.0
+        ),
+        jump_rate_per_s=np.array(
+            _keyed(e["jumps_per_day"], INDEX_KEYS, "exogenous.jumps_per_day", lo=0.0, hi=1e5)
+        )
+        / 86400.0,
+        jump_std=np.array(
+            _keyed(e["jump_std_pct"], INDEX_KEYS, "exogenous.jump_std_pct", lo=0.0, hi=50.0)
+        )
+        / 100.0,
     )
 
     mk = cfg["markets"]
@@ -669,6 +847,9 @@ def build_params(cfg: dict, dtype=None) -> Params:
     _RULES_TEMPLATE.update(cfg["rules"])
     schedule = _build_schedule(cfg.get("schedule") or [], rules, dims, dt)
     accounts = _build_accounts(cfg["accounts"], dims, price0, rules)
+    pop = _build_population(
+        cfg.get("population") or {}, cfg["accounts"].get("users") or [], dims, dt
+    )
 
     params = Params(
         dims=dims,
@@ -679,6 +860,7 @@ def build_params(cfg: dict, dtype=None) -> Params:
         rules=rules,
         schedule=schedule,
         accounts=accounts,
+        pop=pop,
         name=cfg.get("name", "custom"),
     )
 

@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxsim import book as bk
 from jaxsim import margin as mg
+from jaxsim import population as popm
 from jaxsim import prices as pr
 from jaxsim.types import (
     ASK,
@@ -71,6 +72,7 @@ from jaxsim.types import (
     Book,
     Orders,
     Params,
+    PopState,
     PriceState,
     SimState,
     TickEvents,
@@ -574,19 +576,48 @@ KIND_BRANCH = jnp.array([_KIND_BRANCH[k] for k in range(N_KINDS)], jnp.int32)
 
 
 def _process_orders(state: SimState, params: Params, orders: Orders, acc: _Acc):
-    def body(carry, o):
-        state, acc = carry
+    """Process orders in their given order; empty rows (kind 0) are skipped.
+
+    The non-empty rows are compacted to the front (keeping their order) and a while loop
+    runs over them only, so a tick costs what its real orders cost (under vmap: the
+    busiest env's count). Results come back in the rows' original positions.
+    """
+    n = orders.kind.shape[0]
+    active = orders.kind != KIND_NONE
+    perm = jnp.argsort(~active, stable=True)
+    n_act = active.sum()
+    dtype = state.acct.bal.dtype
+    branches = [lambda s, c, oo, f=f: f(s, params, c, oo) for f in _BRANCHES]
+
+    def body(carry):
+        i, state, acc, outs = carry
+        j = perm[i]
+        o = jax.tree_util.tree_map(lambda x: x[j], orders)
         reason0 = _validate(o, params)
         kind = jnp.where(reason0 == OK, o.kind, KIND_NONE)
-        branches = [lambda s, c, oo, f=f: f(s, params, c, oo) for f in _BRANCHES]
         state, acc, (reason, filled, avg, unfilled) = jax.lax.switch(
             KIND_BRANCH[kind], branches, state, acc, o
         )
         reason = jnp.where(reason0 == OK, reason, reason0)
         unfilled = jnp.where(reason0 == OK, unfilled, jnp.where(jnp.isfinite(o.qty), o.qty, 0.0))
-        return (state, acc), (reason.astype(jnp.int32), filled, avg, unfilled)
+        r, f, a, u = outs
+        outs = (
+            r.at[j].set(reason.astype(jnp.int32)),
+            f.at[j].set(filled),
+            a.at[j].set(avg),
+            u.at[j].set(unfilled),
+        )
+        return i + 1, state, acc, outs
 
-    (state, acc), outs = jax.lax.scan(body, (state, acc), orders)
+    outs0 = (
+        jnp.zeros((n,), jnp.int32),
+        jnp.zeros((n,), dtype),
+        jnp.zeros((n,), dtype),
+        jnp.zeros((n,), dtype),
+    )
+    _, state, acc, outs = jax.lax.while_loop(
+        lambda c: c[0] < n_act, body, (jnp.zeros((), jnp.int32), state, acc, outs0)
+    )
     return state, acc, outs
 
 
@@ -628,7 +659,20 @@ def _exogenous(key, state: SimState, params: Params) -> SimState:
         .at[exo.shock_asset]
         .add(jnp.where(shock_on, exo.shock_log_return / jnp.maximum(exo.shock_ticks, 1), 0.0))
     )
-    sig = exo.vol_per_sqrt_s
+    # Stochastic volatility (log factor, mean-reverting) and Poisson jumps; their draws use
+    # keys of their own so switching them off leaves the diffusion's path unchanged.
+    k_sv, k_jump, k_jsize = (jax.random.fold_in(key, i) for i in (1, 2, 3))
+    kappa_sv = jnp.minimum(exo.sv_reversion_per_s * dt, 1.0)
+    sv = state.pop.sv * (1 - kappa_sv) + exo.vol_of_vol_per_sqrt_s * jnp.sqrt(
+        dt
+    ) * jax.random.normal(k_sv, (3,), dtype)
+    jump = jnp.where(
+        jax.random.uniform(k_jump, (3,), dtype) < exo.jump_rate_per_s * dt,
+        exo.jump_std * jax.random.normal(k_jsize, (3,), dtype),
+        0.0,
+    )
+    shock_drift = shock_drift + jump
+    sig = exo.vol_per_sqrt_s * jnp.exp(sv)
     logp = jnp.log(state.px.ext_common)
     # BASE: GBM. STABLE: mean-reverting to its redemption price 1. LST: BASE times the
     # redemption rate times a mean-reverting premium.
@@ -647,7 +691,10 @@ def _exogenous(key, state: SimState, params: Params) -> SimState:
     r = new_log - logp
     alpha = jnp.minimum(dt / VOL_EWMA_S, 1.0)
     var = (1 - alpha) * state.px.vol**2 + alpha * r**2 / dt
-    return state.replace(px=state.px.replace(ext=ext, ext_common=common, vol=jnp.sqrt(var)))
+    return state.replace(
+        px=state.px.replace(ext=ext, ext_common=common, vol=jnp.sqrt(var)),
+        pop=state.pop.replace(sv=sv),
+    )
 
 
 # ============================================================== prices and funding
@@ -816,21 +863,38 @@ def _recentre(state: SimState, params: Params, m: int, center) -> SimState:
 
 
 def _liquidity(state: SimState, params: Params) -> SimState:
-    mp, dims = params.markets, params.dims
+    mp, dims, pp = params.markets, params.dims, params.pop
     lp = dims.lp
     for m in range(N_MARKETS):
         center = _lp_center(state, params, m)
+        # Inventory skew: quote lower when long against the starting inventory, higher when short.
+        if m == PERP:
+            dev = state.acct.pos[lp] - params.accounts.pos[lp]
+        else:
+            asset = MARKET_ASSET[m]
+            held = state.acct.bal[lp, asset] + state.book.qty[m, ASK, :, lp].sum()
+            dev = held - params.accounts.bal[lp, asset]
+        skew = jnp.clip(dev / pp.lp_inv_unit[m], -5.0, 5.0) * pp.lp_skew_bps[m] * 1e-4
+        center = center * (1.0 - skew)
         state = _recentre(state, params, m, center)
         px = _level_px(state, params, m)
         tick = mp.tick_size[m]
         dist_bps = jnp.abs(px - center) / center * 1e4
-        vol_ratio = (
-            state.px.vol[0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)]
-            / (params.exo.vol_ref[0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)])
+        row = 0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)
+        # Volatility the market maker sees: the external venues' and its own book's.
+        int_ref = pp.int_vol_ref[m]
+        vol_ratio = jnp.maximum(
+            state.px.vol[row] / params.exo.vol_ref[row],
+            jnp.where(int_ref > 0, state.pop.int_vol[m] / jnp.maximum(int_ref, 1e-30), 0.0),
         )
-        scale = 1.0 / (1.0 + mp.lp_vol_withdraw[m] * jnp.maximum(vol_ratio - 1.0, 0.0))
+        excess_vol = jnp.maximum(vol_ratio - 1.0, 0.0)
+        # Losses: depth shrinks with the LP's drawdown from its equity peak.
+        loss = jnp.maximum(state.pop.lp_peak - state.pop.lp_eq, 0.0) / pp.lp_loss_ref
+        scale = (
+            1.0 / (1.0 + mp.lp_vol_withdraw[m] * excess_vol) / (1.0 + pp.lp_loss_withdraw * loss)
+        )
         prof = mp.lp_depth[m] * jnp.exp(-dist_bps / mp.lp_decay_bps[m]) * scale
-        gap = mp.lp_half_spread_ticks[m] * tick
+        gap = mp.lp_half_spread_ticks[m] * tick * (1.0 + pp.lp_widen[m] * excess_vol)
         tgt_bid = jnp.where(px <= center - gap + 1e-9 * center, prof, 0.0)
         tgt_ask = jnp.where(px >= center + gap - 1e-9 * center, prof, 0.0)
         # Pull excess at once (makers withdraw fast), refill at the resilience rate.
@@ -1177,7 +1241,7 @@ def no_orders(params: Params) -> Orders:
 
 def step(key: Array, state: SimState, orders: Orders, params: Params):
     """Advance one tick. Returns (state, TickEvents)."""
-    k_exo, _ = jax.random.split(key)
+    k_exo, k_pop = jax.random.split(key)
     dtype = state.acct.bal.dtype
     acc = _acc_zero(dtype, params.dims.n_accounts)
     fund0 = state.acct.bal[params.dims.insurance, USDT]
@@ -1186,16 +1250,44 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
     state = _reprice(state, params)
     state, acc = _apply_schedule(state, params, acc)
     state = _liquidity(state, params)
-    state, acc, (reason, filled, avg, unfilled) = _process_orders(state, params, orders, acc)
+    # Background traders decide on the same snapshot, then their orders go first and the
+    # learning agents' after them.
+    equity = _equity(state)
+    state = popm.external_moves(state, params, equity)
+    bg, arb = popm.background_orders(k_pop, state, params, equity, _level_px)
+    n_bg = bg.kind.shape[0]
+    all_orders = jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), bg, orders)
+    state, acc, (reason, filled, avg, unfilled) = _process_orders(state, params, all_orders, acc)
+    bg_filled = filled[:n_bg]
+    is_trade = (bg.kind == KIND_MARKET) | (bg.kind == KIND_LIMIT)
+    bg_vol = (
+        jnp.zeros((N_MARKETS,), dtype)
+        .at[jnp.clip(bg.market, 0, N_MARKETS - 1)]
+        .add(jnp.where(is_trade, bg_filled, 0.0))
+    )
+    bg_stats = (
+        bg_vol,
+        jnp.sum((reason[:n_bg] != OK) & (bg.kind != KIND_NONE)).astype(jnp.int32),
+        jnp.sum(jnp.where(arb & is_trade, bg_filled, 0.0)),
+    )
+    reason, filled, avg, unfilled = (x[n_bg:] for x in (reason, filled, avg, unfilled))
     state = _arrivals(state)
     state, settled, paid = _prices_and_funding(state, params)
     state, acc = _liquidation_engine(state, params, acc)
     state = state.replace(t=state.t + 1)
-    events = _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfilled)
+    state = popm.update_memory(
+        state,
+        params,
+        acc.liq_long + acc.liq_short,
+        popm.lp_equity(state, params, asset_prices(state.px), _level_px),
+    )
+    events = _events(
+        state, params, acc, fund0, settled, paid, reason, filled, avg, unfilled, bg_stats
+    )
     return state, events
 
 
-def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfilled):
+def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfilled, bg_stats):
     dims = params.dims
     p = state.px
     pos = state.acct.pos
@@ -1257,6 +1349,9 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
         collateral_index=p.index[1:],
         fees=acc.fees,
         rejects=rejects,
+        bg_volume=bg_stats[0],
+        bg_rejects=bg_stats[1],
+        arb_volume=bg_stats[2],
         order_reason=reason,
         order_filled=filled,
         order_avg_px=avg,
@@ -1318,6 +1413,19 @@ def reset(key: Array, params: Params) -> SimState:
         next_funding_s=params.rules.funding_interval_s,
         vol=params.exo.vol_ref.astype(dtype),
     )
+    zp = jnp.zeros((), dtype)
+    pop0 = PopState(
+        ema_fast=zp,
+        ema_slow=zp,
+        peak_spot=zp,
+        liq_ewma=zp,
+        eq0=jnp.zeros((n,), dtype),
+        sv=jnp.zeros((3,), dtype),
+        int_last=last,
+        int_vol=jnp.zeros((N_MARKETS,), dtype),
+        lp_peak=zp,
+        lp_eq=zp,
+    )
     state = SimState(
         t=jnp.zeros((), jnp.int32),
         book=book,
@@ -1325,13 +1433,16 @@ def reset(key: Array, params: Params) -> SimState:
         px=px,
         rules=params.rules,
         enforce=jnp.zeros((n,), jnp.int32),
+        pop=pop0,
     )
     state = _reprice(state, params)
     # Fill the books to the target profile at once (resilience 1 for the first fill).
     full = params.replace(
         markets=params.markets.replace(lp_resilience_per_s=jnp.full((N_MARKETS,), 1e9, dtype))
     )
-    return _liquidity(state, full)
+    state = _liquidity(state, full)
+    lp_eq = popm.lp_equity(state, params, asset_prices(state.px), _level_px)
+    return state.replace(pop=popm.init_pop_state(state, params, _equity(state), lp_eq))
 
 
 def rollout(key: Array, params: Params, n_ticks: int, policy=None, state: SimState | None = None):

@@ -112,6 +112,7 @@ class Dims:
     basis_window: int = 30  # samples in the basis moving average ring buffer
     transfer_slots: int = 2
     n_shocks: int = 4
+    n_programs: int = 8  # scripted order-flow rows (whale, outflows, manipulator)
 
     @property
     def lp(self) -> int:
@@ -203,6 +204,58 @@ class ExoParams:
     shock_asset: Array  # (NS,) int32 index row (0 BASE, 1 STABLE, 2 LST)
     shock_log_return: Array  # (NS,) total log return spread over the duration
     shock_active: Array  # (NS,) bool
+    vol_of_vol_per_sqrt_s: Array  # (3,) diffusion of the log stochastic-volatility factor
+    sv_reversion_per_s: Array  # () mean reversion of the log volatility factor
+    jump_rate_per_s: Array  # (3,) Poisson intensity of price jumps
+    jump_std: Array  # (3,) std of a jump's log return (mean zero)
+
+
+# Background behaviours (PopParams.kind), one per account.
+BEH_NONE = 0  # static account (the learning agent, or a passive holder)
+BEH_RETAIL = 1  # leveraged perp trader: bias, trend/contrarian, funding, noise, re-entry
+BEH_BASIS_ARB = 2  # perp vs spot when the basis exceeds the threshold
+BEH_XVENUE_ARB = 3  # internal spot vs external venues, inventory moved with the delay
+BEH_PANIC = 4  # sells spot when drawdown or liquidation volume crosses a threshold
+N_BEHAVIOURS = 5
+BEHAVIOUR_NAMES = ("none", "retail", "basis_arb", "xvenue_arb", "panic_seller")
+
+
+@struct.dataclass
+class PopParams:
+    """Background trader population: one behaviour and its parameters per account."""
+
+    kind: Array  # (A,) int32 BEH_*
+    side: Array  # (A,) allowed perp direction: +1 long only, -1 short only, 0 both
+    bias: Array  # (A,) resting target exposure as a fraction of lev_target (signed)
+    lev_target: Array  # (A,) target effective leverage (retail) / capital use (arbs)
+    trend: Array  # (A,) weight of the momentum signal (negative = contrarian)
+    funding: Array  # (A,) target fraction given up per 0.01%/8h of funding above baseline
+    act_prob: Array  # (A,) probability of acting in a tick
+    speed: Array  # (A,) fraction of the gap to target traded when acting
+    noise: Array  # (A,) std of the per-decision noise on the target fraction
+    threshold: Array  # (A,) entry threshold (basis, price gap, drawdown)
+    exit: Array  # (A,) exit threshold (basis arb) / liquidation trigger USDT per s (panic)
+    market: Array  # (A,) int32 market traded by a cross-venue arb
+    reentry_per_h: Array  # (A,) fraction of the starting equity redeposited per hour
+    reentry_below: Array  # (A,) redeposit while equity < this fraction of the starting one
+    min_trade: Array  # (A,) smallest order, as a fraction of the target notional scale
+    trend_fast_s: Array  # () momentum: fast EWMA time constant
+    trend_slow_s: Array  # () momentum: slow EWMA time constant
+    trend_scale: Array  # () momentum normalisation (relative price gap)
+    liq_ewma_s: Array  # () time constant of the liquidation-volume EWMA (panic sellers)
+    prog_account: Array  # (P,) int32 scripted flows: account
+    prog_market: Array  # (P,) int32
+    prog_side: Array  # (P,) +1 buy / -1 sell
+    prog_start: Array  # (P,) int32 first tick
+    prog_end: Array  # (P,) int32 tick after the last
+    prog_qty: Array  # (P,) base units per tick (market orders)
+    prog_active: Array  # (P,) bool
+    lp_skew_bps: Array  # (M,) LP quote-centre skew per unit of inventory deviation, bps
+    lp_inv_unit: Array  # (M,) inventory deviation (base units) that moves the centre lp_skew_bps
+    lp_loss_withdraw: Array  # () LP depth /= 1 + k * drawdown / lp_loss_ref
+    lp_loss_ref: Array  # () LP equity drawdown (USDT) that counts as one unit of loss
+    lp_widen: Array  # (M,) half spread *= 1 + k * max(vol / vol_ref - 1, 0)
+    int_vol_ref: Array  # (M,) reference realized vol per sqrt-second of internal prices
 
 
 @struct.dataclass
@@ -227,6 +280,7 @@ class Params:
     rules: ExchangeRules
     schedule: Schedule
     accounts: AccountInit
+    pop: PopParams
     name: str = struct.field(pytree_node=False, default="custom")
 
 
@@ -284,6 +338,22 @@ class PriceState:
 
 
 @struct.dataclass
+class PopState:
+    """Memory of the background population and of the exogenous volatility factor."""
+
+    ema_fast: Array  # () fast EWMA of the perp mark (log)
+    ema_slow: Array  # () slow EWMA of the perp mark (log)
+    peak_spot: Array  # () running peak of the BASE spot last price
+    liq_ewma: Array  # () EWMA of liquidated notional, USDT per second
+    eq0: Array  # (A,) starting equity of each account (re-entry reference)
+    sv: Array  # (3,) log stochastic-volatility factor of the external prices
+    int_last: Array  # (M,) internal last prices at the previous tick
+    int_vol: Array  # (M,) EWMA realized vol per sqrt-second of internal last prices
+    lp_peak: Array  # () running peak of the LP's marked equity, USDT
+    lp_eq: Array  # () LP's marked equity, USDT
+
+
+@struct.dataclass
 class SimState:
     t: Array  # () int32 tick
     book: Book
@@ -291,6 +361,7 @@ class SimState:
     px: PriceState
     rules: ExchangeRules
     enforce: Array  # (A,) int32 pending rule-enforcement policy per account (0 = none)
+    pop: PopState
 
 
 @struct.dataclass
@@ -331,6 +402,9 @@ class TickEvents:
     collateral_index: Array  # (2,) index of STABLE, LST
     fees: Array  # () fees collected this tick
     rejects: Array  # (N_REASONS,) int32 count of external orders per reason
+    bg_volume: Array  # (M,) base units traded by background orders (scripted flows included)
+    bg_rejects: Array  # () int32 background orders rejected (margin, balance, liquidity)
+    arb_volume: Array  # () base units traded by basis and cross-venue arbitrageurs
     order_reason: Array  # (K,) int32 reason of each external order (0 ok)
     order_filled: Array  # (K,) base units filled
     order_avg_px: Array  # (K,) average fill price (0 if none)

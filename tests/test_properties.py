@@ -172,7 +172,9 @@ def test_conservation_oi_and_finiteness(run, params, rows, shock, shock_asset, s
     )
     _assert_finite(s1, "state")
     _assert_finite(ev, "events")
-    assert np.all(np.asarray(s1.acct.bal[:, 1:]) >= -1e-3), "a non-USDT balance went negative"
+    bal = np.asarray(s1.acct.bal[:, 1:])
+    worst = np.unravel_index(np.argmin(bal), bal.shape)
+    assert bal.min() >= -1e-3, f"non-USDT balance negative: account, asset-1 = {worst}, {bal.min()}"
 
 
 def test_garbage_orders_are_rejected_not_applied(run, params):

@@ -1,0 +1,334 @@
+"""Background traders: each user account may carry a behaviour (PopParams.kind) that turns
+the market state into orders every tick, vectorized over the account axis.
+
+Behaviours (one per account, parameters in `PopParams`, YAML under `population.cohorts`):
+
+- retail: a leveraged perp cohort. Target exposure fraction
+  `f = clip(bias + trend * momentum - funding * (F_8h - I_8h) / 1bp + noise * z)`, restricted
+  to its side (long-only, short-only or both), target position `f * lev_target * equity /
+  mark`; when it acts (probability `act_prob` per tick) it trades `speed` of the gap by
+  market order. Its margin is the engine's: a cohort that cannot afford the order is
+  rejected like anyone else. Re-entry: while its equity is below `reentry_below` of the
+  starting equity, new traders' money arrives from its external wallet at `reentry_per_h`
+  of the starting equity per hour.
+- basis_arb: when the perp/spot basis is beyond `threshold` it takes the side that earns
+  the convergence (long perp + sell spot when the perp is cheap, short perp + buy spot when
+  rich), sized `lev_target` x equity; it unwinds once |basis| < `exit`. Two orders per tick:
+  the perp leg and the spot hedge of its current perp position.
+- xvenue_arb: trades one internal spot book against the external venues' price. Internal
+  below external by more than `threshold`: buy internally, withdraw the asset (the rule's
+  withdrawal delay applies), sell it externally, bring the USDT back; the mirror trade when
+  internal is above. External trades are against the outside world at the external price.
+- panic_seller: sells `speed` of its BASE per tick while the spot drawdown from its peak is
+  above `threshold` or the liquidation EWMA is above `exit` USDT per second.
+
+Programs (`population.programs`): scripted market-order flows (a whale's block sale, ETF
+outflows, a manipulator's legs), `qty` base units spread evenly over their window.
+
+The LP (system account) is the market-making cohort: see `engine._liquidity`, which skews its
+quote centre against its inventory and withdraws depth as realized volatility and its own
+drawdown rise.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsim import book as bk
+from jaxsim.types import (
+    ASK,
+    BASE,
+    BEH_BASIS_ARB,
+    BEH_PANIC,
+    BEH_RETAIL,
+    BEH_XVENUE_ARB,
+    BID,
+    KIND_MARKET,
+    KIND_NONE,
+    KIND_TRANSFER_IN,
+    KIND_TRANSFER_OUT,
+    MARKET_ASSET,
+    N_MARKETS,
+    N_SYSTEM,
+    PERP,
+    SPOT,
+    USDT,
+    Orders,
+    Params,
+    PopState,
+    SimState,
+)
+
+Array = jax.Array
+
+MARKET_ASSET_ARR = jnp.array(MARKET_ASSET, dtype=jnp.int32)
+# Index row (BASE, STABLE, LST) of each market's traded asset.
+MARKET_INDEX_ROW = jnp.array([0, 0, 1, 2], dtype=jnp.int32)
+FUNDING_UNIT_8H = 1e-4  # retail funding sensitivity is per 0.01% per 8 h
+MOMENTUM_CLIP = 3.0
+VOL_EWMA_S = 300.0
+SECONDS_PER_8H = 8 * 3600.0
+
+
+def n_background_orders(params: Params) -> int:
+    """Background order slots per tick: two per user account plus the program rows."""
+    return 2 * (params.dims.n_accounts - N_SYSTEM) + params.dims.n_programs
+
+
+def init_pop_state(state: SimState, params: Params, equity: Array, lp_equity: Array) -> PopState:
+    """Population memory at reset."""
+    mark = state.px.mark
+    dtype = state.acct.bal.dtype
+    z = jnp.zeros((), dtype)
+    return PopState(
+        ema_fast=jnp.log(mark),
+        ema_slow=jnp.log(mark),
+        peak_spot=state.px.last[SPOT],
+        liq_ewma=z,
+        eq0=equity,
+        sv=jnp.zeros((3,), dtype),
+        int_last=state.px.last,
+        int_vol=params.pop.int_vol_ref.astype(dtype),
+        lp_peak=lp_equity,
+        lp_eq=lp_equity,
+    )
+
+
+def update_memory(state: SimState, params: Params, liq_usdt: Array, lp_equity: Array) -> SimState:
+    """End-of-tick update of the population's signals."""
+    p, pp, dt = state.pop, params.pop, params.dt
+    lm = jnp.log(state.px.mark)
+    a_f = jnp.minimum(dt / pp.trend_fast_s, 1.0)
+    a_s = jnp.minimum(dt / pp.trend_slow_s, 1.0)
+    a_l = jnp.minimum(dt / pp.liq_ewma_s, 1.0)
+    a_v = jnp.minimum(dt / VOL_EWMA_S, 1.0)
+    last = state.px.last
+    r = jnp.log(jnp.maximum(last, 1e-12) / jnp.maximum(p.int_last, 1e-12))
+    var = (1 - a_v) * p.int_vol**2 + a_v * r**2 / dt
+    pop = p.replace(
+        ema_fast=p.ema_fast + a_f * (lm - p.ema_fast),
+        ema_slow=p.ema_slow + a_s * (lm - p.ema_slow),
+        peak_spot=jnp.maximum(p.peak_spot, last[SPOT]),
+        liq_ewma=p.liq_ewma + a_l * (liq_usdt / dt - p.liq_ewma),
+        int_last=last,
+        int_vol=jnp.sqrt(var),
+        lp_peak=jnp.maximum(p.lp_peak, lp_equity),
+        lp_eq=lp_equity,
+    )
+    return state.replace(pop=pop)
+
+
+def momentum(state: SimState, params: Params) -> Array:
+    """Normalised trend signal in [-3, 3]: (fast EWMA - slow EWMA) of log mark / scale."""
+    m = (state.pop.ema_fast - state.pop.ema_slow) / params.pop.trend_scale
+    return jnp.clip(m, -MOMENTUM_CLIP, MOMENTUM_CLIP)
+
+
+def _mids(state: SimState, params: Params, level_px) -> tuple[Array, Array, Array]:
+    """Best bid, best ask and mid of every market (mid falls back to last)."""
+    bids, asks, mids = [], [], []
+    for m in range(N_MARKETS):
+        px = level_px(state, params, m)
+        b, a = bk.best_prices(state.book.qty[m], px)
+        ok = (b > 0) & jnp.isfinite(a)
+        bids.append(b)
+        asks.append(jnp.where(jnp.isfinite(a), a, 0.0))
+        mids.append(jnp.where(ok, 0.5 * (b + a), state.px.last[m]))
+    return jnp.stack(bids), jnp.stack(asks), jnp.stack(mids)
+
+
+def background_orders(
+    key: Array, state: SimState, params: Params, equity: Array, level_px
+) -> tuple[Orders, Array]:
+    """Orders of the background population for this tick.
+
+    Returns (Orders of shape (2 * n_user + n_programs,), arb mask of the same shape).
+    `equity` is each account's unhaircut equity in USDT; `level_px(state, params, m)` gives
+    a market's grid prices.
+    """
+    dims, pp = params.dims, params.pop
+    n_user = dims.n_accounts - N_SYSTEM
+    dtype = state.acct.bal.dtype
+    acct = state.acct
+    k_act, k_noise = jax.random.split(key)
+    ids = jnp.arange(n_user)
+    kind = pp.kind[:n_user]
+    pos = acct.pos[:n_user]
+    bal = acct.bal[:n_user]
+    ext = acct.ext_bal[:n_user]
+    eq = jnp.maximum(equity[:n_user], 0.0)
+    mark = state.px.mark
+    bids, asks, mids = _mids(state, params, level_px)
+    act = jax.random.uniform(k_act, (n_user,), dtype) < pp.act_prob[:n_user]
+    z = jax.random.normal(k_noise, (n_user,), dtype)
+
+    # ---------------------------------------------------------------- retail
+    rate_8h = state.px.funding_rate * SECONDS_PER_8H / state.rules.funding_interval_s
+    excess_funding = (rate_8h - state.rules.funding_interest) / FUNDING_UNIT_8H
+    f = (
+        pp.bias[:n_user]
+        + pp.trend[:n_user] * momentum(state, params)
+        - pp.funding[:n_user] * excess_funding * jnp.sign(pp.bias[:n_user] + 1e-12)
+        + pp.noise[:n_user] * z
+    )
+    side = pp.side[:n_user]
+    f = jnp.clip(f, jnp.where(side > 0, 0.0, -1.0), jnp.where(side < 0, 0.0, 1.0))
+    scale_q = pp.lev_target[:n_user] * eq / mark
+    gap = f * scale_q - pos
+    trade = act & (jnp.abs(gap) > pp.min_trade[:n_user] * scale_q) & (eq > 0)
+    r_qty = jnp.where(trade, jnp.abs(gap) * pp.speed[:n_user], 0.0)
+    r_side = jnp.sign(gap)
+
+    # ---------------------------------------------------------------- basis arbitrage
+    basis = (mids[PERP] - mids[SPOT]) / mids[SPOT]
+    thr, ex = pp.threshold[:n_user], pp.exit[:n_user]
+    h = pp.lev_target[:n_user] * eq / mark
+    tgt = jnp.where(
+        basis < -thr, h, jnp.where(basis > thr, -h, jnp.where(jnp.abs(basis) < ex, 0.0, pos))
+    )
+    b_gap = tgt - pos
+    b_qty = jnp.where(
+        act & (jnp.abs(b_gap) > pp.min_trade[:n_user] * h), jnp.abs(b_gap) * pp.speed[:n_user], 0.0
+    )
+    # Spot hedge of the current perp position around the starting BASE inventory.
+    spot0 = params.accounts.bal[:n_user, BASE]
+    s_gap = (spot0 - pos) - bal[:, BASE]
+    s_gap = jnp.maximum(s_gap, -bal[:, BASE])  # cannot sell BASE it does not hold
+    s_qty = jnp.where(jnp.abs(s_gap) > pp.min_trade[:n_user] * h, jnp.abs(s_gap), 0.0)
+
+    # ---------------------------------------------------------------- cross-venue arbitrage
+    xm = pp.market[:n_user]
+    asset = MARKET_ASSET_ARR[xm]
+    pe = state.px.ext.mean(-1)[MARKET_INDEX_ROW[xm]]
+    ask_x, bid_x = asks[xm], bids[xm]
+    cheap = (ask_x > 0) & (ask_x < pe * (1 - thr))
+    rich = (bid_x > 0) & (bid_x > pe * (1 + thr))
+    held = jnp.take_along_axis(bal, asset[:, None], 1)[:, 0]
+    held_ext = jnp.take_along_axis(ext, asset[:, None], 1)[:, 0]
+    x_buy = jnp.where(
+        cheap, pp.speed[:n_user] * jnp.maximum(bal[:, USDT], 0.0) / jnp.maximum(ask_x, 1e-12), 0.0
+    )
+    x_sell = jnp.where(rich, pp.speed[:n_user] * jnp.maximum(held, 0.0), 0.0)
+    x_qty = jnp.where(cheap, x_buy, x_sell)
+    x_side = jnp.where(cheap, 1.0, -1.0)
+    x_limit = jnp.where(cheap, pe * (1 - thr), pe * (1 + thr))
+    # One transfer per tick: bring the asset in to sell it when rich, send it out when cheap,
+    # otherwise bring the external USDT home.
+    t_in_asset = rich & (held_ext > 0)
+    t_out_asset = ~t_in_asset & (held > 0) & ~rich & (state.px.last[xm] < pe)
+    t_in_usdt = ~t_in_asset & ~t_out_asset & (ext[:, USDT] > 0)
+    t_kind = jnp.where(
+        t_in_asset | t_in_usdt,
+        KIND_TRANSFER_IN,
+        jnp.where(t_out_asset, KIND_TRANSFER_OUT, KIND_NONE),
+    )
+    t_asset = jnp.where(t_in_usdt, USDT, asset)
+    t_qty = jnp.where(
+        t_in_asset, held_ext, jnp.where(t_out_asset, held, jnp.where(t_in_usdt, ext[:, USDT], 0.0))
+    )
+
+    # ---------------------------------------------------------------- panic sellers
+    dd = 1.0 - state.px.last[SPOT] / state.pop.peak_spot
+    panic = (dd > thr) | ((ex > 0) & (state.pop.liq_ewma > ex))
+    p_qty = jnp.where(panic, pp.speed[:n_user] * jnp.maximum(bal[:, BASE], 0.0), 0.0)
+
+    # ---------------------------------------------------------------- slot 1 and slot 2
+    is_r, is_b = kind == BEH_RETAIL, kind == BEH_BASIS_ARB
+    is_x, is_p = kind == BEH_XVENUE_ARB, kind == BEH_PANIC
+    q1 = jnp.where(
+        is_r, r_qty, jnp.where(is_b, b_qty, jnp.where(is_x, x_qty, jnp.where(is_p, p_qty, 0.0)))
+    )
+    s1 = jnp.where(is_r, r_side, jnp.where(is_b, jnp.sign(b_gap), jnp.where(is_x, x_side, -1.0)))
+    m1 = jnp.where(is_r | is_b, PERP, jnp.where(is_x, xm, SPOT))
+    # Arbitrage legs are price-limited: the perp leg trades only while the perp stays beyond
+    # spot +/- exit (it stops once its own flow has closed the gap).
+    b_limit = jnp.where(jnp.abs(basis) < ex, 0.0, mids[SPOT] * (1.0 + jnp.sign(b_gap) * ex))
+    p1 = jnp.where(is_x, x_limit, jnp.where(is_b, b_limit, 0.0))
+    q2 = jnp.where(is_b, s_qty, jnp.where(is_x, t_qty, 0.0))
+    k2 = jnp.where(is_b, KIND_MARKET, jnp.where(is_x, t_kind, KIND_NONE))
+    k2 = jnp.where(q2 > 0, k2, KIND_NONE)
+    s2 = jnp.where(is_b, jnp.sign(s_gap), 0.0)
+    m2 = jnp.where(is_b, SPOT, jnp.where(is_x, t_asset, 0))
+    k1 = jnp.where(q1 > 0, KIND_MARKET, KIND_NONE)
+
+    # ---------------------------------------------------------------- scripted programs
+    t = state.t
+    on = pp.prog_active & (t >= pp.prog_start) & (t < pp.prog_end)
+    kp = jnp.where(on, KIND_MARKET, KIND_NONE)
+
+    def cat(*xs):
+        return jnp.concatenate([jnp.asarray(x) for x in xs])
+
+    orders = Orders(
+        account=cat(ids, ids, pp.prog_account).astype(jnp.int32),
+        market=cat(m1, m2, pp.prog_market).astype(jnp.int32),
+        side=cat(s1, s2, pp.prog_side).astype(jnp.int32),
+        kind=cat(k1, k2, kp).astype(jnp.int32),
+        qty=cat(q1, q2, jnp.where(on, pp.prog_qty, 0.0)).astype(dtype),
+        price=cat(p1, jnp.zeros((n_user,), dtype), jnp.zeros_like(pp.prog_qty)).astype(dtype),
+    )
+    arb = cat(is_b | is_x, is_b | is_x, jnp.zeros_like(on))
+    return orders, arb
+
+
+def external_moves(state: SimState, params: Params, equity: Array) -> SimState:
+    """Ledger moves outside the books: retail re-entry deposits and the cross-venue
+    arbitrageurs' trades on the external venues (against the outside world at the external
+    price). Every move is between two accounts, so totals are conserved."""
+    dims, pp, dt = params.dims, params.pop, params.dt
+    acct = state.acct
+    kind = pp.kind
+    # Re-entry: new traders' money from the external wallet.
+    low = (kind == BEH_RETAIL) & (equity < pp.reentry_below * state.pop.eq0)
+    dep = jnp.where(
+        low,
+        jnp.minimum(
+            jnp.maximum(acct.ext_bal[:, USDT], 0.0), pp.reentry_per_h * state.pop.eq0 * dt / 3600.0
+        ),
+        0.0,
+    )
+    dep = jnp.maximum(dep, 0.0)
+    bal = acct.bal.at[:, USDT].add(dep)
+    ext = acct.ext_bal.at[:, USDT].add(-dep)
+    # Cross-venue arbs: sell withdrawn asset externally when the internal book is cheap, buy
+    # it externally when the internal book is rich.
+    is_x = kind == BEH_XVENUE_ARB
+    asset = MARKET_ASSET_ARR[pp.market]
+    pe = state.px.ext.mean(-1)[MARKET_INDEX_ROW[pp.market]]
+    internal = state.px.last[pp.market]
+    oh = jax.nn.one_hot(asset, 4, dtype=bal.dtype)  # (A, 4)
+    held_ext = jnp.sum(ext * oh, -1)
+    sell_u = jnp.where(is_x & (internal < pe), jnp.maximum(held_ext, 0.0), 0.0)
+    buy_u = jnp.where(
+        is_x & (internal > pe * (1 + pp.threshold)), jnp.maximum(ext[:, USDT], 0.0) / pe, 0.0
+    )
+    d_asset = buy_u - sell_u  # (A,) units the arb gains externally
+    d_usdt = (sell_u - buy_u) * pe
+    ext = ext + d_asset[:, None] * oh
+    ext = ext.at[:, USDT].add(d_usdt)
+    out = dims.outside
+    # The outside world is the counterparty (its exchange-side balances hold its inventory).
+    bal = bal.at[out].add(-jnp.sum(d_asset[:, None] * oh, 0))
+    bal = bal.at[out, USDT].add(-jnp.sum(d_usdt))
+    return state.replace(acct=acct.replace(bal=bal, ext_bal=ext))
+
+
+def lp_equity(state: SimState, params: Params, asset_px: Array, level_px) -> Array:
+    """The LP's marked equity in USDT (free balances, resting spot reserves and perp uPnL)
+    minus the value of holding its starting inventory: its market-making PnL."""
+    lp = params.dims.lp
+    acct = state.acct
+    wallet = jnp.sum(acct.bal[lp] * asset_px)
+    reserved = 0.0
+    for m in range(N_MARKETS):
+        if m == PERP:
+            continue
+        px = level_px(state, params, m)
+        reserved = reserved + jnp.sum(state.book.qty[m, BID, :, lp] * px)
+        reserved = reserved + state.book.qty[m, ASK, :, lp].sum() * asset_px[MARKET_ASSET[m]]
+    upnl = acct.pos[lp] * (state.px.mark - acct.entry[lp])
+    # Against holding the starting inventory: what market making itself earned or lost.
+    a0 = params.accounts
+    hold = jnp.sum(a0.bal[lp] * asset_px) + a0.pos[lp] * (state.px.mark - a0.entry[lp])
+    return wallet + reserved + upnl - hold

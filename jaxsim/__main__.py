@@ -2,6 +2,8 @@
 
 Runs the exchange alone (no learning agent) batched over seeds and prints per-seed
 drawdowns, liquidations, insurance-fund change, ADL count and the ledger check.
+`python -m jaxsim.simulate` runs the same batch and adds the full metrics table, the
+tick-event CSV and the dashboard.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import jax
 import numpy as np
 
 import jaxsim
+from jaxsim.metrics import max_drawdown
+from jaxsim.simulate import run_batch
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,17 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     except jaxsim.ConfigError as e:
         ap.error(str(e))
 
-    def one(key):
-        s0 = jaxsim.reset(key, params)
-        s1, ev = jaxsim.rollout(key, params, args.ticks, state=s0)
-        return jaxsim.audit(s0, params), jaxsim.audit(s1, params), ev
-
-    run = jax.jit(jax.vmap(one))
-    keys = jax.random.split(jax.random.PRNGKey(0), args.seeds)
     t0 = time.perf_counter()
-    a0, a1, ev = jax.block_until_ready(run(keys))
+    ev, a0, a1 = run_batch(params, args.ticks, args.seeds, seed=0)
     wall = time.perf_counter() - t0
-    ev = jax.tree_util.tree_map(np.asarray, ev)
     hours = args.ticks * float(params.dt) / 3600
     print(
         f"scenario {params.name}: {args.seeds} seeds x {args.ticks} ticks "
@@ -59,17 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("  ".join(f"{h:>10}" for h in head))
     for i in range(args.seeds):
-        spot, perp = ev.spot_px[i], ev.perp_px[i]
-        dd = lambda x: 100 * float(np.max(1 - x / np.maximum.accumulate(x)))
         row = (
             i,
-            dd(spot),
-            dd(perp),
-            float(ev.liq_notional_long[i].sum()),
-            float(ev.liq_notional_short[i].sum()),
-            float(-ev.insurance_draw[i].sum()),
-            int(ev.adl_count[i].sum()),
-            float(ev.funding_rate[i][-1]),
+            100 * float(max_drawdown(ev["spot_px"][i])),
+            100 * float(max_drawdown(ev["perp_px"][i])),
+            float(ev["liq_notional_long"][i].sum()),
+            float(ev["liq_notional_short"][i].sum()),
+            float(-ev["insurance_draw"][i].sum()),
+            int(ev["adl_count"][i].sum()),
+            float(ev["funding_rate"][i][-1]),
         )
         print("  ".join(f"{x:>10.4g}" if isinstance(x, float) else f"{x:>10}" for x in row))
     for name in ("usdt", "base", "stable", "lst"):

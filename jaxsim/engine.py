@@ -837,7 +837,8 @@ def _lp_center(state: SimState, params: Params, m: int) -> Array:
     )[m]
     px = _level_px(state, params, m)
     bid, ask = bk.best_prices(state.book.qty[m], px)
-    mid = jnp.where((bid > 0) & jnp.isfinite(ask), 0.5 * (bid + ask), ref)
+    # With one side empty (swept) the last trade is the best estimate of the book's price.
+    mid = jnp.where((bid > 0) & jnp.isfinite(ask), 0.5 * (bid + ask), state.px.last[m])
     w = params.markets.lp_ref_weight[m]
     return w * ref + (1 - w) * mid
 
@@ -1225,6 +1226,15 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
     side = -jnp.sign(pos)
     lim = jnp.where(side > 0, mark * (1 + band), mark * (1 - band))
     state, acc, _, _ = _take(state, params, acc, ins, PERP, side, jnp.abs(pos) * frac, lim)
+    # ... and sells the collateral it took from bankrupt accounts into its own spot books at
+    # the same rate (the liquidation engine keeps selling until the inventory is gone).
+    for asset in COLLATERAL_SALE_ORDER:
+        qty = jnp.maximum(state.acct.bal[ins, asset], 0.0) * frac
+        state, acc, sold, proceeds = _take(state, params, acc, ins, ASSET_MARKET[asset], -1, qty, 0.0)
+        acc = acc.replace(
+            coll_sold=acc.coll_sold.at[asset].add(sold),
+            coll_sold_usdt=acc.coll_sold_usdt + proceeds,
+        )
     return state, acc
 
 

@@ -912,6 +912,13 @@ class RefExchange:
             band = float(self.r["price_band"][PERP])
             lim = self.mark * (1 + band) if side > 0 else self.mark * (1 - band)
             self.take(self.ins, PERP, side, abs(pos) * frac, lim)
+        # ... and sells the collateral it took over into its spot books at the same rate.
+        frac = min(float(self.r["if_unwind_per_s"]) * self.dt, 1.0)
+        for asset, m in SALE_ORDER:
+            qty = max(self.bal[self.ins, asset], 0.0) * frac
+            sold, proceeds = self.take(self.ins, m, -1, qty, 0.0)
+            self.acc["coll_sold"][asset] += sold
+            self.acc["coll_sold_usdt"] += proceeds
 
     # ------------------------------------------------------------------ step
 

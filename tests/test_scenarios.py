@@ -1,0 +1,157 @@
+"""Scenario signatures of ../shared/SCENARIOS.md, read from the simulator's own event log.
+
+Each scenario runs batched over 16 seeds; a signature must hold in at least 80% of them
+(`MIN_FRACTION`), with the thresholds of SCENARIOS.md. Counterfactual variants run on the
+same seeds (the same keys) and are compared seed by seed.
+
+All scenarios share static dims, so one compiled program per horizon serves every scenario
+and variant (params are arguments of the jitted batch, not constants).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from jaxsim import load_scenario
+from jaxsim import metrics as mt
+from jaxsim.simulate import run_batch
+
+SEEDS = 16
+MIN_FRACTION = 0.8
+CALM_TICKS = 720  # 6 h at 30 s
+DEPEG_TICKS = 360  # 3 h at 30 s: the shock starts at 30 min and lasts an hour
+
+
+def _frac(ok: np.ndarray) -> float:
+    return float(np.mean(np.asarray(ok, bool)))
+
+
+def _report(name: str, ok: np.ndarray, **values) -> str:
+    vals = ", ".join(f"{k}={np.round(np.asarray(v, float), 4).tolist()}" for k, v in values.items())
+    return f"{name}: {_frac(ok):.0%} of {len(ok)} seeds hold ({vals})"
+
+
+@functools.cache
+def _run(name: str, variant: str | None, n_ticks: int):
+    params = load_scenario(name, variant)
+    ev, a0, a1 = run_batch(params, n_ticks, seeds=SEEDS, seed=0)
+    m = mt.episode_metrics(ev, lst_rate=float(params.exo.lst_rate), facts_price="spot_mid")
+    return params, ev, m, a0, a1
+
+
+# ============================================================== calm
+
+
+@pytest.fixture(scope="module")
+def calm():
+    return _run("calm", None, CALM_TICKS)
+
+
+def test_calm_stylized_facts(calm):
+    """Heavy tails, volatility clustering, near-zero return autocorrelation."""
+    _, _, m, _, _ = calm
+    heavy = m["kurt_1tick"] > 0
+    clustering = (m["acf_absret_1"] > 0.02) & (
+        np.mean([m[f"acf_absret_{k}"] for k in range(1, 6)], 0) > 0
+    )
+    no_autocorr = np.abs(m["acf_ret_1"]) < 0.1
+    ok = heavy & clustering & no_autocorr
+    msg = _report(
+        "calm facts",
+        ok,
+        kurt=m["kurt_1tick"],
+        acf_abs1=m["acf_absret_1"],
+        acf1=m["acf_ret_1"],
+    )
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+def test_calm_funding_near_baseline_and_no_cascade(calm):
+    params, ev, m, _, _ = calm
+    baseline = float(params.rules.funding_interest)  # 0.01% per 8 h interval
+    funding_ok = np.abs(m["funding_mean"] - baseline) < 0.5 * baseline
+    oi_notional = ev["oi_long"][:, 0] * ev["mark_px"][:, 0]
+    no_cascade = (m["liq_total"] < 0.02 * oi_notional) & (m["adl_count"] == 0)
+    ok = funding_ok & no_cascade
+    msg = _report("calm funding/liq", ok, funding=m["funding_mean"], liq=m["liq_total"])
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+def test_calm_conserves_every_asset(calm):
+    _, _, _, a0, a1 = calm
+    for k in ("usdt", "base", "stable", "lst"):
+        x0, x1 = np.asarray(a0[k], np.float64), np.asarray(a1[k], np.float64)
+        # float32 ledger: relative drift bounded by accumulated rounding over the run.
+        assert np.all(np.abs(x1 - x0) <= 1e-5 * np.abs(x0)), (k, x0, x1)
+    np.testing.assert_allclose(a1["oi_long"], a1["oi_short"], rtol=1e-5, atol=1e-3)
+
+
+# ============================================================== collateral depeg
+
+
+@pytest.fixture(scope="module")
+def depeg():
+    return _run("collateral_depeg", None, DEPEG_TICKS)
+
+
+@pytest.fixture(scope="module")
+def depeg_fixed():
+    return _run("collateral_depeg", "fixed_index", DEPEG_TICKS)
+
+
+def test_depeg_signature(depeg, calm):
+    """Internal stablecoin low in [0.55, 0.80] while the external venues stay within 1% of
+    1.0; liquidations many times calm's; LST index well below its redemption value."""
+    _, _, m, _, _ = depeg
+    # Calm's liquidations over the same duration (its first DEPEG_TICKS ticks).
+    _, ev_calm, _, _, _ = calm
+    liq_calm = ev_calm["liq_notional_long"] + ev_calm["liq_notional_short"]
+    calm_liq = max(float(np.mean(liq_calm[:, :DEPEG_TICKS].sum(-1))), 1e6)
+    ok = (
+        (m["stable_low"] >= 0.55)
+        & (m["stable_low"] <= 0.80)
+        & (m["stable_ext_low"] >= 0.99)
+        & (m["liq_total"] >= 10 * calm_liq)
+        & (m["lst_index_rel_low"] < 0.97)
+    )
+    msg = _report(
+        "depeg",
+        ok,
+        stable_low=m["stable_low"],
+        ext_low=m["stable_ext_low"],
+        liq=m["liq_total"] / 1e6,
+        lst_rel=m["lst_index_rel_low"],
+    )
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+def test_depeg_causality_engine_sales_precede_the_fall(depeg):
+    """The engine sells STABLE collateral before the stablecoin's internal price falls 1%,
+    and the BASE shock (external) comes before both."""
+    _, ev, _, _, _ = depeg
+    sold = np.cumsum(ev["collateral_sold"][..., 2], -1)
+    t_sold = mt.first_crossing(sold, 0.0, relative=False, below=False)
+    t_fall = mt.first_crossing(ev["collateral_px"][..., 0], 0.99, relative=False)
+    t_shock = mt.first_crossing(ev["ext_px"][..., 0], 0.97)
+    ok = (t_sold >= 0) & (t_fall >= 0) & (t_sold <= t_fall) & (t_shock < t_sold)
+    msg = _report("depeg causality", ok, sold=t_sold, fall=t_fall, shock=t_shock)
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+def test_depeg_fix_redemption_index_and_floor(depeg, depeg_fixed):
+    """Redemption price in the index plus a floor: the stablecoin as the exchange values it
+    stays >= 0.90 and liquidated notional is at least halved (same seeds)."""
+    _, _, m0, _, _ = depeg
+    _, _, m1, _, _ = depeg_fixed
+    ok = (m1["stable_index_low"] >= 0.90) & (m1["liq_total"] <= 0.5 * m0["liq_total"])
+    msg = _report(
+        "depeg fix",
+        ok,
+        index_low=m1["stable_index_low"],
+        liq_fix=m1["liq_total"] / 1e6,
+        liq_base=m0["liq_total"] / 1e6,
+    )
+    assert _frac(ok) >= MIN_FRACTION, msg

@@ -174,7 +174,9 @@ def background_orders(
     )
     side = pp.side[:n_user]
     f = jnp.clip(f, jnp.where(side > 0, 0.0, -1.0), jnp.where(side < 0, 0.0, 1.0))
-    scale_q = pp.lev_target[:n_user] * eq / mark
+    # Nobody plans a position the rules in force would reject outright.
+    cap_q = 0.95 * state.rules.position_limit / mark
+    scale_q = jnp.minimum(pp.lev_target[:n_user] * eq / mark, cap_q)
     gap = f * scale_q - pos
     trade = act & (jnp.abs(gap) > pp.min_trade[:n_user] * scale_q) & (eq > 0)
     r_qty = jnp.where(trade, jnp.abs(gap) * pp.speed[:n_user], 0.0)
@@ -183,7 +185,7 @@ def background_orders(
     # ---------------------------------------------------------------- basis arbitrage
     basis = (mids[PERP] - mids[SPOT]) / mids[SPOT]
     thr, ex = pp.threshold[:n_user], pp.exit[:n_user]
-    h = pp.lev_target[:n_user] * eq / mark
+    h = jnp.minimum(pp.lev_target[:n_user] * eq / mark, cap_q)
     tgt = jnp.where(
         basis < -thr, h, jnp.where(basis > thr, -h, jnp.where(jnp.abs(basis) < ex, 0.0, pos))
     )

@@ -389,6 +389,7 @@ class TickEvents:
     liq_notional_long: Array  # () liquidated long notional (book fills + takeover + ADL)
     liq_notional_short: Array  # ()
     liq_accounts: Array  # () int32 accounts liquidated this tick (rounds summed)
+    liq_mask: Array  # (A,) bool accounts liquidated this tick
     collateral_sold: Array  # (4,) units of each asset sold by the engine
     collateral_sold_usdt: Array  # () proceeds of those sales
     insurance_fund: Array  # () fund balance after the tick

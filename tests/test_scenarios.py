@@ -155,3 +155,141 @@ def test_depeg_fix_redemption_index_and_floor(depeg, depeg_fixed):
         liq_base=m0["liq_total"] / 1e6,
     )
     assert _frac(ok) >= MIN_FRACTION, msg
+
+
+# ============================================================== leverage accident
+
+ACCIDENT_TICKS = 720  # 12 h at 60 s (the source's three days, compressed)
+
+
+@pytest.fixture(scope="module")
+def accident():
+    return _run("leverage_accident", None, ACCIDENT_TICKS)
+
+
+@pytest.fixture(scope="module")
+def accident_no_whale():
+    return _run("leverage_accident", "no_whale", ACCIDENT_TICKS)
+
+
+def test_accident_signature(accident):
+    """A 5-15% spot drawdown (7.7% in the source), long liquidations (>80% of the liquidated
+    notional is long), open interest falls."""
+    _, _, m, _, _ = accident
+    ok = (
+        (m["dd_spot"] >= 0.05)
+        & (m["dd_spot"] <= 0.15)
+        & (m["liq_total"] > 0)
+        & (np.nan_to_num(m["liq_long_frac"]) > 0.8)
+        & (m["oi_end"] < m["oi_start"])
+    )
+    msg = _report(
+        "accident",
+        ok,
+        dd=m["dd_spot"],
+        liq=m["liq_total"] / 1e6,
+        long_frac=m["liq_long_frac"],
+        oi_change=m["oi_change"],
+    )
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+def test_accident_without_whale_is_clearly_smaller(accident, accident_no_whale):
+    """Same seeds without the whale's block: drawdown at most 60% of the baseline's and
+    liquidations no larger."""
+    _, _, m0, _, _ = accident
+    _, _, m1, _, _ = accident_no_whale
+    ok = (m1["dd_spot"] <= 0.6 * m0["dd_spot"]) & (m1["liq_total"] <= m0["liq_total"])
+    msg = _report("accident no whale", ok, dd_base=m0["dd_spot"], dd_nowhale=m1["dd_spot"])
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reproduced yet: funding runs below baseline during the sale (basis "
+    "arbitrage drags the perp under the index), so 'funding positive, then normalising' fails",
+)
+def test_accident_funding_positive_then_normalises(accident):
+    params, ev, _, _, _ = accident
+    base = float(params.rules.funding_interest)
+    t_whale = int(3 * 3600 / float(params.dt))
+    before = ev["funding_rate"][:, :t_whale].mean(-1)
+    after = ev["funding_rate"][:, -t_whale:].mean(-1)
+    ok = (before > 1.5 * base) & (np.abs(after - base) < np.abs(before - base))
+    assert _frac(ok) >= MIN_FRACTION, _report("accident funding", ok, before=before, after=after)
+
+
+# ============================================================== rule change forces a market maker out
+
+RULE_TICKS = 720  # 6 h at 30 s; announced at 1 h, enforced at 2 h
+
+
+@pytest.fixture(scope="module")
+def rule_change():
+    return _run("rule_change_deleverage", None, RULE_TICKS)
+
+
+@pytest.fixture(scope="module")
+def rule_change_none():
+    return _run("rule_change_deleverage", "no_rule_change", RULE_TICKS)
+
+
+@pytest.fixture(scope="module")
+def rule_change_grandfathered():
+    return _run("rule_change_deleverage", "grandfathered", RULE_TICKS)
+
+
+def _enforcement_tick(params) -> int:
+    return int(round(7200.0 / float(params.dt)))
+
+
+def test_rule_change_signature(rule_change):
+    """Perp's drop leads spot's; basis hits a negative extreme within the hour after
+    enforcement; arbitrage volume spikes."""
+    params, ev, _, _, _ = rule_change
+    t0 = _enforcement_tick(params)
+    hour = int(3600 / float(params.dt))
+    spot = mt.facts_series(ev, "spot_mid")
+    lead = mt.lead_lag(ev["perp_px"], spot, 0.98)
+    basis = ev["basis"]
+    after_min = basis[:, t0 : t0 + hour].min(-1)
+    before_min = basis[:, :t0].min(-1)
+    arb_after = ev["arb_volume"][:, t0 : t0 + hour].sum(-1)
+    arb_before = ev["arb_volume"][:, t0 - hour : t0].sum(-1)
+    ok = (
+        (lead > 0)
+        & (after_min < -0.005)
+        & (after_min < before_min)
+        & (arb_after >= 5 * np.maximum(arb_before, 1e-3))
+    )
+    msg = _report(
+        "rule change",
+        ok,
+        lead=lead,
+        basis_after=after_min,
+        basis_before=before_min,
+        arb_after=arb_after,
+        arb_before=arb_before,
+    )
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+def test_rule_change_spot_drawdown_vs_counterfactuals(
+    rule_change, rule_change_none, rule_change_grandfathered
+):
+    """Spot drawdown several (>= 3) times the no-rule-change run's; grandfathering the
+    existing positions at least halves it (same seeds)."""
+    _, _, m, _, _ = rule_change
+    _, _, m0, _, _ = rule_change_none
+    _, _, mg, _, _ = rule_change_grandfathered
+    ok = (m["dd_spot"] >= 3 * np.maximum(m0["dd_spot"], 0.003)) & (
+        mg["dd_spot"] <= 0.5 * m["dd_spot"]
+    )
+    msg = _report(
+        "rule change counterfactuals",
+        ok,
+        dd=m["dd_spot"],
+        dd_none=m0["dd_spot"],
+        dd_grandfathered=mg["dd_spot"],
+    )
+    assert _frac(ok) >= MIN_FRACTION, msg

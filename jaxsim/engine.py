@@ -1347,6 +1347,7 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
         liq_notional_short=acc.liq_short,
         liq_accounts=acc.liq_mask.sum().astype(jnp.int32),
         liq_mask=acc.liq_mask,
+        equity=_equity(state),
         collateral_sold=acc.coll_sold,
         collateral_sold_usdt=acc.coll_sold_usdt,
         insurance_fund=fund1,

@@ -390,6 +390,7 @@ class TickEvents:
     liq_notional_short: Array  # ()
     liq_accounts: Array  # () int32 accounts liquidated this tick (rounds summed)
     liq_mask: Array  # (A,) bool accounts liquidated this tick
+    equity: Array  # (A,) each account's unhaircut equity in USDT at index/mark (end of tick)
     collateral_sold: Array  # (4,) units of each asset sold by the engine
     collateral_sold_usdt: Array  # () proceeds of those sales
     insurance_fund: Array  # () fund balance after the tick

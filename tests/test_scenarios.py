@@ -31,7 +31,9 @@ def _frac(ok: np.ndarray) -> float:
 
 def _report(name: str, ok: np.ndarray, **values) -> str:
     vals = ", ".join(f"{k}={np.round(np.asarray(v, float), 4).tolist()}" for k, v in values.items())
-    return f"{name}: {_frac(ok):.0%} of {len(ok)} seeds hold ({vals})"
+    msg = f"{name}: {_frac(ok):.0%} of {len(ok)} seeds hold ({vals})"
+    print(msg)  # shown with `pytest -rP`: the fractions the closing notes report
+    return msg
 
 
 @functools.cache

@@ -1,0 +1,609 @@
+"""Throughput: env-steps per second against batch size, for the engine and the role envs.
+
+    python -m benchmarks.throughput [--json FILE] [--batches 1,16,128,1024] [--ticks 20]
+        [--sections engine,roles,gym,sb3,dims,phases] [--env-batches 128] [--gym-steps 200]
+        [--sb3-envs 16] [--dims-batch 16] [--accounts 24,48,96] [--levels 32,64,128]
+        [--scenario calm] [--repeats 2] [--max-run-s 60] [--cache DIR]
+
+Rows (one table each):
+
+- engine: `jit(vmap(rollout))` with no external orders (background population only), one
+  call runs `--ticks` ticks for the whole batch; batch sizes from `--batches` (up to
+  65,536 "as memory allows": a batch is skipped when the compiled program's memory
+  estimate exceeds the device's memory, and larger ones are not tried once a call took
+  longer than `--max-run-s`).
+- roles: each role env (`envs`) driven by its heuristic policy (`agents.heuristics`) inside
+  `lax.scan` (reset, policy, step with auto-reset), vmapped over `--env-batches`.
+- gym: the single-env `gymnasium` loop (`gymnasium.make`, one `env.step` per call, actions
+  from NumPy), market maker.
+- sb3: the SB3 `VecEnv` (`envs.sb3.CascadeSB3VecEnv`) over `--sb3-envs` envs, NumPy actions.
+- dims: engine cost against `dims.n_accounts` and `dims.n_levels` at `--dims-batch` envs.
+- phases (off by default): time of each phase of `jaxsim.step` at `--dims-batch` envs (each
+  phase jitted and vmapped on its own, on a state taken mid-episode), to see what bounds
+  a step.
+
+Every row reports the JIT compile time (lower + compile, or the first call for the
+adapters), the best of `--repeats` timed calls, env-steps/s, microseconds per env-step and
+memory per env: the state pytree's bytes and, where XLA reports it, the compiled program's
+temporary + argument + output bytes divided by the batch (`Compiled.memory_analysis`); on
+a GPU also the device's peak bytes in use. Rows whose package is missing (envs, agents,
+gymnasium, stable-baselines3) print "not available" with the reason. `--json FILE` writes
+every row and the device description. `--cache DIR` turns on JAX's persistent compilation
+cache (compile times then measure cache loads on the second run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxsim
+
+DEFAULT_ROLE_POLICY = {
+    "market_maker": "avellaneda_stoikov",
+    "arbitrageur": "basis_arb",
+    "leveraged_trader": "trend_follower",
+}
+SECTIONS = ("engine", "roles", "gym", "sb3", "dims")
+LONG_CALL_S = 10.0  # calls at least this long are timed once (allocation cost negligible)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def device_info() -> dict[str, Any]:
+    d = jax.devices()[0]
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        affinity = os.cpu_count()
+    return dict(
+        platform=d.platform,
+        device_kind=d.device_kind,
+        n_devices=jax.device_count(),
+        cpu=cpu,
+        cpu_cores=affinity,
+        jax=jax.__version__,
+        python=platform.python_version(),
+    )
+
+
+def compiled_bytes(compiled) -> int | None:
+    """Temporary + argument + output bytes XLA reports for a compiled program, if any."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if m is None:
+        return None
+    total = 0
+    for name in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes"):
+        total += int(getattr(m, name, 0) or 0)
+    return total or None
+
+
+def device_memory_limit() -> int | None:
+    """Bytes the device can hold: the accelerator's limit, or the host's physical memory."""
+    d = jax.devices()[0]
+    try:
+        stats = d.memory_stats()
+    except Exception:  # noqa: BLE001
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return None
+
+
+def peak_device_bytes() -> int | None:
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001
+        return None
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None or not np.isfinite(n):
+        return "-"
+    for div, suf in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= div:
+            return f"{n / div:.1f} {suf}"
+    return f"{n:.0f} B"
+
+
+def _row(section: str, label: str, **kw) -> dict[str, Any]:
+    return dict(section=section, label=label, **kw)
+
+
+def _na(section: str, label: str, why: str) -> dict[str, Any]:
+    return _row(section, label, status=f"not available: {why}")
+
+
+def time_compiled(
+    fn: Callable, args: tuple, batch: int, ticks: int, repeats: int, mem_limit: int | None
+) -> dict[str, Any]:
+    """Compile `fn` for `args`, then time `repeats` calls; one call = batch x ticks steps."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    prog = compiled_bytes(compiled)
+    if mem_limit and prog and prog > 0.8 * mem_limit:
+        return dict(
+            status=f"skipped: needs ~{_fmt_bytes(prog)} of {_fmt_bytes(mem_limit)}",
+            compile_s=compile_s,
+        )
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))  # first call: allocations
+    best = time.perf_counter() - t0
+    if best < LONG_CALL_S:  # a long call's first run is timing enough
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            best = min(best, time.perf_counter() - t0)
+    rate = batch * ticks / best
+    return dict(
+        status="ok",
+        batch=batch,
+        ticks=ticks,
+        compile_s=compile_s,
+        run_s=best,
+        steps_per_s=rate,
+        us_per_step=1e6 / rate,
+        program_bytes_per_env=prog / batch if prog else None,
+        peak_device_bytes=peak_device_bytes(),
+    )
+
+
+# ------------------------------------------------------------------ engine
+
+
+def engine_fn(params: jaxsim.Params, ticks: int) -> Callable:
+    """keys (B, 2) -> final mark prices (B,): reset + `ticks` steps per env, no orders."""
+
+    def one(key):
+        state, _ = jaxsim.rollout(key, params, ticks)
+        return state.px.mark
+
+    return jax.vmap(one)
+
+
+def _shape_bytes(shapes) -> int:
+    return int(sum(np.prod(s.shape) * s.dtype.itemsize for s in jax.tree_util.tree_leaves(shapes)))
+
+
+def bench_engine(args, params, mem_limit) -> list[dict]:
+    rows = []
+    state_b = _shape_bytes(jax.eval_shape(jaxsim.reset, jax.random.PRNGKey(0), params))
+    too_slow = False
+    for b in args.batches:
+        label = f"engine, batch {b}"
+        if too_slow:
+            rows.append(_row("engine", label, batch=b, status="skipped: time budget"))
+            continue
+        keys = jax.random.split(jax.random.PRNGKey(1), b)
+        r = time_compiled(
+            engine_fn(params, args.ticks), (keys,), b, args.ticks, args.repeats, mem_limit
+        )
+        r["state_bytes_per_env"] = state_b
+        rows.append(_row("engine", label, **r))
+        _print_row(rows[-1])
+        if r.get("run_s", 0.0) > args.max_run_s:
+            too_slow = True
+    return rows
+
+
+def bench_dims(args, mem_limit, engine_rows) -> list[dict]:
+    rows = []
+    b = args.dims_batch
+    cases = [("n_accounts", n) for n in args.accounts] + [("n_levels", n) for n in args.levels]
+    base = jaxsim.load_scenario(args.scenario)
+    for field, n in cases:
+        label = f"dims.{field} = {n}, batch {b}"
+        if getattr(base.dims, field) == n:
+            same = [r for r in engine_rows if r.get("batch") == b and r.get("status") == "ok"]
+            if same:
+                rows.append({**same[0], "section": "dims", "label": label, "reused": "engine row"})
+                _print_row(rows[-1])
+                continue
+        try:
+            ov = _dims_override(field, n, base, args.scenario)
+            params = jaxsim.load_scenario(args.scenario, overrides=ov)
+        except jaxsim.ConfigError as e:
+            rows.append(_na("dims", label, str(e)))
+            _print_row(rows[-1])
+            continue
+        keys = jax.random.split(jax.random.PRNGKey(1), b)
+        r = time_compiled(
+            engine_fn(params, args.ticks), (keys,), b, args.ticks, args.repeats, mem_limit
+        )
+        r["state_bytes_per_env"] = _shape_bytes(
+            jax.eval_shape(jaxsim.reset, jax.random.PRNGKey(0), params)
+        )
+        rows.append(_row("dims", label, **r))
+        _print_row(rows[-1])
+    return rows
+
+
+def _dims_override(field: str, n: int, base: jaxsim.Params, scenario: str) -> dict:
+    """Overrides for one dims case: fewer levels get coarser ticks (same price range)."""
+    ov: dict[str, Any] = {f"dims.{field}": n}
+    if field == "n_levels" and n < base.dims.n_levels:
+        scale = base.dims.n_levels / n
+        cfg = jaxsim.scenario_config(scenario)
+        for m, v in cfg["markets"]["tick_size"].items():
+            ov[f"markets.tick_size.{m}"] = float(v) * scale
+    return ov
+
+
+# ------------------------------------------------------------------ roles in lax.scan
+
+
+def bench_roles(args, mem_limit) -> list[dict]:
+    rows = []
+    try:
+        from envs.roles import ROLES, make_role
+    except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+        return [_na("roles", "role envs", f"envs not importable ({e})")]
+    try:
+        from agents.heuristics import heuristic
+    except Exception as e:  # noqa: BLE001
+        return [_na("roles", f"{r} + heuristic", f"agents not importable ({e})") for r in ROLES]
+    for role in ROLES:
+        name = DEFAULT_ROLE_POLICY.get(role, "flat")
+        try:
+            env = make_role(role)
+            params = env.make_params(args.scenario)
+            policy = heuristic(role, name)
+            pparams = policy.make_params(params)
+        except Exception as e:  # noqa: BLE001
+            rows.append(_na("roles", f"{role} + {name}", repr(e)))
+            _print_row(rows[-1])
+            continue
+        state_shape = jax.eval_shape(env.reset, jax.random.PRNGKey(0), params)
+        for b in args.env_batches:
+            label = f"{role} + {name}, batch {b}"
+
+            def run(keys, env=env, params=params, policy=policy, pparams=pparams):
+                def one(key):
+                    k0, k1 = jax.random.split(key)
+                    obs, st = env.reset(k0, params)
+
+                    def body(carry, k):
+                        obs, st = carry
+                        ka, ks = jax.random.split(k)
+                        act = policy(ka, obs, pparams)
+                        obs, st, rew, term, trunc, info = env.step(ks, st, act, params)
+                        return (obs, st), rew
+
+                    _, rews = jax.lax.scan(body, (obs, st), jax.random.split(k1, args.ticks))
+                    return rews.sum()
+
+                return jax.vmap(one)(keys)
+
+            keys = jax.random.split(jax.random.PRNGKey(2), b)
+            try:
+                r = time_compiled(run, (keys,), b, args.ticks, args.repeats, mem_limit)
+            except Exception as e:  # noqa: BLE001 - a broken role should not stop the table
+                rows.append(_na("roles", label, repr(e)[:200]))
+                _print_row(rows[-1])
+                continue
+            r["state_bytes_per_env"] = _shape_bytes(state_shape)
+            rows.append(_row("roles", label, **r))
+            _print_row(rows[-1])
+    return rows
+
+
+# ------------------------------------------------------------------ adapters
+
+
+def bench_gym(args) -> list[dict]:
+    label = "gymnasium single env (market_maker), 1 env"
+    try:
+        import gymnasium
+
+        import envs  # noqa: F401 - registers the ids
+
+        env = gymnasium.make("cascade/MarketMaker-v0", scenario=args.scenario, max_steps=10**9)
+    except Exception as e:  # noqa: BLE001
+        return [_na("gym", label, repr(e)[:200])]
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    compile_s = time.perf_counter() - t0
+    n = args.gym_steps
+    acts = rng.uniform(-1, 1, (n,) + env.action_space.shape).astype(np.float32)
+    t0 = time.perf_counter()
+    for i in range(n):
+        env.step(acts[i])
+    dt = time.perf_counter() - t0
+    env.close()
+    rate = n / dt
+    row = _row(
+        "gym",
+        label,
+        status="ok",
+        batch=1,
+        ticks=n,
+        compile_s=compile_s,
+        run_s=dt,
+        steps_per_s=rate,
+        us_per_step=1e6 / rate,
+    )
+    _print_row(row)
+    return [row]
+
+
+def bench_sb3(args) -> list[dict]:
+    n_env = args.sb3_envs
+    label = f"SB3 VecEnv (market_maker), {n_env} envs"
+    try:
+        from envs.sb3 import CascadeSB3VecEnv
+
+        venv = CascadeSB3VecEnv("market_maker", num_envs=n_env, scenario=args.scenario)
+    except Exception as e:  # noqa: BLE001
+        return [_na("sb3", label, repr(e)[:200])]
+    rng = np.random.default_rng(0)
+    shape = (n_env,) + venv.action_space.shape
+    t0 = time.perf_counter()
+    venv.reset()
+    venv.step(rng.uniform(-1, 1, shape).astype(np.float32))
+    compile_s = time.perf_counter() - t0
+    steps = max(1, args.gym_steps // 4)
+    acts = rng.uniform(-1, 1, (steps,) + shape).astype(np.float32)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        venv.step(acts[i])
+    dt = time.perf_counter() - t0
+    venv.close()
+    rate = n_env * steps / dt
+    row = _row(
+        "sb3",
+        label,
+        status="ok",
+        batch=n_env,
+        ticks=steps,
+        compile_s=compile_s,
+        run_s=dt,
+        steps_per_s=rate,
+        us_per_step=1e6 / rate,
+    )
+    _print_row(row)
+    return [row]
+
+
+# ------------------------------------------------------------------ phases of a step
+
+
+def bench_phases(args, mem_limit) -> list[dict]:
+    """Time each phase of `jaxsim.step` separately (vmapped over --dims-batch envs)."""
+    from jaxsim import engine as E
+    from jaxsim import population as popm
+
+    params = jaxsim.load_scenario(args.scenario)
+    b = args.dims_batch
+    keys = jax.random.split(jax.random.PRNGKey(3), b)
+    # A mid-episode state: books, population memory and positions warmed up.
+    warm = jax.jit(jax.vmap(lambda k: jaxsim.rollout(k, params, 20)[0]))
+    states = jax.block_until_ready(warm(keys))
+    dtype = params.dt.dtype
+    acc0 = lambda: E._acc_zero(dtype, params.dims.n_accounts)
+
+    def pre_orders(k, s):
+        s = E._reprice(E._exogenous(k, s, params), params)
+        s, _ = E._apply_schedule(s, params, acc0())
+        return E._liquidity(s, params)
+
+    def bg(k, s):
+        eq = E._equity(s)
+        s = popm.external_moves(s, params, eq)
+        o, _ = popm.background_orders(k, s, params, eq, E._level_px)
+        allo = jax.tree_util.tree_map(
+            lambda x, y: jnp.concatenate([x, y]), o, jaxsim.no_orders(params)
+        )
+        return s, allo
+
+    # Inputs of the later phases, computed once.
+    s_pre = jax.block_until_ready(jax.jit(jax.vmap(pre_orders))(keys, states))
+    s_bg, orders = jax.block_until_ready(jax.jit(jax.vmap(bg))(keys, s_pre))
+    s_mat = jax.jit(jax.vmap(lambda s, o: E._process_orders(s, params, o, acc0())[0]))(s_bg, orders)
+    s_px = jax.jit(jax.vmap(lambda s: E._prices_and_funding(E._arrivals(s), params)[0]))(s_mat)
+    n_orders = np.asarray(orders.kind != 0).sum(1)
+
+    phases = [
+        (
+            "exogenous prices + reprice",
+            lambda k, s: E._reprice(E._exogenous(k, s, params), params),
+            (keys, states),
+        ),
+        ("rule schedule", lambda s: E._apply_schedule(s, params, acc0())[0], (states,)),
+        ("LP liquidity refill", lambda s: E._liquidity(s, params), (states,)),
+        ("background traders decide", lambda k, s: bg(k, s)[1], (keys, s_pre)),
+        (
+            f"order matching ({n_orders.mean():.0f} orders/env, max {n_orders.max()})",
+            lambda s, o: E._process_orders(s, params, o, acc0())[0],
+            (s_bg, orders),
+        ),
+        ("prices + funding", lambda s: E._prices_and_funding(E._arrivals(s), params)[0], (s_mat,)),
+        ("liquidation engine", lambda s: E._liquidation_engine(s, params, acc0())[0], (s_px,)),
+        (
+            "whole step",
+            lambda k, s: jaxsim.step(k, s, jaxsim.no_orders(params), params)[0],
+            (keys, states),
+        ),
+    ]
+    rows = []
+    for name, fn, inp in phases:
+        try:
+            r = time_compiled(jax.vmap(fn), inp, b, 1, max(args.repeats, 3), mem_limit)
+        except Exception as e:  # noqa: BLE001 - private API may move
+            rows.append(_na("phases", name, repr(e)[:200]))
+            _print_row(rows[-1])
+            continue
+        rows.append(_row("phases", f"{name}, batch {b}", **r))
+        _print_row(rows[-1])
+    return rows
+
+
+# ------------------------------------------------------------------ output
+
+
+HEADER = f"{'row':<52} {'compile s':>9} {'run s':>8} {'env-steps/s':>12} {'us/step':>9} {'state/env':>10} {'XLA mem/env':>11}"
+
+
+def _print_row(r: dict) -> None:
+    if r.get("status") != "ok":
+        print(f"{r['label']:<52} {r.get('status', '')}", flush=True)
+        return
+    print(
+        f"{r['label']:<52} {r['compile_s']:>9.1f} {r['run_s']:>8.3f} {r['steps_per_s']:>12,.0f} "
+        f"{r['us_per_step']:>9.1f} {_fmt_bytes(r.get('state_bytes_per_env')):>10} "
+        f"{_fmt_bytes(r.get('program_bytes_per_env')):>11}",
+        flush=True,
+    )
+
+
+def summary(rows: list[dict]) -> list[str]:
+    ok = lambda sec: [r for r in rows if r["section"] == sec and r.get("status") == "ok"]
+    lines = []
+    eng = ok("engine")
+    if eng:
+        best = max(eng, key=lambda r: r["steps_per_s"])
+        lines.append(
+            f"engine best: {best['steps_per_s']:,.0f} env-steps/s at batch {best['batch']}"
+        )
+        gym = ok("gym")
+        if gym:
+            ratio = best["steps_per_s"] / gym[0]["steps_per_s"]
+            lines.append(f"engine best / gymnasium single-env loop: {ratio:,.1f}x")
+        big = [r for r in eng if 4096 <= r["batch"] <= 65536]
+        if len(big) >= 2:
+            us = [r["us_per_step"] for r in big]
+            lines.append(
+                f"cost per env-step from batch {big[0]['batch']} to {big[-1]['batch']}: "
+                f"{min(us):.2f}-{max(us):.2f} us (spread {max(us) / min(us) - 1:.0%})"
+            )
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ints = lambda s: [int(x) for x in str(s).split(",") if x.strip()]
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--json", default=None, help="write every row and the device to FILE")
+    ap.add_argument("--scenario", default="calm")
+    ap.add_argument("--ticks", type=int, default=20, help="ticks per timed call")
+    ap.add_argument("--batches", type=ints, default=[1, 16, 128, 1024], help="engine batches")
+    ap.add_argument("--env-batches", type=ints, default=[128], help="role-env batches")
+    ap.add_argument("--gym-steps", type=int, default=200, help="steps of the gymnasium loop")
+    ap.add_argument("--sb3-envs", type=int, default=16)
+    ap.add_argument("--dims-batch", type=int, default=16)
+    ap.add_argument("--accounts", type=ints, default=[24, 48, 96])
+    ap.add_argument("--levels", type=ints, default=[32, 64, 128])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--max-run-s",
+        type=float,
+        default=60.0,
+        help="stop growing the batch after a call this long",
+    )
+    ap.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma list of {', '.join(SECTIONS)}, phases (default all but phases)",
+    )
+    ap.add_argument("--cache", default=None, help="persistent compilation cache folder")
+    args = ap.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = set(args.sections) - set(SECTIONS) - {"phases"}
+    if bad:
+        ap.error(f"unknown section(s) {sorted(bad)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.cache:
+        jax.config.update("jax_compilation_cache_dir", args.cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    info = device_info()
+    params = jaxsim.load_scenario(args.scenario)
+    d = params.dims
+    print(
+        f"device: {info['device_kind']} ({info['platform']}, {info['n_devices']} device(s)); "
+        f"host: {info['cpu']}, {info['cpu_cores']} cores; jax {info['jax']}"
+    )
+    print(
+        f"scenario {params.name}: accounts {d.n_accounts}, levels {d.n_levels}, cascade rounds "
+        f"{d.cascade_rounds} x {d.liq_per_round}, orders {d.max_orders}; {args.ticks} ticks per call"
+    )
+    print(HEADER)
+    print("-" * len(HEADER))
+    mem_limit = device_memory_limit()
+    rows: list[dict] = []
+    t_all = time.perf_counter()
+    if "engine" in args.sections:
+        rows += bench_engine(args, params, mem_limit)
+    if "roles" in args.sections:
+        rows += bench_roles(args, mem_limit)
+    if "gym" in args.sections:
+        rows += bench_gym(args)
+    if "sb3" in args.sections:
+        rows += bench_sb3(args)
+    if "dims" in args.sections:
+        rows += bench_dims(args, mem_limit, [r for r in rows if r["section"] == "engine"])
+    if "phases" in args.sections:
+        rows += bench_phases(args, mem_limit)
+    lines = summary(rows)
+    for line in lines:
+        print(line)
+    total = time.perf_counter() - t_all
+    print(f"total {total:.0f} s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(
+                dict(
+                    device=info,
+                    scenario=params.name,
+                    ticks=args.ticks,
+                    rows=rows,
+                    summary=lines,
+                    total_s=total,
+                    argv=sys.argv[1:],
+                ),
+                f,
+                indent=1,
+                default=float,
+            )
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

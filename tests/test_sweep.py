@@ -1,0 +1,220 @@
+"""`python -m jaxsim.sweep`: grid building, the sharded batched run, outputs, bad configs.
+
+One tiny sweep (collateral_depeg, a 2 x 2 grid (paired maker/taker fees x BASE
+volatility) x 3 seeds, 30 ticks) runs twice: in this
+process on one device, and in a subprocess with four virtual CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=4`` must be set before jax starts,
+hence the subprocess), through the CLI, in two chunks of 8 envs (2 per device) with 4
+padding envs. The subprocess starts first and compiles while this process does, so the two
+compilations overlap.
+
+Tolerance of "sharded = single device": each device runs the same vmapped program, but XLA
+compiles a batch of 12 on one device and a batch of 2 per device on four partitions into
+differently fused code, so float32 results differ by reduction order (~1e-7 relative;
+`test_properties` documents the same for batched vs one-by-one). In a quiet market those
+differences stay at that size; a liquidation cascade amplifies them (measured: 1.7% on one
+seed's STABLE low over the whole 3-hour depeg, and even float64 flips one ADL count), so
+the test window ends before collateral_depeg's shock (tick 60) and asserts rtol 2e-6. The
+grid points differ visibly (fees x volatility) and so do the seeds, so an env
+landing in the wrong row, a bad pad or a chunk mix-up would fail by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from jaxsim import sweep as sw
+from jaxsim.config import ConfigError, scenario_config
+
+REPO = Path(__file__).resolve().parent.parent
+TICKS, SEEDS = 30, 3
+TINY = {
+    "question": "tiny test sweep",
+    "scenario": "collateral_depeg",
+    "ticks": TICKS,
+    "seeds": SEEDS,
+    "axes": {
+        "fees": [
+            {"_label": "low", "rules.fees.maker": 0.0, "rules.fees.taker": 0.0002},
+            {"_label": "high", "rules.fees.maker": 0.0004, "rules.fees.taker": 0.001},
+        ],
+        "exogenous.vol_annual.base": [0.3, 1.5],
+    },
+    "baseline": {"fees": "low", "exogenous.vol_annual.base": 0.3},
+}
+# Metrics that move in a quiet 30-tick window (the others are 0 or constant there).
+MOVING = ("dd_spot", "dd_perp", "dd_mark", "ret_spot", "low_spot", "fees", "basis_max_abs")
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sweep_cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_file, tmp_path_factory):
+    """(in-process 1-device result, its output dir, subprocess 4-device output dir, log)."""
+    out4 = tmp_path_factory.mktemp("sweep4")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "jaxsim.sweep", str(tiny_file), "--out", str(out4)]
+    cmd += ["--chunk", "8", "--no-progress"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        spec = sw.load_sweep(tiny_file)
+        grid = sw.build_grid(spec)
+        res = sw.run_sweep(grid, devices=1, progress=False)
+        out1 = tmp_path_factory.mktemp("sweep1")
+        sw.write_outputs(res, out1)
+    finally:
+        log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    return res, out1, out4, log
+
+
+def test_sharded_equals_single_device(runs):
+    res, _, out4, log = runs
+    assert "on 4 device(s)" in log and "2 chunk(s) of 8" in log, log
+    meta = yaml.safe_load((out4 / "sweep.json").read_text())
+    assert len(meta["devices"]) == 4
+    sharded = np.load(out4 / "sweep.npz")
+    for k in sw.METRICS:
+        a, b = res.metrics[k], sharded[k]
+        assert a.shape == b.shape == (4, SEEDS), k
+        np.testing.assert_allclose(b, a, rtol=2e-6, atol=1e-9, equal_nan=True, err_msg=k)
+    # The comparison has teeth: every env (point x seed) differs from every other one in
+    # some metric by far more than the tolerance, so a misplaced env would fail.
+    table = np.stack([res.metrics[k].ravel() for k in MOVING], 1)
+    for i in range(len(table)):
+        for j in range(i):
+            assert np.max(np.abs(table[i] - table[j]) / (np.abs(table[j]) + 1e-12)) > 1e-4
+    for k in MOVING:
+        assert np.all(np.isfinite(res.metrics[k])), k
+
+
+def test_outputs_written(runs):
+    res, out1, _, _ = runs
+    with open(out1 / "sweep.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    head = rows[0]
+    assert head[:4] == ["point", "fees", "exogenous.vol_annual.base", "seed"]
+    assert set(sw.METRICS) <= set(head)
+    assert len(rows) == 1 + 4 * SEEDS
+    # Point-major, axes in order, the first axis slowest.
+    assert [r[1] for r in rows[1:]] == ["low"] * 6 + ["high"] * 6
+    assert [r[2] for r in rows[1:4]] == ["0.3"] * 3
+    col = head.index("dd_spot")
+    got = np.array([float(r[col]) for r in rows[1:]]).reshape(4, SEEDS)
+    np.testing.assert_allclose(got, res.metrics["dd_spot"], rtol=1e-7)
+    with open(out1 / "sweep_mean.csv", newline="", encoding="utf-8") as f:
+        mrows = list(csv.reader(f))
+    assert len(mrows) == 1 + 4
+    mcol = mrows[0].index("dd_spot")
+    np.testing.assert_allclose(
+        [float(r[mcol]) for r in mrows[1:]], res.metrics["dd_spot"].mean(1), rtol=1e-6
+    )
+    png = out1 / "heatmaps.png"
+    assert png.exists() and png.stat().st_size > 10_000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header, trows = sw.table_rows(res)
+    assert "dd_spot/base" in header and trows[0][0].endswith("(base)")
+
+
+# ------------------------------------------------------------------ specs and errors
+
+
+def _spec(**changes) -> dict:
+    out = {**TINY, **changes}
+    if "axes" in changes and "baseline" not in changes:
+        out.pop("baseline")
+    return out
+
+
+def test_grid_shape_and_paired_axis():
+    spec = sw.load_sweep(_spec())
+    assert spec.shape == (2, 2) and spec.n_points == 4
+    grid = sw.build_grid(spec)
+    assert grid.n_ticks == TICKS
+    # Paired axis: maker and taker fees move together.
+    np.testing.assert_allclose(grid.params.rules.maker_fee, [0.0, 0.0, 0.0004, 0.0004])
+    np.testing.assert_allclose(grid.params.rules.taker_fee, [0.0002, 0.0002, 0.001, 0.001])
+    np.testing.assert_allclose(
+        grid.params.exo.vol_per_sqrt_s[:, 0] / grid.params.exo.vol_per_sqrt_s[0, 0],
+        [1, 5, 1, 5],
+        rtol=1e-6,
+    )
+    assert grid.label(3) == "fees=high, exogenous.vol_annual.base=1.5"
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"axes": {"rules.fees.nonsense": [0.1, 0.2]}}, "unknown key"),
+        ({"axes": {"dims.n_levels": [32, 64]}}, "cannot be swept.*dims"),
+        ({"axes": {"x": [{"dims.n_accounts": 30}]}}, "cannot be swept.*dims"),
+        ({"axes": {"dt_s": [10.0, 30.0]}}, "cannot be swept.*dt_s"),
+        ({"overrides": {"horizon_s": 60.0}}, "horizon_s"),
+        ({"axes": {"rules.fees.taker": [0.0005, 0.5]}}, r"rules\.fees\.taker = 0\.5"),
+        ({"axes": {"rules.index.stable.internal": [0.5]}}, "must sum to 1"),
+        ({"axes": {"rules.fees.taker": []}}, "non-empty list"),
+        ({"axes": {}}, "needs `axes:`"),
+        ({"seeds": 0}, "seeds must be"),
+        ({"bogus": 1}, "unknown sweep key 'bogus'"),
+        ({"heatmaps": ["nope"]}, "unknown metric 'nope'"),
+        ({"baseline": {"fees": "nope", "exogenous.vol_annual.base": 0.3}}, "baseline"),
+        ({"axes": {"max_leverage_cap": [10, 0.5]}}, r"max_leverage_cap = 0\.5"),
+    ],
+)
+def test_bad_sweep_configs(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        sw.build_grid(sw.load_sweep(_spec(**changes)))
+
+
+def test_cli_bad_config_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_spec(axes={"dims.n_accounts": [24, 32]})), encoding="utf-8")
+    assert sw.main([str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "dims.n_accounts" in err and "cannot be swept" in err
+    assert sw.main([str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_shipped_sweeps_build():
+    for path in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
+        spec = sw.load_sweep(path)
+        grid = sw.build_grid(spec)
+        assert spec.n_points >= 4 and grid.n_ticks > 100, path.name
+        assert spec.question, path.name
+
+
+def test_cap_leverage_matches_the_scenario_variant():
+    """cap 25 leaves leverage_accident as written; cap 10 sizes the cohorts like its
+    leverage_cap_10x variant (positions within 2%)."""
+    cfg = scenario_config("leverage_accident")
+    users = {u["name"]: u for u in cfg["accounts"]["users"]}
+    same = sw.cap_leverage(cfg, 25)
+    for u in same["accounts.users"]:
+        assert u.get("position", 0.0) == users[u["name"]].get("position", 0.0)
+    var = {
+        u["name"]: u
+        for u in scenario_config("leverage_accident", "leverage_cap_10x")["accounts"]["users"]
+    }
+    capped = sw.cap_leverage(cfg, 10)
+    for u in capped["accounts.users"]:
+        assert u["leverage"] <= 10
+        want = var[u["name"]].get("position", 0.0)
+        assert u.get("position", 0.0) == pytest.approx(want, rel=0.02), u["name"]
+    assert max(float(r[1]) for r in capped["rules.tiers"]) == 10
+    assert all(c.get("lev_target", 0) <= 10 for c in capped["population.cohorts"])

@@ -1,0 +1,447 @@
+"""Heuristic baseline policies as pure JAX functions `policy(key, obs, params) -> action`.
+
+Every policy reads the role's normalized observation vector by entry name (indices are
+resolved once, from the role's `obs_names`, when the policy is built) and returns the
+role's action in [-1, 1]. Nothing inside a policy is Python control flow on values, so
+they jit, vmap over a batch of envs and run inside `lax.scan` (see `agents.evaluate`).
+
+`params` is the policy's own frozen pytree (a `flax.struct` dataclass of scalars): its
+hyperparameters plus the few role settings it needs to invert the action decoding
+(quote offset range, leverage cap...). Build it from the env's params with
+`policy.make_params(env_params, **overrides)`; because it is a pytree of arrays it can be
+vmapped (per-env settings) or swept.
+
+Policies per role (`ROLE_POLICIES`):
+
+- market_maker: `avellaneda_stoikov` (reservation price and spread of Avellaneda &
+  Stoikov 2008: quotes skew against inventory), `flat` (no quotes), `random`.
+- arbitrageur: `basis_arb` (cash-and-carry: long spot + short perp when basis plus
+  funding is rich, unwound when it converges), `buy_and_hold` (spot), `flat`, `random`.
+- leveraged_trader: `trend_follower` (long above the price at reset, short below, with
+  hysteresis), `funding_contrarian` (short when funding is high, long when it is
+  negative), `buy_and_hold` (1x long perp), `flat`, `random`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from envs.core import LEV_SCALE, EnvParams
+from envs.roles import ROLES
+
+Array = jax.Array
+PolicyFn = Callable[[Array, Array, Any], Array]
+
+PCT_PER_MARK_VS_START = 10.0  # obs `mark_vs_start` = log(mark / mark0) x 10 -> x 10 = percent
+SMALL = 1e-6
+BPS_PER_PCT = 100.0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Policy:
+    """A policy behind the evaluation interface.
+
+    Attributes:
+        name: label used in reports ("avellaneda_stoikov", "ppo", ...).
+        role: the role whose observation / action it speaks.
+        fn: `fn(key, obs (D,), params) -> action (A,)`, pure and jittable.
+        make_params: `make_params(env_params, **overrides) -> params` for one env.
+        description: one line for the report.
+    """
+
+    name: str
+    role: str
+    fn: PolicyFn
+    make_params: Callable[..., Any]
+    description: str = ""
+
+    def __call__(self, key: Array, obs: Array, params: Any) -> Array:
+        return self.fn(key, obs, params)
+
+
+def obs_index(role: str) -> dict[str, int]:
+    """Observation entry name -> index for a role."""
+    return {n: i for i, n in enumerate(ROLES[role]().obs_names)}
+
+
+def num_actions(role: str) -> int:
+    return ROLES[role]().num_actions
+
+
+def to_action(u: Array, lo: Array, hi: Array) -> Array:
+    """Map a value in [lo, hi] to the action's [-1, 1] (clipped)."""
+    return jnp.clip(2.0 * (u - lo) / jnp.maximum(hi - lo, SMALL) - 1.0, -1.0, 1.0)
+
+
+def _create(cls, env_params: EnvParams | None, from_env: dict[str, Any], overrides: dict):
+    """Instantiate a params struct: defaults <- values read from the env <- overrides."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    bad = set(overrides) - set(fields)
+    if bad:
+        raise ValueError(
+            f"unknown {cls.__name__} parameter(s) {sorted(bad)}; allowed: {sorted(fields)}"
+        )
+    vals = {k: f.default for k, f in fields.items()}
+    if env_params is not None:
+        vals.update({k: get(env_params) for k, get in from_env.items()})
+    vals.update(overrides)
+    return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
+
+
+def _empty_params(env_params: EnvParams | None = None, **overrides) -> Any:
+    if overrides:
+        raise ValueError(f"this policy has no parameters, got {sorted(overrides)}")
+    return ()
+
+
+# ============================================================== shared references
+
+
+def flat(role: str) -> Policy:
+    """Do nothing: no quotes, no position, collateral in USDT."""
+    n = num_actions(role)
+    if role == "market_maker":
+        # Sizes at -1 (u = 0 < min_size_frac: no quote), hedge at -1 (none).
+        act = jnp.array([0.0, 0.0, -1.0, -1.0, -1.0] + [0.0, 0.0, -1.0, -1.0][: n - 5])
+    elif role == "leveraged_trader":
+        # Target position 0, leverage 1x, no STABLE / LST.
+        act = jnp.array([0.0, -1.0, -1.0, -1.0])
+    else:
+        # Spot target 0, perp target 0, no transfers.
+        act = jnp.zeros((n,))
+
+    def fn(key: Array, obs: Array, params: Any) -> Array:
+        return act.astype(jnp.float32)
+
+    return Policy("flat", role, fn, _empty_params, "no trading (reference)")
+
+
+def random_policy(role: str) -> Policy:
+    """Uniform random action in [-1, 1]^A every step."""
+    n = num_actions(role)
+
+    def fn(key: Array, obs: Array, params: Any) -> Array:
+        return jax.random.uniform(key, (n,), jnp.float32, -1.0, 1.0)
+
+    return Policy("random", role, fn, _empty_params, "uniform random actions")
+
+
+# ============================================================== market maker
+
+
+@struct.dataclass
+class AvellanedaStoikovParams:
+    """Avellaneda–Stoikov market maker, in basis points of the mid.
+
+    Inventory q is the net BASE exposure as a multiple of the initial equity (position
+    notional / equity). With sigma the mid's volatility per step (bp) and tau the risk
+    horizon (steps), the reservation price is r = -gamma q sigma^2 tau and the total
+    spread is gamma sigma^2 tau + (2 / gamma) ln(1 + gamma / kappa); bid = r - spread/2,
+    ask = r + spread/2 (so a long inventory moves both quotes down: the ask gets more
+    aggressive, the bid less). The quotes are placed around the book mid; `fair_weight`
+    moves the reservation price towards the index (fair value) when the book lags it:
+    r += fair_weight x (index - perp mid) in bp, read from the `basis` and
+    `spot_index_gap` observations.
+
+    Attributes:
+        gamma: risk aversion, 1 / (bp x inventory unit).
+        sigma_bps: mid volatility per step at `vol_ratio` = 1, bp (45%/yr at 30 s ~ 4.4).
+        tau_steps: risk horizon, steps (the infinite-horizon variant: a constant).
+        kappa: decay of the fill intensity with distance from the mid, 1 / bp.
+        min_half_spread_bps: floor on the half spread, bp.
+        fair_weight: weight of the index - mid gap in the reservation price (0 = classic
+            AS around the book mid).
+        size_frac: quote size in [0, 1] of the env's max_quote_frac x equity per side.
+        max_inventory: |q| above which the side that would add to it is not quoted.
+        hedge_inventory: |q| above which a hedge market order cuts the position.
+        hedge_frac: share of the position the hedge cuts.
+        min_offset_bps, max_offset_bps, notional_scale: copied from the env settings
+            (to invert the action decoding and the position observation).
+    """
+
+    gamma: float = 0.1
+    sigma_bps: float = 4.4
+    tau_steps: float = 30.0
+    kappa: float = 0.5
+    min_half_spread_bps: float = 1.0
+    fair_weight: float = 0.0
+    size_frac: float = 0.25
+    max_inventory: float = 1.0
+    hedge_inventory: float = 2.0
+    hedge_frac: float = 0.5
+    min_offset_bps: float = 0.0
+    max_offset_bps: float = 50.0
+    notional_scale: float = 10.0
+
+
+def avellaneda_stoikov(role: str = "market_maker") -> Policy:
+    if role != "market_maker":
+        raise ValueError("avellaneda_stoikov is a market_maker policy")
+    ix = obs_index(role)
+    n = num_actions(role)
+    i_pos, i_spot, i_vol = ix["perp_position"], ix["spot_base"], ix["vol_ratio"]
+    i_basis, i_gap = ix["basis"], ix["spot_index_gap"]
+
+    def fn(key: Array, obs: Array, p: AvellanedaStoikovParams) -> Array:
+        q = obs[i_pos] * p.notional_scale + obs[i_spot]
+        sigma = p.sigma_bps * jnp.maximum(obs[i_vol], 0.1)
+        risk = p.gamma * sigma**2 * p.tau_steps  # bp per inventory unit
+        fair = -(obs[i_basis] + obs[i_gap]) * BPS_PER_PCT  # (index - perp mid) / mid, bp
+        reservation = p.fair_weight * fair - q * risk
+        half = 0.5 * (risk + 2.0 / p.gamma * jnp.log1p(p.gamma / p.kappa))
+        half = jnp.maximum(half, p.min_half_spread_bps)
+        bid_off = half - reservation
+        ask_off = half + reservation
+        bid_u = jnp.where(q > p.max_inventory, 0.0, p.size_frac)
+        ask_u = jnp.where(q < -p.max_inventory, 0.0, p.size_frac)
+        hedge = jnp.where(jnp.abs(q) > p.hedge_inventory, p.hedge_frac, -1.0)
+        act = jnp.stack(
+            [
+                to_action(bid_off, p.min_offset_bps, p.max_offset_bps),
+                to_action(ask_off, p.min_offset_bps, p.max_offset_bps),
+                2.0 * bid_u - 1.0,
+                2.0 * ask_u - 1.0,
+                hedge,
+            ]
+        )
+        if n > 5:  # quote_spot: leave the spot book alone
+            act = jnp.concatenate([act, jnp.array([0.0, 0.0, -1.0, -1.0])])
+        return act.astype(jnp.float32)
+
+    def make_params(env_params: EnvParams | None = None, **overrides) -> AvellanedaStoikovParams:
+        return _create(
+            AvellanedaStoikovParams,
+            env_params,
+            {
+                "min_offset_bps": lambda e: e.role.min_offset_bps,
+                "max_offset_bps": lambda e: e.role.max_offset_bps,
+                "notional_scale": lambda e: e.notional_scale,
+            },
+            overrides,
+        )
+
+    return Policy(
+        "avellaneda_stoikov",
+        role,
+        fn,
+        make_params,
+        "Avellaneda-Stoikov quotes: reservation price skewed against inventory",
+    )
+
+
+# ============================================================== arbitrageur
+
+
+@struct.dataclass
+class BasisArbParams:
+    """Cash-and-carry on basis and funding.
+
+    signal = basis (percent) + funding_weight x funding (fraction of the funding cap).
+    Enter long spot + short perp of `size` x equity each when signal > enter_pct; stay in
+    while signal > exit_pct; flat otherwise (spot is long-only, so no reverse carry).
+
+    Attributes:
+        enter_pct: signal (percent) that opens the carry.
+        exit_pct: signal (percent) below which an open carry is closed.
+        funding_weight: percent of basis one funding cap counts for.
+        size: each leg's notional / initial equity (spot action and |perp action|).
+        max_spot_frac, max_perp_frac: copied from the env settings.
+    """
+
+    enter_pct: float = 0.10
+    exit_pct: float = 0.02
+    funding_weight: float = 0.10
+    size: float = 0.45
+    max_spot_frac: float = 1.0
+    max_perp_frac: float = 1.0
+
+
+def basis_arb(role: str = "arbitrageur") -> Policy:
+    if role != "arbitrageur":
+        raise ValueError("basis_arb is an arbitrageur policy")
+    ix = obs_index(role)
+    i_basis, i_fund, i_pos = ix["basis"], ix["funding_rate"], ix["perp_position"]
+
+    def fn(key: Array, obs: Array, p: BasisArbParams) -> Array:
+        signal = obs[i_basis] + p.funding_weight * obs[i_fund]
+        in_carry = obs[i_pos] < -SMALL
+        on = (signal > p.enter_pct) | (in_carry & (signal > p.exit_pct))
+        spot = jnp.where(on, p.size / jnp.maximum(p.max_spot_frac, SMALL), 0.0)
+        perp = jnp.where(on, -p.size / jnp.maximum(p.max_perp_frac, SMALL), 0.0)
+        return jnp.stack([spot, perp, 0.0, 0.0]).clip(-1.0, 1.0).astype(jnp.float32)
+
+    def make_params(env_params: EnvParams | None = None, **overrides) -> BasisArbParams:
+        return _create(
+            BasisArbParams,
+            env_params,
+            {
+                "max_spot_frac": lambda e: e.role.max_spot_frac,
+                "max_perp_frac": lambda e: e.role.max_perp_frac,
+            },
+            overrides,
+        )
+
+    return Policy(
+        "basis_arb",
+        role,
+        fn,
+        make_params,
+        "long spot + short perp while basis + funding is rich",
+    )
+
+
+def arb_buy_and_hold(role: str = "arbitrageur") -> Policy:
+    """Hold spot BASE with all the equity (no perp, no transfers)."""
+
+    def fn(key: Array, obs: Array, params: Any) -> Array:
+        return jnp.array([1.0, 0.0, 0.0, 0.0], jnp.float32)
+
+    return Policy("buy_and_hold", role, fn, _empty_params, "all equity in spot BASE")
+
+
+# ============================================================== leveraged trader
+
+
+@struct.dataclass
+class DirectionalParams:
+    """A directional leveraged trader (trend follower, funding contrarian, buy-and-hold).
+
+    Attributes:
+        enter: |signal| that opens a position (signal units of the policy).
+        exit: a position is kept while the signal has its sign and |signal| > exit.
+        leverage: chosen leverage (capped by the env's max_leverage and the tier-1 cap).
+        size: fraction of the buying power at that leverage (position action).
+        max_leverage: copied from the env settings.
+    """
+
+    enter: float = 0.5
+    exit: float = 0.0
+    leverage: float = 3.0
+    size: float = 1.0
+    max_leverage: float = 20.0
+
+
+def _lt_action(obs: Array, ix: dict[str, int], direction: Array, p: DirectionalParams) -> Array:
+    cap = jnp.maximum(jnp.minimum(p.max_leverage, obs[ix["max_lev_tier1"]] * LEV_SCALE), 1.0)
+    lev = jnp.clip(p.leverage, 1.0, cap)
+    lev_a = to_action(lev, 1.0, cap)
+    return jnp.stack([direction * p.size, lev_a, -1.0, -1.0]).clip(-1.0, 1.0).astype(jnp.float32)
+
+
+def _hysteresis(signal: Array, current: Array, enter: Array, exit_: Array) -> Array:
+    """+1 / -1 / 0: enter beyond +/-enter, keep a position while its side's signal > exit."""
+    new = jnp.where(signal > enter, 1.0, jnp.where(signal < -enter, -1.0, 0.0))
+    side = jnp.sign(current)
+    keep = (side != 0) & (side * signal > exit_)
+    return jnp.where(new != 0, new, jnp.where(keep, side, 0.0))
+
+
+def _directional(
+    name: str, signal_fn, defaults: dict[str, float], description: str, role: str
+) -> Policy:
+    if role != "leveraged_trader":
+        raise ValueError(f"{name} is a leveraged_trader policy")
+    ix = obs_index(role)
+    i_pos = ix["perp_position"]
+
+    def fn(key: Array, obs: Array, p: DirectionalParams) -> Array:
+        direction = _hysteresis(signal_fn(obs, ix), obs[i_pos], p.enter, p.exit)
+        return _lt_action(obs, ix, direction, p)
+
+    def make_params(env_params: EnvParams | None = None, **overrides) -> DirectionalParams:
+        return _create(
+            DirectionalParams,
+            env_params,
+            {"max_leverage": lambda e: e.role.max_leverage},
+            {**defaults, **overrides},
+        )
+
+    return Policy(name, role, fn, make_params, description)
+
+
+def trend_follower(role: str = "leveraged_trader") -> Policy:
+    """Signal: percent move of the mark since reset; long above +enter, short below -enter."""
+    return _directional(
+        "trend_follower",
+        lambda obs, ix: obs[ix["mark_vs_start"]] * PCT_PER_MARK_VS_START,
+        {"enter": 0.5, "exit": 0.0, "leverage": 3.0},
+        "long when the mark is up > 0.5% since reset, short when down (3x)",
+        role,
+    )
+
+
+def funding_contrarian(role: str = "leveraged_trader") -> Policy:
+    """Signal: minus the predicted funding rate (fraction of the cap): short when high."""
+    return _directional(
+        "funding_contrarian",
+        lambda obs, ix: -obs[ix["funding_rate"]],
+        {"enter": 0.1, "exit": 0.05, "leverage": 3.0},
+        "short when predicted funding > 10% of the cap, long when < -10% (3x)",
+        role,
+    )
+
+
+def lt_buy_and_hold(role: str = "leveraged_trader") -> Policy:
+    """Constant 1x long perp (the buy-and-hold reference of a leveraged trader)."""
+    return _directional(
+        "buy_and_hold",
+        lambda obs, ix: jnp.ones(()),
+        {"enter": 0.0, "exit": -1.0, "leverage": 1.0},
+        "1x long perp held throughout",
+        role,
+    )
+
+
+# ============================================================== registry
+
+_BUILDERS: dict[str, dict[str, Callable[[str], Policy]]] = {
+    "market_maker": {
+        "avellaneda_stoikov": avellaneda_stoikov,
+        "flat": flat,
+        "random": random_policy,
+    },
+    "arbitrageur": {
+        "basis_arb": basis_arb,
+        "buy_and_hold": arb_buy_and_hold,
+        "flat": flat,
+        "random": random_policy,
+    },
+    "leveraged_trader": {
+        "trend_follower": trend_follower,
+        "funding_contrarian": funding_contrarian,
+        "buy_and_hold": lt_buy_and_hold,
+        "flat": flat,
+        "random": random_policy,
+    },
+}
+ROLE_POLICIES: dict[str, tuple[str, ...]] = {r: tuple(b) for r, b in _BUILDERS.items()}
+
+
+@functools.cache
+def heuristic(role: str, name: str) -> Policy:
+    """The heuristic `name` of `role` (cached: the same object, so jit caches hit).
+
+    Raises:
+        ValueError: unknown role or policy, listing the valid ones.
+    """
+    if role not in _BUILDERS:
+        raise ValueError(f"unknown role '{role}'; allowed: {sorted(_BUILDERS)}")
+    if name not in _BUILDERS[role]:
+        raise ValueError(
+            f"no heuristic '{name}' for role '{role}'; allowed: {list(ROLE_POLICIES[role])}"
+        )
+    return _BUILDERS[role][name](role)
+
+
+def baselines(role: str) -> list[Policy]:
+    """Every heuristic of a role, in `ROLE_POLICIES` order."""
+    if role not in _BUILDERS:
+        raise ValueError(f"unknown role '{role}'; allowed: {sorted(_BUILDERS)}")
+    return [heuristic(role, n) for n in ROLE_POLICIES[role]]

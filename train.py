@@ -1,0 +1,487 @@
+#!/usr/bin/env python
+"""Train an RL agent on a cascade-gym role, evaluate it and the heuristic baselines on
+every scenario, and write a report.
+
+    python train.py                      # the default job: a PPO market maker on calm for a
+                                         # few minutes, then the evaluation report in
+                                         # runs/default/report.md
+    python train.py [train] --role market_maker --scenario calm [--variant V] --algo ppo \
+        -n 200000 --n-envs 64 --seed 0 --run-dir runs/NAME [--eval-scenario X] \
+        [--eval-freq N] [--resume] [-params key:value ...] [--device cpu] [--no-eval]
+    python train.py evaluate --run-dir runs/NAME [--seeds K] [--scenarios A B ...]
+    python train.py evaluate --baselines-only --role market_maker --run-dir runs/NAME
+
+Hyperparameters: configs/train/<algo>.yaml (per role), overridden by `-params`. A run
+folder holds the model, its VecNormalize statistics, checkpoints, TensorBoard logs
+(`tensorboard --logdir runs/NAME/tb`), the evaluation callback's results, config.yaml and,
+after evaluation, report.md, results.csv, episodes.csv and plots/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROLES = ("market_maker", "arbitrageur", "leveraged_trader")
+ALGOS = ("ppo", "sac", "td3", "a2c")
+ENGINES = ("scan", "loop")
+
+# `python train.py` with no arguments: a few minutes on a 2-core CPU. Learning stops at
+# `time_limit_s` (after compilation) or at `n_timesteps`, whichever comes first: ~500 env
+# steps/s on two free cores, 3-4x fewer when the cores are shared.
+DEFAULT_RUN = {
+    "role": "market_maker",
+    "scenario": "calm",
+    "algo": "ppo",
+    "run_dir": "runs/default",
+    "n_timesteps": 98_304,
+    "time_limit_s": 180,
+    "n_envs": 16,
+    "params": {
+        "n_steps": 128,  # x 16 envs = 2048 transitions per update
+        "batch_size": 256,
+        "n_epochs": 5,
+        "policy_kwargs.log_std_init": -1.0,
+        "env_kwargs.max_episode_steps": 256,
+    },
+    "eval_freq": 32_768,
+    "eval_episode_steps": 128,
+    "eval_seeds": 2,
+    "eval_max_steps": 720,  # 6 h at 30 s: every crash scenario's event fits
+}
+
+
+def _scenarios() -> list[str]:
+    import jaxsim
+
+    return list(jaxsim.list_scenarios())
+
+
+# ============================================================== argument parsing
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and its subcommand parsers by name."""
+    scen = _scenarios()
+    ap = argparse.ArgumentParser(
+        prog="python train.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `python train.py train -h` / `python train.py evaluate -h` for options.",
+    )
+    sub = ap.add_subparsers(dest="command")
+
+    tr = sub.add_parser("train", help="train an agent (then evaluate it unless --no-eval)")
+    tr.add_argument("--role", choices=ROLES, default="market_maker", help="role to learn")
+    tr.add_argument("--scenario", choices=scen, default="calm", help="training scenario")
+    tr.add_argument("--variant", default=None, help="variant of the training scenario")
+    tr.add_argument("--algo", choices=ALGOS, default="ppo", help="SB3 algorithm")
+    tr.add_argument(
+        "-n", "--n-timesteps", type=int, default=None, help="env steps (default: from YAML)"
+    )
+    tr.add_argument("--n-envs", type=int, default=None, help="batch size (default: from YAML)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--run-dir", default=None, help="run folder (default runs/<algo>_<role>_<scenario>)"
+    )
+    tr.add_argument(
+        "--eval-scenario",
+        default="auto",
+        help="held-out scenario of the evaluation callback ('auto' = the first scenario "
+        "other than the training one, 'none' = no callback)",
+    )
+    tr.add_argument(
+        "--eval-freq", type=int, default=None, help="callback every N env steps (default n/4)"
+    )
+    tr.add_argument("--eval-episode-steps", type=int, default=None, help="callback episode length")
+    tr.add_argument(
+        "--save-freq", type=int, default=None, help="checkpoint every N env steps (default n/4)"
+    )
+    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    tr.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop training after this many seconds of learning even if -n is not reached",
+    )
+    tr.add_argument(
+        "-params",
+        "--hyperparams",
+        nargs="+",
+        default=[],
+        metavar="KEY:VALUE",
+        help="override hyperparameters, e.g. -params learning_rate:1e-4 n_steps:128 "
+        "env_kwargs.max_episode_steps:512",
+    )
+    tr.add_argument("--device", default="cpu", help="torch device (cpu, cuda, auto)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    tr.add_argument("-v", "--verbose", type=int, default=0, help="SB3 verbosity")
+    _eval_options(tr, prefix="eval-")
+
+    ev = sub.add_parser("evaluate", help="evaluate a run (or the baselines) on every scenario")
+    ev.add_argument("--run-dir", required=True, help="run folder (report goes there)")
+    ev.add_argument("--baselines-only", action="store_true", help="no trained policy")
+    ev.add_argument("--role", choices=ROLES, default=None, help="role (default: the run's)")
+    ev.add_argument("--algo", choices=ALGOS, default=None, help="algorithm (default: the run's)")
+    _eval_options(ev, prefix="")
+    return ap, {"train": tr, "evaluate": ev}
+
+
+def _eval_options(p: argparse.ArgumentParser, prefix: str) -> None:
+    scen = _scenarios()
+    p.add_argument(f"--{prefix}seeds", type=int, default=4, help="episodes per scenario/variant")
+    p.add_argument(f"--{prefix}seed", type=int, default=1000, help="first evaluation seed")
+    p.add_argument(
+        f"--{prefix}scenarios",
+        nargs="+",
+        choices=scen,
+        default=None,
+        help="scenarios to evaluate on (default: all)",
+    )
+    p.add_argument(f"--{prefix}base-only", action="store_true", help="skip the scenario variants")
+    p.add_argument(
+        f"--{prefix}max-steps",
+        type=int,
+        default=0,
+        help="cap on each scenario's horizon in steps (0 = full horizon)",
+    )
+    p.add_argument(
+        f"--{prefix}policies",
+        nargs="+",
+        default=None,
+        help="heuristics to include (default: every one of the role)",
+    )
+    p.add_argument(
+        f"--{prefix}engine",
+        choices=ENGINES,
+        default="scan",
+        help="trained policy: 'scan' (converted to JAX, one lax.scan with the heuristics) "
+        "or 'loop' (SB3 predict in a NumPy loop over the batched env)",
+    )
+    p.add_argument(
+        f"--{prefix}chunk", type=int, default=None, help="episodes per compiled call (memory)"
+    )
+    p.add_argument(f"--{prefix}no-dashboard", action="store_true", help="skip the dashboards")
+    p.add_argument(f"--{prefix}no-plots", action="store_true", help="skip all PNG plots")
+
+
+def _normalize_argv(argv: list[str]) -> list[str]:
+    if not argv:
+        return argv
+    if argv[0] in ("train", "evaluate", "-h", "--help"):
+        return argv
+    return ["train", *argv]
+
+
+# ============================================================== evaluation
+
+
+def _eval_settings(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    g = lambda k: getattr(args, (prefix + k).replace("-", "_"))
+    return {
+        "seeds": g("seeds"),
+        "seed": g("seed"),
+        "scenarios": g("scenarios"),
+        "base_only": g("base_only"),
+        "max_steps": g("max_steps"),
+        "policies": g("policies"),
+        "engine": g("engine"),
+        "chunk": g("chunk"),
+        "dashboard": not g("no_dashboard") and not g("no_plots"),
+        "plots": not g("no_plots"),
+    }
+
+
+def scenario_dashboards(configs, seeds: int = 1, seed: int = 0) -> dict[str, tuple]:
+    """Events of each base scenario without the agent, for `jaxsim.simulate.dashboard`.
+
+    One compiled rollout serves every scenario (shared name, common length; each is
+    trimmed to its own horizon).
+    """
+    import jaxsim
+    from jaxsim.simulate import run_batch
+
+    base = [c for c in configs if c.variant is None]
+    if not base:
+        return {}
+    n_ticks = max(c.steps for c in base)
+    out = {}
+    for c in base:
+        params = jaxsim.load_scenario(c.scenario)
+        ev, _, _ = run_batch(params.replace(name="dashboard"), n_ticks, seeds, seed)
+        out[c.scenario] = ({k: v[:, : c.steps] for k, v in ev.items()}, params)
+    return out
+
+
+def run_evaluation(
+    run_dir: Path,
+    role: str,
+    settings: dict[str, Any],
+    *,
+    algo: str | None = None,
+    baselines_only: bool = False,
+    run_cfg: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the run's trained policy (unless baselines_only) and the role's heuristics
+    on every scenario / variant; write the report into run_dir."""
+    from agents import evaluate as E
+    from agents.heuristics import ROLE_POLICIES, heuristic
+    from agents.report import write_report
+
+    run_cfg = run_cfg or {}
+    t0 = time.perf_counter()
+    names = settings["policies"] or list(ROLE_POLICIES[role])
+    bad = [n for n in names if n not in ROLE_POLICIES[role]]
+    if bad:
+        raise ValueError(
+            f"unknown heuristic(s) {bad} for role '{role}'; allowed: {list(ROLE_POLICIES[role])}"
+        )
+    policies = [heuristic(role, n) for n in names]
+    variants = False if settings["base_only"] else True
+    configs = E.scenario_configs(settings["scenarios"], variants, settings["max_steps"] or None)
+    env_kwargs = {
+        k: v
+        for k, v in ((run_cfg.get("hyperparams") or {}).get("env_kwargs") or {}).items()
+        if k != "max_episode_steps"
+    }
+    trained = None
+    loop_traj = None
+    if not baselines_only:
+        from agents.sb3_policy import jax_policy, load_run, numpy_actor
+
+        algo = algo or run_cfg.get("algo") or "ppo"
+        model, vecnorm = load_run(run_dir, algo)
+        trained = algo
+        if settings["engine"] == "scan":
+            policies = [jax_policy(model, vecnorm, role, name=algo), *policies]
+        else:
+            loop_traj = E.run_loop(
+                role,
+                numpy_actor(model, vecnorm),
+                configs,
+                settings["seeds"],
+                settings["seed"],
+                name=algo,
+                num_envs=run_cfg.get("n_envs"),
+                env_kwargs=env_kwargs,
+            )
+    batch = E.build_batch(
+        role, policies, configs, settings["seeds"], settings["seed"], env_kwargs=env_kwargs
+    )
+    n_steps = int(sum(batch.steps))
+    print(
+        f"evaluating {len(policies) + (loop_traj is not None)} policies x {len(configs)} "
+        f"scenario/variants x {settings['seeds']} seeds = "
+        f"{batch.size + (0 if loop_traj is None else len(loop_traj.rows))} episodes "
+        f"({n_steps} env steps in one compiled scan)..."
+    )
+    traj = E.run_scan(batch, settings["chunk"])
+    if loop_traj is not None:
+        traj = E.merge([loop_traj, traj])
+    eval_s = time.perf_counter() - t0
+    dashboards = {}
+    if settings["dashboard"]:
+        dashboards = scenario_dashboards(configs, seeds=1, seed=settings["seed"])
+    intro = [
+        f"Role **{role}**; policies: {', '.join(dict.fromkeys(r['policy'] for r in traj.rows))}."
+    ]
+    if trained:
+        hist = run_cfg.get("history") or []
+        learn = sum(h.get("learn_s", 0) for h in hist)
+        intro.append(
+            f"Trained policy `{trained}`: {run_cfg.get('algo', algo)} on "
+            f"`{run_cfg.get('scenario')}`"
+            + (f"/{run_cfg['variant']}" if run_cfg.get("variant") else "")
+            + f", {run_cfg.get('trained_timesteps', '?')} env steps, "
+            f"{run_cfg.get('n_envs', '?')} envs, {learn:.0f} s of training; evaluated "
+            f"deterministically ({'converted to JAX' if settings['engine'] == 'scan' else 'SB3 predict loop'})."
+        )
+    intro.append(
+        f"{settings['seeds']} seeds per scenario/variant (seed s uses the same market key for "
+        f"every policy); evaluation took {eval_s:.0f} s."
+    )
+    res = write_report(
+        run_dir,
+        traj,
+        role=role,
+        trained=trained,
+        intro=intro,
+        dashboards=dashboards,
+        seeds=settings["seeds"],
+        plots=settings["plots"],
+    )
+    _print_summary(res["summary"], trained)
+    print(f"report: {res['report']}  (numbers: {res['results']}, per episode: {res['episodes']})")
+    return res
+
+
+def _print_summary(summary: list[dict], trained: str | None) -> None:
+    from agents.report import headline
+
+    try:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console().print(Markdown("\n".join(f"- {x}" for x in headline(summary, trained))))
+    except ImportError:  # pragma: no cover
+        for line in headline(summary, trained):
+            print(f"- {line}")
+
+
+# ============================================================== commands
+
+
+def _auto_eval_scenario(value: str | None, train_scenario: str) -> str | None:
+    if value in (None, "none", ""):
+        return None
+    scen = _scenarios()
+    if value == "auto":
+        others = [s for s in scen if s != train_scenario]
+        return others[0] if others else None
+    return value
+
+
+def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    import jaxsim
+    from agents.sb3_train import TrainConfigError, parse_overrides, train
+
+    scen = _scenarios()
+    if args.variant is not None and args.variant not in jaxsim.list_variants(args.scenario):
+        ap.error(
+            f"argument --variant: '{args.variant}' is not a variant of '{args.scenario}' "
+            f"(choose from {jaxsim.list_variants(args.scenario)})"
+        )
+    eval_scen = _auto_eval_scenario(args.eval_scenario, args.scenario)
+    if eval_scen is not None and eval_scen not in scen:
+        ap.error(f"argument --eval-scenario: invalid choice '{eval_scen}' (choose from {scen})")
+    for name in ("n_timesteps", "n_envs", "eval_seeds"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {v}")
+    try:
+        overrides = parse_overrides(args.hyperparams)
+    except TrainConfigError as e:
+        ap.error(str(e))
+    run_dir = Path(args.run_dir or f"runs/{args.algo}_{args.role}_{args.scenario}")
+    n = args.n_timesteps
+    eval_freq = args.eval_freq
+    if eval_freq is None:
+        eval_freq = max((n or 100_000) // 4, 1)
+    t0 = time.perf_counter()
+    try:
+        cfg = train(
+            role=args.role,
+            scenario=args.scenario,
+            variant=args.variant,
+            algo=args.algo,
+            run_dir=run_dir,
+            n_timesteps=n,
+            n_envs=args.n_envs,
+            seed=args.seed,
+            overrides=overrides,
+            eval_scenario=eval_scen,
+            eval_freq=eval_freq,
+            eval_episode_steps=args.eval_episode_steps,
+            save_freq=args.save_freq,
+            resume=args.resume,
+            time_limit_s=args.time_limit,
+            device=args.device,
+            progress_bar=not args.no_progress,
+            verbose=args.verbose,
+        )
+    except TrainConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"trained {cfg['trained_timesteps']} steps in {time.perf_counter() - t0:.0f} s: "
+        f"{run_dir / 'model.zip'} (+ vecnormalize.pkl, checkpoints/, tb/)"
+    )
+    if args.no_eval:
+        return 0
+    settings = _eval_settings(args, "eval_")
+    run_evaluation(run_dir, args.role, settings, algo=args.algo, run_cfg=cfg)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    from agents.sb3_train import read_run_config
+
+    run_dir = Path(args.run_dir)
+    cfg = read_run_config(run_dir)
+    role = args.role or cfg.get("role")
+    if role is None:
+        ap.error(
+            f"--role is needed ({run_dir / 'config.yaml'} does not exist); choose from {list(ROLES)}"
+        )
+    if not args.baselines_only and not (run_dir / "model.zip").exists():
+        ap.error(f"no trained model in {run_dir} (model.zip); train first or pass --baselines-only")
+    if cfg.get("role") and role != cfg["role"] and not args.baselines_only:
+        ap.error(f"--role {role} differs from the run's role {cfg['role']}")
+    if args.seeds < 1:
+        ap.error(f"argument --seeds: must be >= 1, got {args.seeds}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = _eval_settings(args, "")
+    try:
+        run_evaluation(
+            run_dir,
+            role,
+            settings,
+            algo=args.algo,
+            baselines_only=args.baselines_only,
+            run_cfg=cfg,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def default_argv() -> list[str]:
+    """The command line `python train.py` (no arguments) runs."""
+    d = DEFAULT_RUN
+    return [
+        "train",
+        "--role", d["role"],
+        "--scenario", d["scenario"],
+        "--algo", d["algo"],
+        "-n", str(d["n_timesteps"]),
+        "--n-envs", str(d["n_envs"]),
+        "--time-limit", str(d["time_limit_s"]),
+        "--run-dir", d["run_dir"],
+        "--eval-freq", str(d["eval_freq"]),
+        "--eval-episode-steps", str(d["eval_episode_steps"]),
+        "--eval-seeds", str(d["eval_seeds"]),
+        "--eval-max-steps", str(d["eval_max_steps"]),
+        "-params", *[f"{k}:{v}" for k, v in d["params"].items()],
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = default_argv()
+        print("python train.py " + " ".join(argv))
+    t0 = time.perf_counter()
+    from agents import enable_compile_cache
+
+    enable_compile_cache()
+    ap, subs = build_parser()
+    args = ap.parse_args(_normalize_argv(argv))
+    if args.command == "evaluate":
+        rc = cmd_evaluate(args, subs["evaluate"])
+    else:
+        rc = cmd_train(args, subs["train"])
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

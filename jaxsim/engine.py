@@ -1235,7 +1235,9 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
     # the same rate (the liquidation engine keeps selling until the inventory is gone).
     for asset in COLLATERAL_SALE_ORDER:
         qty = jnp.maximum(state.acct.bal[ins, asset], 0.0) * frac
-        state, acc, sold, proceeds = _take(state, params, acc, ins, ASSET_MARKET[asset], -1, qty, 0.0)
+        state, acc, sold, proceeds = _take(
+            state, params, acc, ins, ASSET_MARKET[asset], -1, qty, 0.0
+        )
         acc = acc.replace(
             coll_sold=acc.coll_sold.at[asset].add(sold),
             coll_sold_usdt=acc.coll_sold_usdt + proceeds,

@@ -1081,11 +1081,6 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced, ac
     room = jnp.maximum(cap_q - s * acct.pos[ins], 0.0)
     x_if = jnp.where(rules.adl_on > 0, jnp.minimum(rem, room), rem)
     x_adl = rem - x_if
-    # Takeover and ADL execute at the bankruptcy price, but never at a price worse than the
-    # mark for the taker: an account already below zero equity (its collateral collapsed)
-    # leaves the hole in its wallet, which the fund covers below, not in the ADL'd
-    # counterparties' PnL.
-    p_bk = jnp.where(s > 0, jnp.minimum(p_bk, mark), jnp.maximum(p_bk, mark))
     dq = jnp.zeros((n,), dtype).at[a].add(-s * x_if).at[ins].add(s * x_if)
     acct = _settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
     # ADL: opposite positions ranked by PnL% x effective leverage, closed at p_bk.

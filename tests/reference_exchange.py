@@ -785,10 +785,6 @@ class RefExchange:
         room = max(cap_q - s * self.pos[ins], 0.0)
         x_if = min(rem, room) if r["adl_on"] > 0 else rem
         x_adl = rem - x_if
-        # Takeover and ADL execute at the bankruptcy price, but never at a price worse than
-        # the mark for the taker: an account already below zero equity leaves its hole in
-        # its wallet (the fund covers it), not in the counterparties' PnL.
-        p_bk = min(p_bk, mark) if s > 0 else max(p_bk, mark)
         self.settle_perp(a, -s * x_if, p_bk)
         self.settle_perp(ins, s * x_if, p_bk)
         # ADL ranking on the state after the takeover: PnL% x effective leverage.

@@ -580,6 +580,7 @@ COHORT_PARAMS: dict[str, tuple[float, float, float]] = {
     "reentry_per_h": (0.0, 0.0, 100.0),
     "reentry_below": (0.0, 0.0, 1.0),
     "min_trade": (0.01, 0.0, 1.0),
+    "hold": (0.0, 0.0, 1.0),
 }
 
 
@@ -679,6 +680,7 @@ def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParam
         reentry_per_h=cols["reentry_per_h"],
         reentry_below=cols["reentry_below"],
         min_trade=cols["min_trade"],
+        hold=cols["hold"],
         trend_fast_s=np.asarray(fast),
         trend_slow_s=np.asarray(slow),
         trend_scale=np.asarray(

@@ -7,10 +7,12 @@ Behaviours (one per account, parameters in `PopParams`, YAML under `population.c
   `f = clip(bias + trend * momentum - funding * (F_8h - I_8h) / 1bp + noise * z)`, restricted
   to its side (long-only, short-only or both), target position `f * lev_target * equity /
   mark`; when it acts (probability `act_prob` per tick) it trades `speed` of the gap by
-  market order. Its margin is the engine's: a cohort that cannot afford the order is
-  rejected like anyone else. Re-entry: while its equity is below `reentry_below` of the
-  starting equity, new traders' money arrives from its external wallet at `reentry_per_h`
-  of the starting equity per hour.
+  market order. With `hold = 1` it never shrinks a same-side position (it adds, closes when
+  the signal crosses zero, or flips): a losing position is ridden to its liquidation rather
+  than cut as equity falls. Its margin is the engine's: a cohort that cannot afford the order is
+  rejected like anyone else. Re-entry: while it holds no perp position (it was liquidated
+  or closed) and its equity is below `reentry_below` of the starting equity, new traders'
+  money arrives from its external wallet at `reentry_per_h` of the starting equity per hour.
 - basis_arb: when the perp/spot basis is beyond `threshold` it takes the side that earns
   the convergence (long perp + sell spot when the perp is cheap, short perp + buy spot when
   rich), sized `lev_target` x equity; it unwinds once |basis| < `exit`. Two orders per tick:
@@ -166,10 +168,11 @@ def background_orders(
     # ---------------------------------------------------------------- retail
     rate_8h = state.px.funding_rate * SECONDS_PER_8H / state.rules.funding_interval_s
     excess_funding = (rate_8h - state.rules.funding_interest) / FUNDING_UNIT_8H
+    # Funding above baseline (longs pay) pushes every target down, below it (shorts pay) up.
     f = (
         pp.bias[:n_user]
         + pp.trend[:n_user] * momentum(state, params)
-        - pp.funding[:n_user] * excess_funding * jnp.sign(pp.bias[:n_user] + 1e-12)
+        - pp.funding[:n_user] * excess_funding
         + pp.noise[:n_user] * z
     )
     side = pp.side[:n_user]
@@ -177,7 +180,12 @@ def background_orders(
     # Nobody plans a position the rules in force would reject outright.
     cap_q = 0.95 * state.rules.position_limit / mark
     scale_q = jnp.minimum(pp.lev_target[:n_user] * eq / mark, cap_q)
-    gap = f * scale_q - pos
+    target = f * scale_q
+    # A holding trader (hold = 1) does not shrink a same-side position because its equity
+    # or its signal fell: it adds, closes or flips, and otherwise rides the position to
+    # its liquidation (the retail shorts of a squeeze).
+    keep = (pp.hold[:n_user] > 0.5) & (target * pos > 0) & (jnp.abs(target) < jnp.abs(pos))
+    gap = jnp.where(keep, 0.0, target - pos)
     trade = act & (jnp.abs(gap) > pp.min_trade[:n_user] * scale_q) & (eq > 0)
     r_qty = jnp.where(trade, jnp.abs(gap) * pp.speed[:n_user], 0.0)
     r_side = jnp.sign(gap)
@@ -281,8 +289,10 @@ def external_moves(state: SimState, params: Params, equity: Array) -> SimState:
     dims, pp, dt = params.dims, params.pop, params.dt
     acct = state.acct
     kind = pp.kind
-    # Re-entry: new traders' money from the external wallet.
-    low = (kind == BEH_RETAIL) & (equity < pp.reentry_below * state.pop.eq0)
+    # Re-entry: new traders' money from the external wallet once the cohort is flat (after
+    # a liquidation or a close). It opens new positions; it never tops up a losing one.
+    flat = acct.pos == 0.0
+    low = (kind == BEH_RETAIL) & flat & (equity < pp.reentry_below * state.pop.eq0)
     dep = jnp.where(
         low,
         jnp.minimum(

@@ -200,11 +200,11 @@ def test_shipped_sweeps_build():
 
 
 def test_cap_leverage_matches_the_scenario_variant():
-    """cap 25 leaves leverage_accident as written; cap 10 sizes the cohorts like its
+    """cap 50 leaves leverage_accident as written; cap 10 sizes the cohorts like its
     leverage_cap_10x variant (positions within 2%)."""
     cfg = scenario_config("leverage_accident")
     users = {u["name"]: u for u in cfg["accounts"]["users"]}
-    same = sw.cap_leverage(cfg, 25)
+    same = sw.cap_leverage(cfg, 50)
     for u in same["accounts.users"]:
         assert u.get("position", 0.0) == users[u["name"]].get("position", 0.0)
     var = {

@@ -21,6 +21,7 @@ from jaxsim.simulate import run_batch
 
 SEEDS = 16
 MIN_FRACTION = 0.8
+RUN_TICKS = 720  # every run's compiled horizon
 CALM_TICKS = 720  # 6 h at 30 s
 DEPEG_TICKS = 360  # 3 h at 30 s: the shock starts at 30 min and lasts an hour
 
@@ -38,11 +39,15 @@ def _report(name: str, ok: np.ndarray, **values) -> str:
 
 @functools.cache
 def _run(name: str, variant: str | None, n_ticks: int):
-    # One static name for all: `Params.name` is static, and a distinct name per scenario
-    # would compile the same program again for each (the fresh-clone run crashed in XLA's
-    # CPU compiler on the seventh such compile).
+    # One program for every run: `Params.name` is static and the horizon is a static
+    # argument, so each run uses the same name and RUN_TICKS, and a shorter scenario keeps
+    # the first `n_ticks` ticks of its events (a distinct program per scenario cost a
+    # compile each, and the fresh-clone run once crashed in XLA's CPU compiler on the
+    # seventh). The audits are of the RUN_TICKS-tick run.
+    assert n_ticks <= RUN_TICKS
     params = load_scenario(name, variant).replace(name="scenario")
-    ev, a0, a1 = run_batch(params, n_ticks, seeds=SEEDS, seed=0)
+    ev, a0, a1 = run_batch(params, RUN_TICKS, seeds=SEEDS, seed=0)
+    ev = {k: v[:, :n_ticks] for k, v in ev.items()}
     m = mt.episode_metrics(ev, lst_rate=float(params.exo.lst_rate), facts_price="spot_mid")
     return params, ev, m, a0, a1
 
@@ -162,6 +167,56 @@ def test_depeg_fix_redemption_index_and_floor(depeg, depeg_fixed):
     assert _frac(ok) >= MIN_FRACTION, msg
 
 
+def _dampened_depeg(m0, m1):
+    """A clearly smaller depeg crash: stablecoin low at least 0.02 higher and at most 80% of
+    the liquidated notional (same seeds)."""
+    return (m1["stable_low"] >= m0["stable_low"] + 0.02) & (
+        m1["liq_total"] <= 0.8 * m0["liq_total"]
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reproduced: higher haircuts cut every account's collateral value at once, so "
+    "more accounts start under margin and liquidations grow (1.2-1.5x the baseline); the "
+    "population does not re-size its positions to the new haircuts",
+)
+def test_depeg_higher_haircuts_dampen(depeg):
+    _, _, m0, _, _ = depeg
+    _, _, m1, _, _ = _run("collateral_depeg", "higher_haircuts", DEPEG_TICKS)
+    ok = _dampened_depeg(m0, m1)
+    msg = _report(
+        "higher haircuts",
+        ok,
+        low=m1["stable_low"],
+        low_base=m0["stable_low"],
+        liq_ratio=m1["liq_total"] / m0["liq_total"],
+    )
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reproduced: the cross-venue arbitrageur trades the STABLE book by market "
+    "order against the LP's asks and its capital already sits on the exchange, so the "
+    "withdrawal delay never binds (the runs are identical). A bidding arbitrageur with its "
+    "capital on other venues was tried and not shipped: the depeg low then flipped between "
+    "~0.55 and ~0.94 with a 100k change in its on-exchange capital",
+)
+def test_depeg_no_withdrawal_delay_dampens(depeg):
+    _, _, m0, _, _ = depeg
+    _, _, m1, _, _ = _run("collateral_depeg", "no_withdrawal_delay", DEPEG_TICKS)
+    ok = _dampened_depeg(m0, m1)
+    msg = _report(
+        "no withdrawal delay",
+        ok,
+        low=m1["stable_low"],
+        low_base=m0["stable_low"],
+        liq_ratio=m1["liq_total"] / m0["liq_total"],
+    )
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
 # ============================================================== leverage accident
 
 ACCIDENT_TICKS = 720  # 12 h at 60 s (the source's three days, compressed)
@@ -206,6 +261,35 @@ def test_accident_without_whale_is_clearly_smaller(accident, accident_no_whale):
     _, _, m1, _, _ = accident_no_whale
     ok = (m1["dd_spot"] <= 0.6 * m0["dd_spot"]) & (m1["liq_total"] <= m0["liq_total"])
     msg = _report("accident no whale", ok, dd_base=m0["dd_spot"], dd_nowhale=m1["dd_spot"])
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+@pytest.fixture(scope="module")
+def accident_cap():
+    return _run("leverage_accident", "leverage_cap_10x", ACCIDENT_TICKS)
+
+
+def test_accident_leverage_cap_fewer_liquidations(accident, accident_cap):
+    """Under a 10x cap (same equity, positions sized at 10x) fewer notional is liquidated
+    (same seeds)."""
+    _, _, m0, _, _ = accident
+    _, _, m1, _, _ = accident_cap
+    ok = m1["liq_total"] < m0["liq_total"]
+    msg = _report("cap 10x liq", ok, liq_cap=m1["liq_total"] / 1e6, liq=m0["liq_total"] / 1e6)
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reproduced: the cap removes the liquidations but the drawdown is the "
+    "whale's and the outflows' spot sales (0.95-1.1x the baseline's); the longs' "
+    "liquidations sell perp, which basis arbitrage passes to spot only in part",
+)
+def test_accident_leverage_cap_smaller_drawdown(accident, accident_cap):
+    _, _, m0, _, _ = accident
+    _, _, m1, _, _ = accident_cap
+    ok = m1["dd_spot"] <= 0.6 * m0["dd_spot"]
+    msg = _report("cap 10x dd", ok, dd_cap=m1["dd_spot"], dd=m0["dd_spot"])
     assert _frac(ok) >= MIN_FRACTION, msg
 
 
@@ -308,6 +392,19 @@ def test_rule_change_spot_drawdown_vs_counterfactuals(
     assert _frac(ok) >= MIN_FRACTION, msg
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reproduced: phased enforcement cuts the same excess in steps into the same "
+    "thin perp book; the spot drawdown is 0.87-1.09x the one-step enforcement's",
+)
+def test_rule_change_phased_enforcement_dampens(rule_change):
+    _, _, m, _, _ = rule_change
+    _, _, mp, _, _ = _run("rule_change_deleverage", "phased_enforcement", RULE_TICKS)
+    ok = mp["dd_spot"] <= 0.6 * m["dd_spot"]
+    msg = _report("phased", ok, dd_phased=mp["dd_spot"], dd=m["dd_spot"])
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
 # ============================================================== the market maker's harvest
 
 PUMP_TICKS = 720  # 6 h at 30 s: build 0-40 min, pump 40 min-3.5 h, flip 3.5-4 h, dump 4-5.5 h
@@ -368,3 +465,47 @@ def test_pump_dump_manipulator_profits_retail_loses(pump):
     retail = (eq[:, -1, 2:6] - eq[:, 0, 2:6]).sum(-1)
     ok = (manip > 0) & (retail < 0)
     assert _frac(ok) >= MIN_FRACTION, _report("pump pnl", ok, manip=manip, retail=retail)
+
+
+def _squeeze(params, ev):
+    """(short liquidations during the pump, perp peak / start) per seed."""
+    t_pump, t_flip, _ = _phases(params)
+    liq = ev["liq_notional_short"][:, t_pump:t_flip].sum(-1)
+    perp = ev["perp_px"]
+    return liq, perp.max(-1) / perp[:, 0]
+
+
+def _smaller_squeeze(pump, variant):
+    params, ev0, _, _, _ = pump
+    _, ev1, _, _, _ = _run("mm_pump_dump", variant, PUMP_TICKS)
+    liq0, peak0 = _squeeze(params, ev0)
+    liq1, peak1 = _squeeze(params, ev1)
+    ok = (liq1 <= 0.5 * liq0) & (peak1 < peak0)
+    msg = _report(
+        f"pump {variant}",
+        ok,
+        liq_short=liq1 / 1e6,
+        liq_short_base=liq0 / 1e6,
+        perp_peak=peak1,
+        perp_peak_base=peak0,
+    )
+    return ok, msg
+
+
+def test_pump_mark_ignoring_internal_spot_shrinks_the_squeeze(pump):
+    """A mark (index) from the external venues only: the perp does not follow the pumped
+    thin spot book, so the shorts' liquidations during the pump at least halve and the
+    perp peaks lower (same seeds)."""
+    ok, msg = _smaller_squeeze(pump, "mark_ignores_internal")
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reproduced: a 1M position limit caps the manipulator's perp long but not "
+    "its spot buying, which drives the pump; the shorts' liquidations shrink only 10-20% "
+    "and the perp peaks higher",
+)
+def test_pump_depth_scaled_limits_shrink_the_squeeze(pump):
+    ok, msg = _smaller_squeeze(pump, "depth_scaled_limits")
+    assert _frac(ok) >= MIN_FRACTION, msg

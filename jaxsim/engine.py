@@ -994,30 +994,31 @@ def _force_reduce(state: SimState, params: Params, acc: _Acc):
     """
     pending = state.enforce == POLICY_FORCE_REDUCE
     idx, valid = _first_k(pending, min(params.dims.liq_per_round, params.dims.n_accounts))
+    n_valid = valid.sum()  # the valid slots are a prefix of idx
 
-    def reduce_one(carry, xs):
-        state, acc = carry
-        a, ok = xs
+    def reduce_one(carry):
+        i, state, acc = carry
+        a = idx[i]
         mark = state.px.mark
         n_now = jnp.abs(state.acct.pos[a]) * mark
         # Orders go first so the margin they tie up is free, then the excess is sold.
-        state = _cancel_all(state, params, a, ok)
+        state = _cancel_all(state, params, a, True)
         allowed = _max_allowed_notional(_margin_balances(state), state.rules)[a]
-        qty = jnp.where(ok, jnp.maximum(n_now - allowed, 0.0) / mark, 0.0)
+        qty = jnp.maximum(n_now - allowed, 0.0) / mark
         side = -jnp.sign(state.acct.pos[a])
         state, acc, _, notional = _take(
             state, params, acc, a, PERP, side, qty, jnp.where(side > 0, jnp.inf, 0.0)
         )
         # Stays queued while the book could not absorb the whole cut.
-        done = ok & ~_breaching(state, params)[a]
+        done = ~_breaching(state, params)[a]
         enforce = state.enforce.at[a].set(jnp.where(done, 0, state.enforce[a]))
-        return (state.replace(enforce=enforce), acc.replace(forced=acc.forced + notional)), None
+        return i + 1, state.replace(enforce=enforce), acc.replace(forced=acc.forced + notional)
 
-    (state, acc), _ = jax.lax.cond(
-        valid.any(),
-        lambda c: jax.lax.scan(reduce_one, c, (idx, valid)),
-        lambda c: (c, None),
-        (state, acc),
+    # A while loop over the queued accounts only: under vmap it costs the busiest env's
+    # count (nothing at all on the ticks where no enforcement is pending), where a scan
+    # of conds would become selects over every slot.
+    _, state, acc = jax.lax.while_loop(
+        lambda c: c[0] < n_valid, reduce_one, (jnp.zeros((), jnp.int32), state, acc)
     )
     return state, acc
 
@@ -1192,30 +1193,36 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
     maintenance at its start (and those a rule change queued for liquidation), in account
     order, up to `liq_per_round` of them; the rest wait for the next round or tick."""
     k = min(params.dims.liq_per_round, params.dims.n_accounts)
+    n_rounds = params.dims.cascade_rounds
 
-    def one_round(carry, r):
-        state, acc = carry
+    def one_round(carry):
+        r, _, state, acc = carry
         state = _reprice(state, params)
         forced = state.enforce == POLICY_LIQUIDATE
         idx, valid = _first_k(_needs_liquidation(state, params) | forced, k)
+        n_valid = valid.sum()  # the valid slots are a prefix of idx
 
-        def body(c, xs):
-            a, ok = xs
+        def slot(c):
+            i, st, ac = c
+            a = idx[i]
+            st, ac = _liquidate_account(st, params, ac, a, forced[a], jnp.bool_(True))
+            enforce = st.enforce.at[a].set(jnp.where(forced[a], 0, st.enforce[a]))
+            return i + 1, st.replace(enforce=enforce), ac
 
-            def work(c):
-                st, ac = c
-                st, ac = _liquidate_account(st, params, ac, a, forced[a], ok)
-                enforce = st.enforce.at[a].set(jnp.where(ok & forced[a], 0, st.enforce[a]))
-                return st.replace(enforce=enforce), ac
+        # Only the flagged slots run: under vmap a while loop costs the busiest env's
+        # count, where a scan of conds would become selects over every slot.
+        _, state, acc = jax.lax.while_loop(
+            lambda c: c[0] < n_valid, slot, (jnp.zeros((), jnp.int32), state, acc)
+        )
+        return r + 1, n_valid > 0, state, acc
 
-            # Skipping empty slots is exact (a slot with ok=False changes nothing); under
-            # vmap the cond becomes a select, so batched runs pay for every slot.
-            return jax.lax.cond(ok, work, lambda c: c, c), None
-
-        (state, acc), _ = jax.lax.scan(body, (state, acc), (idx, valid))
-        return (state, acc), None
-
-    (state, acc), _ = jax.lax.scan(one_round, (state, acc), jnp.arange(params.dims.cascade_rounds))
+    # A round that found nobody leaves the state as it was, so the remaining rounds would
+    # only re-price it again (idempotent): stop there.
+    _, _, state, acc = jax.lax.while_loop(
+        lambda c: (c[0] < n_rounds) & c[1],
+        one_round,
+        (jnp.zeros((), jnp.int32), jnp.bool_(True), state, acc),
+    )
     state = _reprice(state, params)
     # The fund unwinds part of its taken-over position into the book.
     ins = params.dims.insurance

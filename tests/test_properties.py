@@ -172,9 +172,17 @@ def test_conservation_oi_and_finiteness(run, params, rows, shock, shock_asset, s
     )
     _assert_finite(s1, "state")
     _assert_finite(ev, "events")
+    # Non-USDT balances never go negative beyond float32 rounding of the balance itself:
+    # selling a whole balance (a liquidation's collateral sale) can debit it by the book's
+    # rounding dust, one ulp of the balance (0.0039 at 40,000 STABLE). 8 ulp of the
+    # account's larger of start / gross holding, at least 1e-3.
     bal = np.asarray(s1.acct.bal[:, 1:])
-    worst = np.unravel_index(np.argmin(bal), bal.shape)
-    assert bal.min() >= -1e-3, f"non-USDT balance negative: account, asset-1 = {worst}, {bal.min()}"
+    ref = np.maximum(np.abs(np.asarray(s0.acct.bal[:, 1:])), np.abs(bal))
+    tol = np.maximum(8 * np.finfo(np.float32).eps * ref, 1e-3)
+    worst = np.unravel_index(np.argmin(bal + tol), bal.shape)
+    assert np.all(bal >= -tol), (
+        f"non-USDT balance negative: account, asset-1 = {worst}, {bal[worst]} (tol {tol[worst]})"
+    )
 
 
 def test_garbage_orders_are_rejected_not_applied(run, params):

@@ -8,6 +8,7 @@ every scenario, and write a report.
     python train.py [train] --role market_maker --scenario calm [--variant V] --algo ppo \
         -n 200000 --n-envs 64 --seed 0 --run-dir runs/NAME [--eval-scenario X] \
         [--eval-freq N] [--resume] [-params key:value ...] [--device cpu] [--no-eval]
+        [--backend jax [--updates-per-call K]]
     python train.py evaluate --run-dir runs/NAME [--seeds K] [--scenarios A B ...]
     python train.py evaluate --baselines-only --role market_maker --run-dir runs/NAME
 
@@ -28,6 +29,7 @@ from typing import Any
 ROLES = ("market_maker", "arbitrageur", "leveraged_trader")
 ALGOS = ("ppo", "sac", "td3", "a2c")
 ENGINES = ("scan", "loop")
+BACKENDS = ("sb3", "jax")
 
 # `python train.py` with no arguments: a few minutes on a 2-core CPU. Learning stops at
 # `time_limit_s` (after compilation) or at `n_timesteps`, whichever comes first: ~500 env
@@ -118,6 +120,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "env_kwargs.max_episode_steps:512",
     )
     tr.add_argument("--device", default="cpu", help="torch device (cpu, cuda, auto)")
+    tr.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sb3",
+        help="'sb3': stable-baselines3 on the batched VecEnv; 'jax': PPO written in JAX "
+        "(agents/jax_ppo.py), rollouts and updates in one jitted program (ppo only)",
+    )
+    tr.add_argument(
+        "--updates-per-call",
+        type=int,
+        default=None,
+        help="jax backend: PPO updates per compiled call (default: all in one call, or a "
+        "tenth of them with --time-limit)",
+    )
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     tr.add_argument("-v", "--verbose", type=int, default=0, help="SB3 verbosity")
@@ -251,7 +267,25 @@ def run_evaluation(
     }
     trained = None
     loop_traj = None
-    if not baselines_only:
+    if not baselines_only and run_cfg.get("backend") == "jax":
+        from agents.jax_ppo import load_policy, numpy_actor
+
+        algo = trained = "ppo"
+        pol = load_policy(run_dir, role, run_cfg.get("hyperparams") or {}, name=algo)
+        if settings["engine"] == "scan":
+            policies = [pol, *policies]
+        else:
+            loop_traj = E.run_loop(
+                role,
+                numpy_actor(pol),
+                configs,
+                settings["seeds"],
+                settings["seed"],
+                name=algo,
+                num_envs=run_cfg.get("n_envs"),
+                env_kwargs=env_kwargs,
+            )
+    elif not baselines_only:
         from agents.sb3_policy import jax_policy, load_run, numpy_actor
 
         algo = algo or run_cfg.get("algo") or "ppo"
@@ -298,8 +332,15 @@ def run_evaluation(
             f"`{run_cfg.get('scenario')}`"
             + (f"/{run_cfg['variant']}" if run_cfg.get("variant") else "")
             + f", {run_cfg.get('trained_timesteps', '?')} env steps, "
-            f"{run_cfg.get('n_envs', '?')} envs, {learn:.0f} s of training; evaluated "
-            f"deterministically ({'converted to JAX' if settings['engine'] == 'scan' else 'SB3 predict loop'})."
+            f"{run_cfg.get('n_envs', '?')} envs, {learn:.0f} s of training"
+            + (" (JAX backend)" if run_cfg.get("backend") == "jax" else "")
+            + "; evaluated deterministically ("
+            + (
+                ("in the compiled scan" if run_cfg.get("backend") == "jax" else "converted to JAX")
+                if settings["engine"] == "scan"
+                else ("NumPy loop" if run_cfg.get("backend") == "jax" else "SB3 predict loop")
+            )
+            + ")."
         )
     intro.append(
         f"{settings['seeds']} seeds per scenario/variant (seed s uses the same market key for "
@@ -368,6 +409,18 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     except TrainConfigError as e:
         ap.error(str(e))
     run_dir = Path(args.run_dir or f"runs/{args.algo}_{args.role}_{args.scenario}")
+    if args.backend == "jax":
+        if args.algo != "ppo":
+            ap.error(f"--backend jax trains ppo only, got --algo {args.algo}")
+        if args.updates_per_call is not None and args.updates_per_call < 1:
+            ap.error(f"argument --updates-per-call: must be >= 1, got {args.updates_per_call}")
+        cfg = _train_jax(args, overrides, run_dir)
+        if cfg is None:
+            return 2
+        if args.no_eval:
+            return 0
+        run_evaluation(run_dir, args.role, _eval_settings(args, "eval_"), algo="ppo", run_cfg=cfg)
+        return 0
     n = args.n_timesteps
     eval_freq = args.eval_freq
     if eval_freq is None:
@@ -411,6 +464,55 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _train_jax(args: argparse.Namespace, overrides: dict, run_dir: Path) -> dict | None:
+    """`train --backend jax`: PPO in JAX; None after printing an error."""
+    from agents import jax_ppo
+    from agents.sb3_train import (
+        TrainConfigError,
+        _merge,
+        _set_dotted,
+        load_hyperparams,
+        read_run_config,
+    )
+
+    previous = read_run_config(run_dir) if args.resume else {}
+    if args.resume and previous.get("backend", "sb3") != "jax":
+        print(f"error: --resume: {run_dir} is not a JAX-backend run", file=sys.stderr)
+        return None
+    try:
+        hp = load_hyperparams("ppo", args.role, overrides)
+        if args.resume and previous.get("hyperparams"):
+            hp = _merge(previous["hyperparams"], {})
+            for k, v in overrides.items():
+                _set_dotted(hp, k, v)
+        total = int(args.n_timesteps or hp.get("n_timesteps", 100_000))
+        if args.eval_scenario not in (None, "auto", "none", ""):
+            print("note: the JAX backend has no periodic evaluation callback (see progress.csv)")
+        t0 = time.perf_counter()
+        cfg = jax_ppo.train(
+            role=args.role,
+            scenario=args.scenario,
+            variant=args.variant,
+            run_dir=run_dir,
+            hp=hp,
+            n_timesteps=total,
+            n_envs=args.n_envs,
+            seed=args.seed,
+            updates_per_call=args.updates_per_call,
+            time_limit_s=args.time_limit,
+            resume=args.resume,
+            previous=previous,
+        )
+    except (TrainConfigError, jax_ppo.JaxPPOConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    print(
+        f"trained {cfg['trained_timesteps']} steps in {time.perf_counter() - t0:.0f} s: "
+        f"{run_dir / jax_ppo.MODEL_FILE} (+ checkpoints/, progress.csv)"
+    )
+    return cfg
+
+
 def cmd_evaluate(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     from agents.sb3_train import read_run_config
 
@@ -421,8 +523,11 @@ def cmd_evaluate(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(
             f"--role is needed ({run_dir / 'config.yaml'} does not exist); choose from {list(ROLES)}"
         )
-    if not args.baselines_only and not (run_dir / "model.zip").exists():
-        ap.error(f"no trained model in {run_dir} (model.zip); train first or pass --baselines-only")
+    model_file = "jax_model.msgpack" if cfg.get("backend") == "jax" else "model.zip"
+    if not args.baselines_only and not (run_dir / model_file).exists():
+        ap.error(
+            f"no trained model in {run_dir} ({model_file}); train first or pass --baselines-only"
+        )
     if cfg.get("role") and role != cfg["role"] and not args.baselines_only:
         ap.error(f"--role {role} differs from the run's role {cfg['role']}")
     if args.seeds < 1:

@@ -185,9 +185,10 @@ def _dampened_depeg(depeg, variant):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="not reproduced: higher haircuts cut every account's collateral value at once, so "
-    "more accounts start under margin and liquidations grow (1.2-1.5x the baseline); the "
-    "population does not re-size its positions to the new haircuts",
+    reason="not reproduced: with positions sized to the higher haircuts (same margin ratio) "
+    "liquidations fall to 0.52-0.88x the baseline, but the STABLE low stays 0.57-0.64 (the "
+    "engine's sales still empty the thin internal book to the same depth), so 'low at "
+    "least 0.02 higher' fails in most seeds (31% hold)",
 )
 def test_depeg_higher_haircuts_dampen(depeg):
     ok, msg = _dampened_depeg(depeg, "higher_haircuts")

@@ -1,9 +1,10 @@
 """Throughput: env-steps per second against batch size, for the engine and the role envs.
 
     python -m benchmarks.throughput [--json FILE] [--batches 1,16,128,1024] [--ticks 20]
-        [--sections engine,roles,gym,sb3,dims,phases] [--env-batches 128] [--gym-steps 200]
+        [--sections engine,roles,gym,sb3,dims,phases,train] [--env-batches 128] [--gym-steps 200]
         [--sb3-envs 16] [--dims-batch 16] [--accounts 24,48,96] [--levels 32,64,128]
         [--scenario calm] [--repeats 2] [--max-run-s 60] [--cache DIR]
+        [--train-batches 16,128,1024] [--train-updates 2]
 
 Rows (one table each):
 
@@ -18,6 +19,11 @@ Rows (one table each):
   from NumPy), market maker.
 - sb3: the SB3 `VecEnv` (`envs.sb3.CascadeSB3VecEnv`) over `--sb3-envs` envs, NumPy actions.
 - dims: engine cost against `dims.n_accounts` and `dims.n_levels` at `--dims-batch` envs.
+- train (off by default): PPO training env-steps/s, market maker: stable-baselines3 PPO
+  on the SB3 VecEnv (`--sb3-envs` envs, VecNormalize, `configs/train/ppo.yaml`) against the
+  JAX PPO (`agents.jax_ppo`, same hyperparameters) at each of `--train-batches` envs, 64
+  steps per env per update, 8 minibatches; `--train-updates` timed updates after a warm-up
+  (compile) one. The summary gives the best JAX rate / the SB3 rate.
 - phases (off by default): time of each phase of `jaxsim.step` at `--dims-batch` envs (each
   phase jitted and vmapped on its own, on a state taken mid-episode), to see what bounds
   a step.
@@ -395,6 +401,80 @@ def bench_sb3(args) -> list[dict]:
     return [row]
 
 
+# ------------------------------------------------------------------ PPO training
+
+
+def bench_train(args) -> list[dict]:
+    """SB3 PPO vs JAX PPO, env-steps/s of training (rollouts + updates)."""
+    rows: list[dict] = []
+    n_upd = max(1, args.train_updates)
+    try:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        from agents.sb3_train import algo_kwargs, load_hyperparams, make_vec_env
+    except Exception as e:  # noqa: BLE001
+        rows.append(_na("train", "PPO training, SB3", repr(e)[:200]))
+    else:
+        n_env = args.sb3_envs
+        label = f"PPO training, SB3 (torch CPU), {n_env} envs"
+        hp = load_hyperparams(
+            "ppo", "market_maker", {"n_steps": 128, "batch_size": 128 * n_env // 8}
+        )
+        venv = VecNormalize(make_vec_env("market_maker", args.scenario, None, n_env, {}))
+        model = PPO("MlpPolicy", venv, seed=0, device="cpu", **algo_kwargs("ppo", hp, 5))
+        rollout = 128 * n_env
+        t0 = time.perf_counter()
+        model.learn(rollout)  # compiles the env step
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.learn(n_upd * rollout, reset_num_timesteps=False)
+        dt = time.perf_counter() - t0
+        venv.close()
+        rate = n_upd * rollout / dt
+        row = _row(
+            "train", label, status="ok", batch=n_env, ticks=n_upd * 128, compile_s=compile_s,
+            run_s=dt, steps_per_s=rate, us_per_step=1e6 / rate, backend="sb3",
+        )  # fmt: skip
+        _print_row(row)
+        rows.append(row)
+    try:
+        import envs
+        from agents import jax_ppo
+        from agents.sb3_train import load_hyperparams
+    except Exception as e:  # noqa: BLE001
+        return rows + [_na("train", "PPO training, JAX", repr(e)[:200])]
+    env, params = envs.make("market_maker", scenario=args.scenario, legacy=False)
+    for n_env in args.train_batches:
+        label = f"PPO training, JAX, {n_env} envs"
+        hp = load_hyperparams(
+            "ppo", "market_maker", {"n_steps": 64, "batch_size": max(64 * n_env // 8, 1)}
+        )
+        st = jax_ppo.PPOSettings.from_hyperparams(hp, n_envs=n_env)
+        init, run = jax_ppo.make_trainer(env, params, st, total_updates=n_upd + 1)
+        t0 = time.perf_counter()
+        runner = jax.jit(init)(jax.random.PRNGKey(0))
+        compiled = run.lower(runner, 1).compile()
+        runner, _ = compiled(runner)  # warm-up update (allocations)
+        jax.block_until_ready(runner.update)
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(n_upd):
+            runner, _ = compiled(runner)
+        jax.block_until_ready(runner.update)
+        dt = time.perf_counter() - t0
+        rate = n_upd * st.rollout / dt
+        row = _row(
+            "train", label, status="ok", batch=n_env, ticks=n_upd * 64, compile_s=compile_s,
+            run_s=dt, steps_per_s=rate, us_per_step=1e6 / rate, backend="jax",
+        )  # fmt: skip
+        _print_row(row)
+        rows.append(row)
+        if dt > args.max_run_s:
+            break
+    return rows
+
+
 # ------------------------------------------------------------------ phases of a step
 
 
@@ -506,6 +586,16 @@ def summary(rows: list[dict]) -> list[str]:
                 f"cost per env-step from batch {big[0]['batch']} to {big[-1]['batch']}: "
                 f"{min(us):.2f}-{max(us):.2f} us (spread {max(us) / min(us) - 1:.0%})"
             )
+    tr = ok("train")
+    sb3 = [r for r in tr if r.get("backend") == "sb3"]
+    jx = [r for r in tr if r.get("backend") == "jax"]
+    if sb3 and jx:
+        best = max(jx, key=lambda r: r["steps_per_s"])
+        lines.append(
+            f"PPO training: JAX {best['steps_per_s']:,.0f} env-steps/s at {best['batch']} envs, "
+            f"SB3 {sb3[0]['steps_per_s']:,.0f} at {sb3[0]['batch']} envs: "
+            f"{best['steps_per_s'] / sb3[0]['steps_per_s']:,.1f}x"
+        )
     return lines
 
 
@@ -524,6 +614,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--gym-steps", type=int, default=200, help="steps of the gymnasium loop")
     ap.add_argument("--sb3-envs", type=int, default=16)
     ap.add_argument("--dims-batch", type=int, default=16)
+    ap.add_argument(
+        "--train-batches", type=ints, default=[16, 128, 1024], help="JAX PPO batch sizes"
+    )
+    ap.add_argument("--train-updates", type=int, default=2, help="timed PPO updates per row")
     ap.add_argument("--accounts", type=ints, default=[24, 48, 96])
     ap.add_argument("--levels", type=ints, default=[32, 64, 128])
     ap.add_argument("--repeats", type=int, default=2)
@@ -536,12 +630,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--sections",
         default=",".join(SECTIONS),
-        help=f"comma list of {', '.join(SECTIONS)}, phases (default all but phases)",
+        help=f"comma list of {', '.join(SECTIONS)}, phases, train (default all but phases "
+        "and train)",
     )
     ap.add_argument("--cache", default=None, help="persistent compilation cache folder")
     args = ap.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = set(args.sections) - set(SECTIONS) - {"phases"}
+    bad = set(args.sections) - set(SECTIONS) - {"phases", "train"}
     if bad:
         ap.error(f"unknown section(s) {sorted(bad)}")
     return args
@@ -580,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_dims(args, mem_limit, [r for r in rows if r["section"] == "engine"])
     if "phases" in args.sections:
         rows += bench_phases(args, mem_limit)
+    if "train" in args.sections:
+        rows += bench_train(args)
     lines = summary(rows)
     for line in lines:
         print(line)

@@ -23,6 +23,15 @@ Behaviours (one per account, parameters in `PopParams`, YAML under `population.c
   internal is above. External trades are against the outside world at the external price.
 - panic_seller: sells `speed` of its BASE per tick while the spot drawdown from its peak is
   above `threshold` or the liquidation EWMA is above `exit` USDT per second.
+- looper: a collateral loop on its `market`'s asset (STABLE or LST): USDT borrowed against
+  the asset and spent on more of it, to hold `lev_target` x its equity in the asset. When
+  it acts and is below target while the asset trades within `exit` of its external price,
+  it borrows USDT (slot 1) and buys the asset with it (slot 2). While the asset's
+  internal price is more than `threshold` below the external venues' (a depeg scare) it
+  unwinds: sells `speed` of its holding into the internal book (slot 1) and repays debt
+  from the USDT it holds (slot 2), the pro-cyclical sales of a looped collateral. Over
+  target because its equity fell, it holds on (if it fails, the liquidation engine sells
+  its collateral).
 
 Programs (`population.programs`): scripted market-order flows (a whale's block sale, ETF
 outflows, a manipulator's legs), `qty` base units spread evenly over their window.
@@ -42,12 +51,15 @@ from jaxsim.types import (
     ASK,
     BASE,
     BEH_BASIS_ARB,
+    BEH_LOOPER,
     BEH_PANIC,
     BEH_RETAIL,
     BEH_XVENUE_ARB,
     BID,
+    KIND_BORROW,
     KIND_MARKET,
     KIND_NONE,
+    KIND_REPAY,
     KIND_TRANSFER_IN,
     KIND_TRANSFER_OUT,
     MARKET_ASSET,
@@ -243,24 +255,56 @@ def background_orders(
     panic = (dd > thr) | ((ex > 0) & (state.pop.liq_ewma > ex))
     p_qty = jnp.where(panic, pp.speed[:n_user] * jnp.maximum(bal[:, BASE], 0.0), 0.0)
 
+    # ---------------------------------------------------------------- collateral loopers
+    # Same market column as the cross-venue arbitrageur (`xm`, its asset, `pe`).
+    mid_x = mids[xm]
+    discount = 1.0 - mid_x / jnp.maximum(pe, 1e-12)
+    unit_px = jnp.maximum(mid_x, 1e-12)
+    loop_target = pp.lev_target[:n_user] * eq / unit_px
+    loop_gap = loop_target - held
+    debt_usdt = acct.debt[:n_user, USDT]
+    scare = discount > thr
+    under = (loop_gap > pp.min_trade[:n_user] * loop_target) & (discount < ex) & (ask_x > 0)
+    unwind = act & (debt_usdt > 0) & scare & (held > 0)
+    lever = act & ~unwind & under & (eq > 0)
+    l_sell = pp.speed[:n_user] * held
+    l_borrow = pp.speed[:n_user] * loop_gap * ask_x
+    l_qty1 = jnp.where(unwind, l_sell, jnp.where(lever, l_borrow, 0.0))
+    l_kind1 = jnp.where(unwind, KIND_MARKET, jnp.where(lever, KIND_BORROW, KIND_NONE))
+    # Slot 2: the buy with the borrowed USDT (a little under it, for the book's slope), or
+    # the repayment from USDT already held (this tick's sale proceeds repay next tick).
+    l_qty2 = jnp.where(
+        lever,
+        0.98 * l_borrow / jnp.maximum(ask_x, 1e-12),
+        jnp.where(unwind, jnp.minimum(debt_usdt, jnp.maximum(bal[:, USDT], 0.0)), 0.0),
+    )
+    l_kind2 = jnp.where(lever, KIND_MARKET, jnp.where(unwind, KIND_REPAY, KIND_NONE))
+
     # ---------------------------------------------------------------- slot 1 and slot 2
     is_r, is_b = kind == BEH_RETAIL, kind == BEH_BASIS_ARB
     is_x, is_p = kind == BEH_XVENUE_ARB, kind == BEH_PANIC
+    is_l = kind == BEH_LOOPER
     q1 = jnp.where(
         is_r, r_qty, jnp.where(is_b, b_qty, jnp.where(is_x, x_qty, jnp.where(is_p, p_qty, 0.0)))
     )
+    q1 = jnp.where(is_l, l_qty1, q1)
     s1 = jnp.where(is_r, r_side, jnp.where(is_b, jnp.sign(b_gap), jnp.where(is_x, x_side, -1.0)))
     m1 = jnp.where(is_r | is_b, PERP, jnp.where(is_x, xm, SPOT))
+    # A looper's slot 1 is a sale on its market or a USDT borrow (the market field names
+    # the asset for borrow / repay).
+    m1 = jnp.where(is_l, jnp.where(unwind, xm, USDT), m1)
     # Arbitrage legs are price-limited: the perp leg trades only while the perp stays beyond
     # spot +/- exit (it stops once its own flow has closed the gap).
     b_limit = jnp.where(jnp.abs(basis) < ex, 0.0, mids[SPOT] * (1.0 + jnp.sign(b_gap) * ex))
     p1 = jnp.where(is_x, x_limit, jnp.where(is_b, b_limit, 0.0))
-    q2 = jnp.where(is_b, s_qty, jnp.where(is_x, t_qty, 0.0))
-    k2 = jnp.where(is_b, KIND_MARKET, jnp.where(is_x, t_kind, KIND_NONE))
+    q2 = jnp.where(is_b, s_qty, jnp.where(is_x, t_qty, jnp.where(is_l, l_qty2, 0.0)))
+    k2 = jnp.where(is_b, KIND_MARKET, jnp.where(is_x, t_kind, jnp.where(is_l, l_kind2, KIND_NONE)))
     k2 = jnp.where(q2 > 0, k2, KIND_NONE)
-    s2 = jnp.where(is_b, jnp.sign(s_gap), 0.0)
-    m2 = jnp.where(is_b, SPOT, jnp.where(is_x, t_asset, 0))
-    k1 = jnp.where(q1 > 0, KIND_MARKET, KIND_NONE)
+    s2 = jnp.where(is_b, jnp.sign(s_gap), jnp.where(is_l & lever, 1.0, 0.0))
+    m2 = jnp.where(
+        is_b, SPOT, jnp.where(is_x, t_asset, jnp.where(is_l, jnp.where(lever, xm, USDT), 0))
+    )
+    k1 = jnp.where(q1 > 0, jnp.where(is_l, l_kind1, KIND_MARKET), KIND_NONE)
 
     # ---------------------------------------------------------------- scripted programs
     t = state.t

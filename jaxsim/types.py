@@ -216,8 +216,9 @@ BEH_RETAIL = 1  # leveraged perp trader: bias, trend/contrarian, funding, noise,
 BEH_BASIS_ARB = 2  # perp vs spot when the basis exceeds the threshold
 BEH_XVENUE_ARB = 3  # internal spot vs external venues, inventory moved with the delay
 BEH_PANIC = 4  # sells spot when drawdown or liquidation volume crosses a threshold
-N_BEHAVIOURS = 5
-BEHAVIOUR_NAMES = ("none", "retail", "basis_arb", "xvenue_arb", "panic_seller")
+BEH_LOOPER = 5  # borrows USDT against a collateral asset to buy more of it; unwinds on stress
+N_BEHAVIOURS = 6
+BEHAVIOUR_NAMES = ("none", "retail", "basis_arb", "xvenue_arb", "panic_seller", "looper")
 
 
 @struct.dataclass

@@ -132,14 +132,16 @@ def orders(p, rows):
     return Orders(**{f: jnp.asarray(v) for f, v in cols.items()})
 
 
-def assert_conserved(p, st0, st1):
-    """Ledger totals of `jaxsim.audit` unchanged; open interest balanced."""
+def assert_conserved(p, st0, st1, debts_fixed=True):
+    """Ledger totals of `jaxsim.audit` unchanged; open interest balanced; total debt
+    unchanged unless someone borrowed or repaid (`debts_fixed=False`)."""
     a0 = {k: np.asarray(v, np.float64) for k, v in jaxsim.audit(st0, p).items()}
     a1 = {k: np.asarray(v, np.float64) for k, v in jaxsim.audit(st1, p).items()}
     for k in ("usdt", "base", "stable", "lst"):
         np.testing.assert_allclose(a1[k], a0[k], rtol=2e-6, atol=1e-4, err_msg=k)
     assert a1["oi_long"] == pytest.approx(a1["oi_short"], abs=1e-4)
-    np.testing.assert_allclose(a1["debt"], a0["debt"], atol=1e-4)
+    if debts_fixed:
+        np.testing.assert_allclose(a1["debt"], a0["debt"], atol=1e-4)
 
 
 def usdt(st, a):
@@ -608,6 +610,51 @@ def test_collateral_liquidation_sells_stable(sim):
     assert usdt(st, 0) >= -USD_TOL  # the deficit is covered
     assert int(ev.liq_accounts) >= 1
     assert_conserved(p, st0, st)
+
+
+# ================================================================== collateral looper
+
+
+def test_looper_levers_up_then_unwinds_on_a_depeg(sim):
+    # A looper with 100k STABLE and 20k USDT debt (equity 80k) targets 2x = 160k STABLE:
+    # each tick it borrows half the gap in USDT and buys STABLE with it. Then another user
+    # dumps STABLE for several ticks (the LP quoting around its own book, thin depth);
+    # once STABLE trades more than 3% under the external 1.0 the looper sells STABLE and
+    # repays its debt from the proceeds, down to no debt.
+    users = [
+        {"name": "looper", "stable": 100000.0, "debt": {"usdt": 20000.0}},
+        {"name": "dumper", "stable": 3000000.0},
+    ]
+    cohort = {
+        "account": "looper", "behaviour": "looper", "market": "stable", "lev_target": 2.0,
+        "threshold": 0.03, "exit": 0.005, "act_prob": 1.0, "speed": 0.5, "min_trade": 0.01,
+    }  # fmt: skip
+    p = make(
+        users,
+        **{
+            "population.cohorts": [cohort],
+            "markets.lp_ref_weight": {"spot": 1.0, "perp": 1.0, "stable": 0.0, "lst": 1.0},
+            "markets.lp_depth": {"spot": 2.0, "perp": 3.0, "stable": 20000.0, "lst": 1.0},
+        },
+    )
+    dump = {"account": 1, "market": 2, "side": -1, "kind": KIND_MARKET, "qty": 400000.0}
+    states, evs, st0 = sim.run(p, 14, orders_at={i: [dump] for i in range(3, 12)})
+    held = np.array([float(s.acct.bal[0, STABLE]) for s in states])
+    debt = np.array([float(s.acct.debt[0, USDT]) for s in states])
+    px = np.array([float(e.collateral_px[0]) for e in evs])
+    # Levering up while STABLE is at par: debt and holding grow, towards 160k.
+    assert debt[0] > 45000.0 and held[0] > 125000.0
+    assert np.all(np.diff(held[:3]) > 0) and np.all(np.diff(debt[:3]) > 0)
+    assert 150000.0 < held[2] < 161000.0
+    # No unwinding while the discount is under 3%; selling and repaying once it is over.
+    scared = px < 0.97
+    first = int(np.argmax(scared))
+    assert scared.any() and first >= 4
+    assert held[first] == pytest.approx(held[first - 1], rel=1e-6)  # decided on the old price
+    assert held[-1] < 0.5 * held[first]
+    assert debt[-1] == pytest.approx(0.0, abs=1.0) and debt[first - 1] > 70000.0
+    assert np.all(np.diff(debt[first:]) <= 1e-3)  # it never borrows while scared
+    assert_conserved(p, st0, states[-1], debts_fixed=False)
 
 
 # ================================================================== transfers

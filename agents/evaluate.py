@@ -29,10 +29,10 @@ aggregates seeds. Metric definitions (per episode, over the steps it lasted):
   engine does not report per-account funding; the position after the tick is used, which
   differs from the engine's only if the agent was liquidated or auto-deleveraged in the
   settlement tick).
-- fees: not available. The engine charges maker/taker fees per fill but reports only the
-  exchange-wide total (`TickEvents.fees`), and maker fills of resting quotes are not in
-  any per-account record, so the agent's fees cannot be separated from its trading PnL
-  (they are included in pnl). Reported as NaN.
+- fees (USDT): trading fees the agent paid (taker and maker, over its fills of the
+  episode's active steps; a maker rebate counts negative), from the engine's per-account
+  `TickEvents.fees_paid`. They are already inside pnl. Liquidation clearance fees are not
+  trading fees and are not included.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from envs.roles import make_role
 Array = jax.Array
 
 SECONDS_PER_DAY = 86400.0
-RECORD_KEYS = ("equity", "mark", "position", "funding", "liquidated", "terminated")
+RECORD_KEYS = ("equity", "mark", "position", "funding", "fees", "liquidated", "terminated")
 METRICS = (
     "pnl",
     "pnl_usdt",
@@ -245,6 +245,7 @@ def _record(prev: EnvState, new: EnvState, terminated: Array, info: dict) -> dic
         "mark": new.sim.px.mark,
         "position": new.sim.acct.pos[0],
         "funding": funding_cash(prev, new),
+        "fees": jnp.asarray(info["fees"]).reshape(-1)[0],
         "liquidated": liq,
         "terminated": jnp.asarray(terminated).reshape(-1)[0],
     }
@@ -259,7 +260,8 @@ class Trajectories:
         configs: the `EvalConfig`s the rows refer to.
         equity0: (B,) marked equity at reset, USDT.
         steps: (B,) episode length of each row (the horizon).
-        equity, mark, position, funding: (B, T) after each step.
+        equity, mark, position, funding, fees: (B, T) after each step (fees: USDT the
+            agent paid in the step; None when not recorded).
         liquidated, terminated: (B, T) bool, the step on which it happened.
     """
 
@@ -274,6 +276,7 @@ class Trajectories:
     liquidated: np.ndarray
     terminated: np.ndarray
     mark0: np.ndarray | None = None
+    fees: np.ndarray | None = None
 
     def active(self) -> np.ndarray:
         """(B, T) bool: step t belongs to the episode (before its horizon, not after the
@@ -360,6 +363,7 @@ def run_scan(batch: Batch, chunk: int | None = None) -> Trajectories:
         liquidated=np.asarray(rec["liquidated"], bool),
         terminated=np.asarray(rec["terminated"], bool),
         mark0=np.asarray(mark0, np.float64),
+        fees=np.asarray(rec["fees"], np.float64),
     )
 
 
@@ -430,6 +434,7 @@ def run_loop(
             recs["position"][sl, t] = np.asarray(pos)[:keep]
             recs["mark"][sl, t] = np.asarray(mk)[:keep]
             recs["funding"][sl, t] = fund[:keep]
+            recs["fees"][sl, t] = np.asarray(info["fees"])[:keep]
             recs["liquidated"][sl, t] = np.asarray(info["liquidated"])[:keep]
             recs["terminated"][sl, t] = term[:keep]
         venv.close()
@@ -445,6 +450,7 @@ def run_loop(
         liquidated=recs["liquidated"].astype(bool),
         terminated=recs["terminated"].astype(bool),
         mark0=mark0,
+        fees=recs["fees"],
     )
 
 
@@ -460,6 +466,10 @@ def merge(trajs: Sequence[Trajectories]) -> Trajectories:
 
     first = trajs[0]
     out = {}
+    if all(x.fees is not None for x in trajs):
+        out["fees"] = np.concatenate(
+            [np.where(np.arange(t)[None] < x.fees.shape[1], pad(x.fees), 0.0) for x in trajs]
+        )
     for f in ("equity", "mark", "position", "funding", "liquidated", "terminated"):
         arrs = [pad(getattr(x, f)) for x in trajs]
         if f in ("funding", "liquidated", "terminated"):
@@ -508,7 +518,7 @@ def episode_table(traj: Trajectories) -> list[dict[str, Any]]:
                 "max_drawdown": dd,
                 "survived": float(not terminated),
                 "liquidated": float(bool((traj.liquidated[i] & m).any())),
-                "fees": float("nan"),
+                "fees": float("nan") if traj.fees is None else float(traj.fees[i, :n].sum()),
                 "funding_paid": float(np.maximum(-f, 0.0).sum()),
                 "funding_received": float(np.maximum(f, 0.0).sum()),
                 "steps": float(n),

@@ -50,9 +50,8 @@ Per episode (one seed), over the steps it lasted:
 - **max DD %**: largest fall of the equity curve from its running peak.
 - **survival**: share of episodes that reached the horizon without being liquidated or
   reaching the env's equity floor; **liquidated**: share liquidated by the engine.
-- **fees**: not available per agent — the engine reports only the exchange-wide fee total
-  and no per-account fill record for resting quotes, so the agent's fees cannot be
-  separated from its PnL (they are included in PnL).
+- **fees (USDT)**: trading fees the agent paid, taker and maker (a maker rebate counts
+  negative), from the engine's per-account record; already inside PnL.
 - **funding paid / received (USDT)**: sum of the agent's funding cash flows at each
   settlement (-position x mark x settled rate), reconstructed from the state.
 """

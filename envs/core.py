@@ -897,6 +897,7 @@ class RoleEnv:
             "basis": events.basis,
             "funding_rate": sim.px.funding_rate,
             "liq_notional": new.liq_notional,
+            "fees": self._squeeze(events.fees_paid[acc]),
             "order_reason": events.order_reason,
             "time": new.time,
         }

@@ -31,6 +31,7 @@ INFO_KEYS = (
     "basis",
     "funding_rate",
     "liq_notional",
+    "fees",
     "order_reason",
     "time",
 )

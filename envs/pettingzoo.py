@@ -23,7 +23,7 @@ from envs.render import History, render_frame
 from envs.roles import build_params, make_role, split_static, validate_actions
 
 # Step-info entries with one value per learner (the rest are market-wide).
-PER_AGENT = ("equity", "pnl", "penalty", "liquidated", "position")
+PER_AGENT = ("equity", "pnl", "penalty", "liquidated", "position", "fees")
 
 
 class CascadeParallelEnv(ParallelEnv):

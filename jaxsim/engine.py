@@ -96,6 +96,7 @@ class _Acc:
 
     volume: Array  # (M,)
     fees: Array
+    fees_acct: Array  # (A,) trading fees each account paid (maker + taker)
     liq_long: Array
     liq_short: Array
     liq_mask: Array  # (A,) accounts liquidated at least once this tick
@@ -114,6 +115,7 @@ def _acc_zero(dtype, n_accounts: int) -> _Acc:
     return _Acc(
         volume=jnp.zeros((N_MARKETS,), dtype),
         fees=z,
+        fees_acct=jnp.zeros((n_accounts,), dtype),
         liq_long=z,
         liq_short=z,
         liq_mask=jnp.zeros((n_accounts,), bool),
@@ -275,7 +277,11 @@ def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit, fe
         jnp.min(jnp.where(fill_lvl > 0, px, jnp.inf)),
     )
     last = state.px.last.at[m].set(jnp.where(filled > 0, last_fill_px, state.px.last[m]))
-    acc = acc.replace(volume=acc.volume.at[m].add(filled), fees=acc.fees + fee_t + fee_m.sum())
+    acc = acc.replace(
+        volume=acc.volume.at[m].add(filled),
+        fees=acc.fees + fee_t + fee_m.sum(),
+        fees_acct=acc.fees_acct + fee_m + taker * fee_t,
+    )
     state = state.replace(book=book, acct=acct, px=state.px.replace(last=last))
     return state, acc, filled, notional
 
@@ -1369,6 +1375,7 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
         collateral_px=jnp.stack([p.last[STABLE_SPOT], p.last[3]]),
         collateral_index=p.index[1:],
         fees=acc.fees,
+        fees_paid=acc.fees_acct,
         rejects=rejects,
         bg_volume=bg_stats[0],
         bg_rejects=bg_stats[1],

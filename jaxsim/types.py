@@ -405,6 +405,7 @@ class TickEvents:
     collateral_px: Array  # (2,) internal spot price of STABLE, LST
     collateral_index: Array  # (2,) index of STABLE, LST
     fees: Array  # () fees collected this tick
+    fees_paid: Array  # (A,) trading fees each account paid this tick (maker + taker, USDT)
     rejects: Array  # (N_REASONS,) int32 count of external orders per reason
     bg_volume: Array  # (M,) base units traded by background orders (scripted flows included)
     bg_rejects: Array  # () int32 background orders rejected (margin, balance, liquidity)

@@ -267,7 +267,7 @@ def test_sb3_policy_converts_to_jax(algo):
 # ============================================================== metrics
 
 
-def _traj(equity, terminated=None, liquidated=None, funding=None, steps=None):
+def _traj(equity, terminated=None, liquidated=None, funding=None, steps=None, fees=None):
     eq = np.asarray(equity, float)
     b, t = eq.shape
     z = np.zeros((b, t))
@@ -283,6 +283,7 @@ def _traj(equity, terminated=None, liquidated=None, funding=None, steps=None):
         funding=z if funding is None else np.asarray(funding, float),
         liquidated=np.zeros((b, t), bool) if liquidated is None else np.asarray(liquidated),
         terminated=np.zeros((b, t), bool) if terminated is None else np.asarray(terminated),
+        fees=None if fees is None else np.asarray(fees, float),
     )
 
 
@@ -292,6 +293,7 @@ def test_episode_metrics():
         terminated=[[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]],
         liquidated=[[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]],
         funding=[[1.5, -0.5, 0, 2.0], [0, 0, 0, 0], [0, 0, 0, 7.0]],
+        fees=[[0.5, 0.25, 0, 1.0], [0, 0, 0, 0], [2.0, 1.0, 4.0, 8.0]],
     )
     e = E.episode_table(tr)
     assert e[0]["pnl"] == pytest.approx(0.2)
@@ -303,7 +305,9 @@ def test_episode_metrics():
     # Terminated on step 2: later steps (and their funding) do not count.
     assert e[2]["survived"] == 0 and e[2]["liquidated"] == 1 and e[2]["steps"] == 3
     assert e[2]["pnl"] == pytest.approx(-1.0) and e[2]["funding_received"] == 0
-    assert np.isnan(e[0]["fees"])
+    assert e[0]["fees"] == pytest.approx(1.75)
+    assert e[2]["fees"] == pytest.approx(7.0)  # steps after the termination do not count
+    assert np.isnan(E.episode_table(_traj([[100, 101]]))[0]["fees"])  # not recorded
     s = E.summarize(e)
     assert len(s) == 1 and s[0]["n"] == 3
     assert s[0]["survived_mean"] == pytest.approx(2 / 3)

@@ -478,6 +478,14 @@ def test_fifo_queue_priority(sim):
     q = np.asarray(st.book.qty[PERP, BID, lvl])
     assert q[1] == pytest.approx(0.0, abs=POS_TOL) and q[0] == pytest.approx(0.2, abs=POS_TOL)
     assert_conserved(p, st0, st)
+    # Fees per account (maker 0.02%, taker 0.05%): the makers pay on their own fills, the
+    # taker on the whole 0.4 at 100,000; they add up to the exchange's total.
+    paid = np.asarray(ev.fees_paid)
+    assert paid[1] == pytest.approx(0.3 * px * 0.0002, rel=1e-4)  # 6 USDT
+    assert paid[0] == pytest.approx(0.1 * px * 0.0002, rel=1e-4)  # 2 USDT
+    assert paid[2] == pytest.approx(0.4 * px * 0.0005, rel=1e-4)  # 20 USDT
+    assert paid.sum() == pytest.approx(float(ev.fees), rel=1e-5)
+    assert float(np.asarray(evs[0].fees_paid)[:3].sum()) == 0.0  # resting costs nothing
 
 
 def test_cancel_refunds_spot_reserves(sim):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -338,7 +339,12 @@ def make_trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates:
     lr = optax.linear_schedule(s.learning_rate, 0.0, n_grad) if s.lr_linear else s.learning_rate
     tx = optax.chain(optax.clip_by_global_norm(s.max_grad_norm), optax.adam(lr, eps=1e-5))
     v_reset = jax.vmap(env.reset, in_axes=(0, None))
-    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    # Role envs build fresh episodes only on steps where one finished (same results).
+    v_step = (
+        functools.partial(env.step_batch, per_env_params=False)
+        if hasattr(env, "step_batch")
+        else jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    )
 
     def init(key: Array) -> Runner:
         k_net, k_env, key = jax.random.split(key, 3)

@@ -931,6 +931,52 @@ class RoleEnv:
         info["done"] = done
         return obs, state, reward, terminated, truncated, info
 
+    def step_batch(
+        self,
+        keys: Array,
+        state: EnvState,
+        action: Array,
+        params: EnvParams,
+        per_env_params: bool = True,
+    ) -> tuple[Array, EnvState, Array, Array, Array, dict[str, Array]]:
+        """`jax.vmap(self.step)` over a batch (leading axis), with the same results (the
+        observation up to float32 rounding: XLA fuses it differently), but the fresh
+        episodes are built only on steps where some env of the batch finished.
+
+        Under vmap the auto-reset of `step` is computed for every env on every step and
+        selected away (a reset, a second observation and a select over the whole state);
+        here it sits behind one batch-level `lax.cond`. Measured on the 2-core CPU at
+        batch 128 (market maker, calm): 5-10% of a step, within the run-to-run noise of
+        that machine. `params` is batched when `per_env_params`, else shared.
+        """
+        ax = 0 if per_env_params else None
+        split = jax.vmap(jax.random.split)(keys)
+        k_step, k_reset = split[:, 0], split[:, 1]
+        obs_st, st, reward, terminated, info = jax.vmap(self.step_env, in_axes=(0, 0, 0, ax))(
+            k_step, state, action, params
+        )
+
+        def flags(s, max_steps, term):
+            limit = s.time >= max_steps
+            return limit & ~term, jnp.all(~s.alive | limit)
+
+        truncated, done = jax.vmap(flags, in_axes=(0, ax, 0))(
+            st, params.max_steps_in_episode, terminated
+        )
+
+        def with_reset(_):
+            obs_re, st_re = jax.vmap(self.reset_env, in_axes=(0, ax))(k_reset, params)
+
+            def pick(r, x):
+                return jnp.where(jnp.reshape(done, done.shape + (1,) * (x.ndim - 1)), r, x)
+
+            return jax.tree_util.tree_map(pick, st_re, st), pick(obs_re, obs_st)
+
+        new_state, obs = jax.lax.cond(done.any(), with_reset, lambda _: (st, obs_st), None)
+        info["final_observation"] = obs_st
+        info["done"] = done
+        return obs, new_state, reward, terminated, truncated, info
+
 
 RoleEnv.__doc__ = (RoleEnv.__doc__ or "").replace("{common}", obs_table(COMMON_OBS))
 
@@ -949,7 +995,7 @@ def jitted_batch(env: RoleEnv, per_env_params: bool):
     """(reset, step) vmapped over a batch and jitted, params shared or per env."""
     ax = 0 if per_env_params else None
     reset = jax.jit(jax.vmap(env.reset, in_axes=(0, ax)))
-    step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, ax)))
+    step = jax.jit(functools.partial(env.step_batch, per_env_params=per_env_params))
     return reset, step
 
 

@@ -434,7 +434,7 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
             algo=args.algo,
             run_dir=run_dir,
             n_timesteps=n,
-            n_envs=args.n_envs,
+            n_envs=args.n_envs or _resumed_n_envs(args, run_dir),
             seed=args.seed,
             overrides=overrides,
             eval_scenario=eval_scen,
@@ -462,6 +462,15 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     settings = _eval_settings(args, "eval_")
     run_evaluation(run_dir, args.role, settings, algo=args.algo, run_cfg=cfg)
     return 0
+
+
+def _resumed_n_envs(args: argparse.Namespace, run_dir: Path) -> int | None:
+    """With --resume and no --n-envs: the batch size the run was trained with."""
+    if not args.resume:
+        return None
+    from agents.sb3_train import read_run_config
+
+    return read_run_config(run_dir).get("n_envs")
 
 
 def _train_jax(args: argparse.Namespace, overrides: dict, run_dir: Path) -> dict | None:
@@ -496,7 +505,7 @@ def _train_jax(args: argparse.Namespace, overrides: dict, run_dir: Path) -> dict
             run_dir=run_dir,
             hp=hp,
             n_timesteps=total,
-            n_envs=args.n_envs,
+            n_envs=args.n_envs or previous.get("n_envs"),  # resume: the run's batch
             seed=args.seed,
             updates_per_call=args.updates_per_call,
             time_limit_s=args.time_limit,

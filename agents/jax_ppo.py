@@ -430,7 +430,7 @@ def make_trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates:
         r, traj = jax.lax.scan(env_step, r, None, s.n_steps)
         _, _, last_v = net.apply(r.train_state.params, normalize_obs(r.obs, r.obs_stats, s))
         adv, ret = gae(traj["reward"], traj["value"], traj["done"], last_v, s.gamma, s.gae_lambda)
-        progress = r.update.astype(jnp.float32) / max(total_updates, 1)
+        progress = jnp.minimum(r.update.astype(jnp.float32) / max(total_updates, 1), 1.0)
         clip = s.clip_range * (1.0 - progress) if s.clip_linear else s.clip_range
         flat = {
             "obs": traj["obs"],
@@ -628,16 +628,7 @@ def train(
     env = make_role(role, **static)
     params = build_params(env, scenario, variant, None, max_steps, None, None, settings)
     total_updates = max(1, math.ceil(int(n_timesteps) / s.rollout))
-    if updates_per_call is None:
-        updates_per_call = max(1, total_updates // 10) if time_limit_s else total_updates
-    updates_per_call = max(1, min(int(updates_per_call), total_updates))
-    # Whole calls only (each call size compiles once): round the budget up.
-    total_updates = math.ceil(total_updates / updates_per_call) * updates_per_call
-
-    t0 = time.perf_counter()
-    init, run = make_trainer(env, params, s, total_updates)
-    runner = jax.jit(init)(jax.random.PRNGKey(seed))
-    done_before = 0
+    done_before, done_updates, path = 0, 0, None
     if resume:
         found = checkpoints(run_dir)
         if not found:
@@ -646,19 +637,34 @@ def train(
                 f"(expected {CHECKPOINT_PREFIX}_<steps>_steps.msgpack)"
             )
         done_before, path = found[-1]
+        done_updates = int(serialization.msgpack_restore(path.read_bytes())["update"])
+    left = max(total_updates - done_updates, 0)
+    if updates_per_call is None:
+        updates_per_call = max(1, left // 10) if time_limit_s else max(left, 1)
+    k = max(1, min(int(updates_per_call), max(left, 1)))
+    # Whole calls only (a call size compiles once): the budget is rounded up to them, and
+    # the linear schedules decay over the rounded budget.
+    n_calls = math.ceil(left / k)
+    total_updates = done_updates + n_calls * k
+
+    t0 = time.perf_counter()
+    init, run = make_trainer(env, params, s, total_updates)
+    runner = jax.jit(init)(jax.random.PRNGKey(seed))
+    if resume:
         runner = restore_runner(path, runner)
         print(f"resuming from {path} ({done_before} steps done, target {n_timesteps})")
+        if n_calls == 0:
+            print(f"nothing to do: {done_before} steps done >= target {n_timesteps}")
     setup_s = time.perf_counter() - t0
 
     rows: list[dict[str, Any]] = []
     compile_s = 0.0
     learn_s = 0.0
     time_limited = False
-    updates_left = total_updates - int(runner.update)
     t_learn = None
-    k = updates_per_call
     compiled = None
-    while updates_left > 0:
+    calls_done = 0
+    for call in range(n_calls):
         if compiled is None:
             tc = time.perf_counter()
             compiled = run.lower(runner, k).compile()
@@ -669,13 +675,16 @@ def train(
         dt = time.perf_counter() - tr
         learn_s += dt
         t_learn = t_learn or tr
+        calls_done += 1
         m = jax.device_get(metrics)
         base = int(runner.update) - k
         for i in range(k):
-            row = {"update": base + i + 1, "timesteps": (base + i + 1) * s.rollout}
+            row = {
+                "update": base + i + 1,
+                "timesteps": done_before + ((call * k) + i + 1) * s.rollout,
+            }
             row.update({name: float(v[i]) for name, v in m.items()})
             rows.append(row)
-        updates_left -= k
         if verbose:
             last = rows[-1]
             print(
@@ -684,10 +693,10 @@ def train(
                 f"{k * s.rollout / dt:,.0f} env-steps/s"
             )
         if time_limit_s is not None and time.perf_counter() - t_learn >= time_limit_s:
-            time_limited = updates_left > 0
+            time_limited = call + 1 < n_calls
             break
 
-    steps_done = int(runner.update) * s.rollout
+    steps_done = done_before + calls_done * k * s.rollout
     save_runner(run_dir / MODEL_FILE, runner)
     save_runner(
         run_dir / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}_{steps_done}_steps.msgpack", runner

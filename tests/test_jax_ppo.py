@@ -180,6 +180,20 @@ def test_cli_jax_backend_trains_a_role_and_evaluates_it(tmp_path):
     obs = jnp.linspace(-2.0, 2.0, 51)
     a = np.asarray(pol(jax.random.PRNGKey(0), obs, pol.make_params()))
     assert a.shape == (5,) and np.all(np.abs(a) <= 1.0) and np.all(np.isfinite(a))
+    # --resume continues from the latest checkpoint up to the new total (one more update).
+    rc = train.main(
+        ["train", "--backend", "jax", "--run-dir", str(run_dir), "--resume", "-n", "384",
+         "--no-eval"]
+    )  # fmt: skip
+    assert rc == 0
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["trained_timesteps"] == 384 and [h["resumed"] for h in cfg["history"]] == [
+        False,
+        True,
+    ]
+    assert [s for s, _ in J.checkpoints(run_dir)] == [256, 384]
+    rows = (run_dir / J.PROGRESS_FILE).read_text().splitlines()
+    assert len(rows) == 1 + 3 and rows[-1].startswith("3,384,")
     # Bad input is refused with a message, not a traceback.
     assert (
         train.main(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -583,6 +584,26 @@ def numpy_actor(policy: Policy) -> Callable[[np.ndarray], np.ndarray]:
 # ============================================================== training driver
 
 
+_TRAINERS: dict[tuple, tuple] = {}
+
+
+def _trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates: int):
+    """(jitted init, run, {updates per call: compiled run}) for this configuration, kept
+    for the process: training the same configuration again (another seed, a resume to
+    the same budget) reuses the compiled program instead of compiling it again."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    digest = hashlib.sha1()
+    for x in leaves:
+        x = np.asarray(x)
+        digest.update(f"{x.dtype}{x.shape}".encode())
+        digest.update(x.tobytes())
+    key = (env, s, int(total_updates), str(tree), digest.hexdigest())
+    if key not in _TRAINERS:
+        init, run = make_trainer(env, params, s, total_updates)
+        _TRAINERS[key] = (jax.jit(init), run, {})
+    return _TRAINERS[key]
+
+
 def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     d = Path(run_dir) / CHECKPOINT_DIR
     out = []
@@ -648,8 +669,8 @@ def train(
     total_updates = done_updates + n_calls * k
 
     t0 = time.perf_counter()
-    init, run = make_trainer(env, params, s, total_updates)
-    runner = jax.jit(init)(jax.random.PRNGKey(seed))
+    init, run, compiled_by_k = _trainer(env, params, s, total_updates)
+    runner = init(jax.random.PRNGKey(seed))
     if resume:
         runner = restore_runner(path, runner)
         print(f"resuming from {path} ({done_before} steps done, target {n_timesteps})")
@@ -662,12 +683,12 @@ def train(
     learn_s = 0.0
     time_limited = False
     t_learn = None
-    compiled = None
+    compiled = compiled_by_k.get(k)
     calls_done = 0
     for call in range(n_calls):
         if compiled is None:
             tc = time.perf_counter()
-            compiled = run.lower(runner, k).compile()
+            compiled = compiled_by_k[k] = run.lower(runner, k).compile()
             compile_s = time.perf_counter() - tc
         tr = time.perf_counter()
         runner, metrics = compiled(runner)

@@ -153,11 +153,14 @@ def test_cli_jax_backend_trains_a_role_and_evaluates_it(tmp_path):
     import train
 
     run_dir = tmp_path / "jax_mm"
+    # Budget 3 updates of 16 steps x 8 envs, one update per compiled call; the time limit
+    # of 0 s stops it after the first call, so the resume below continues the same
+    # configuration (and reuses its compiled program).
+    common = ["train", "--backend", "jax", "--run-dir", str(run_dir), "--updates-per-call", "1"]
     rc = train.main(
         [
-            "train", "--backend", "jax", "--role", "market_maker", "--scenario", "calm",
-            "-n", "256", "--n-envs", "8", "--seed", "3", "--run-dir", str(run_dir),
-            "--updates-per-call", "1",
+            *common, "--role", "market_maker", "--scenario", "calm",
+            "-n", "384", "--n-envs", "8", "--seed", "3", "--time-limit", "0",
             "-params", "n_steps:16", "batch_size:32", "n_epochs:2",
             "env_kwargs.max_episode_steps:24",
             "--eval-seeds", "1", "--eval-scenarios", "calm", "--eval-base-only",
@@ -167,11 +170,11 @@ def test_cli_jax_backend_trains_a_role_and_evaluates_it(tmp_path):
     assert rc == 0
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["backend"] == "jax" and cfg["algo"] == "ppo"
-    assert cfg["trained_timesteps"] == 256  # 2 updates of 16 steps x 8 envs
+    assert cfg["trained_timesteps"] == 128 and cfg["history"][0]["time_limited"]
     assert (run_dir / J.MODEL_FILE).exists()
-    assert [s for s, _ in J.checkpoints(run_dir)] == [256]
+    assert [s for s, _ in J.checkpoints(run_dir)] == [128]
     progress = (run_dir / J.PROGRESS_FILE).read_text().splitlines()
-    assert len(progress) == 1 + 2 and progress[0].startswith("update,timesteps")
+    assert len(progress) == 1 + 1 and progress[0].startswith("update,timesteps")
     results = (run_dir / "results.csv").read_text()
     assert "ppo" in results and "flat" in results
     assert "JAX backend" in (run_dir / "report.md").read_text()
@@ -180,18 +183,13 @@ def test_cli_jax_backend_trains_a_role_and_evaluates_it(tmp_path):
     obs = jnp.linspace(-2.0, 2.0, 51)
     a = np.asarray(pol(jax.random.PRNGKey(0), obs, pol.make_params()))
     assert a.shape == (5,) and np.all(np.abs(a) <= 1.0) and np.all(np.isfinite(a))
-    # --resume continues from the latest checkpoint up to the new total (one more update).
-    rc = train.main(
-        ["train", "--backend", "jax", "--run-dir", str(run_dir), "--resume", "-n", "384",
-         "--no-eval"]
-    )  # fmt: skip
-    assert rc == 0
+    # --resume continues from the latest checkpoint to the total, with the run's batch size.
+    assert train.main([*common, "--resume", "-n", "384", "--no-eval"]) == 0
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert cfg["trained_timesteps"] == 384 and [h["resumed"] for h in cfg["history"]] == [
-        False,
-        True,
-    ]
-    assert [s for s, _ in J.checkpoints(run_dir)] == [256, 384]
+    assert cfg["trained_timesteps"] == 384 and cfg["n_envs"] == 8
+    assert [h["resumed"] for h in cfg["history"]] == [False, True]
+    assert cfg["history"][1]["compile_s"] == 0.0  # the same program, compiled once
+    assert [s for s, _ in J.checkpoints(run_dir)] == [128, 384]
     rows = (run_dir / J.PROGRESS_FILE).read_text().splitlines()
     assert len(rows) == 1 + 3 and rows[-1].startswith("3,384,")
     # Bad input is refused with a message, not a traceback.

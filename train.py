@@ -267,36 +267,28 @@ def run_evaluation(
     }
     trained = None
     loop_traj = None
-    if not baselines_only and run_cfg.get("backend") == "jax":
-        from agents.jax_ppo import load_policy, numpy_actor
+    if not baselines_only:
+        # The trained policy as a JAX `Policy` (scan engine) or a NumPy actor (loop engine).
+        if run_cfg.get("backend") == "jax":
+            from agents.jax_ppo import load_policy, numpy_actor
 
-        algo = trained = "ppo"
-        pol = load_policy(run_dir, role, run_cfg.get("hyperparams") or {}, name=algo)
-        if settings["engine"] == "scan":
-            policies = [pol, *policies]
+            algo = "ppo"
+            pol = load_policy(run_dir, role, run_cfg.get("hyperparams") or {}, name=algo)
+            as_policy, as_actor = (lambda: pol), (lambda: numpy_actor(pol))
         else:
-            loop_traj = E.run_loop(
-                role,
-                numpy_actor(pol),
-                configs,
-                settings["seeds"],
-                settings["seed"],
-                name=algo,
-                num_envs=run_cfg.get("n_envs"),
-                env_kwargs=env_kwargs,
-            )
-    elif not baselines_only:
-        from agents.sb3_policy import jax_policy, load_run, numpy_actor
+            from agents.sb3_policy import jax_policy, load_run, numpy_actor
 
-        algo = algo or run_cfg.get("algo") or "ppo"
-        model, vecnorm = load_run(run_dir, algo)
+            algo = algo or run_cfg.get("algo") or "ppo"
+            model, vecnorm = load_run(run_dir, algo)
+            as_policy = lambda: jax_policy(model, vecnorm, role, name=algo)  # noqa: E731
+            as_actor = lambda: numpy_actor(model, vecnorm)  # noqa: E731
         trained = algo
         if settings["engine"] == "scan":
-            policies = [jax_policy(model, vecnorm, role, name=algo), *policies]
+            policies = [as_policy(), *policies]
         else:
             loop_traj = E.run_loop(
                 role,
-                numpy_actor(model, vecnorm),
+                as_actor(),
                 configs,
                 settings["seeds"],
                 settings["seed"],

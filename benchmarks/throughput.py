@@ -404,6 +404,17 @@ def bench_sb3(args) -> list[dict]:
 # ------------------------------------------------------------------ PPO training
 
 
+def _train_row(label: str, backend: str, n_env: int, ticks: int, compile_s: float, dt: float):
+    """A printed `train` row: `ticks` steps of each of `n_env` envs trained in `dt` s."""
+    rate = n_env * ticks / dt
+    row = _row(
+        "train", label, status="ok", batch=n_env, ticks=ticks, compile_s=compile_s, run_s=dt,
+        steps_per_s=rate, us_per_step=1e6 / rate, backend=backend,
+    )  # fmt: skip
+    _print_row(row)
+    return row
+
+
 def bench_train(args) -> list[dict]:
     """SB3 PPO vs JAX PPO, env-steps/s of training (rollouts + updates)."""
     rows: list[dict] = []
@@ -431,13 +442,7 @@ def bench_train(args) -> list[dict]:
         model.learn(n_upd * rollout, reset_num_timesteps=False)
         dt = time.perf_counter() - t0
         venv.close()
-        rate = n_upd * rollout / dt
-        row = _row(
-            "train", label, status="ok", batch=n_env, ticks=n_upd * 128, compile_s=compile_s,
-            run_s=dt, steps_per_s=rate, us_per_step=1e6 / rate, backend="sb3",
-        )  # fmt: skip
-        _print_row(row)
-        rows.append(row)
+        rows.append(_train_row(label, "sb3", n_env, n_upd * 128, compile_s, dt))
     try:
         import envs
         from agents import jax_ppo
@@ -463,13 +468,7 @@ def bench_train(args) -> list[dict]:
             runner, _ = compiled(runner)
         jax.block_until_ready(runner.update)
         dt = time.perf_counter() - t0
-        rate = n_upd * st.rollout / dt
-        row = _row(
-            "train", label, status="ok", batch=n_env, ticks=n_upd * 64, compile_s=compile_s,
-            run_s=dt, steps_per_s=rate, us_per_step=1e6 / rate, backend="jax",
-        )  # fmt: skip
-        _print_row(row)
-        rows.append(row)
+        rows.append(_train_row(label, "jax", n_env, n_upd * 64, compile_s, dt))
         if dt > args.max_run_s:
             break
     return rows

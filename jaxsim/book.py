@@ -131,6 +131,33 @@ def cancel_levels(q_side: Array, ahead_side: Array, owner: Array, sizes: Array):
     return q_side, ahead_side, c
 
 
+def requote(q: Array, ahead: Array, owner, cancel: Array, add: Array):
+    """Cancel `cancel` (S, G) then add `add` (S, G) for one owner in one pass over the book.
+
+    Equal to `cancel_levels` followed by `add_levels` on each side when no level has both a
+    cancellation and an addition (a re-quote either shrinks a level or grows it). q, ahead:
+    (S, G, A). Returns (q, ahead).
+    """
+    own_q = q[..., owner]
+    own_ah = ahead[..., owner]
+    c = jnp.clip(cancel, 0.0, own_q)
+    q1 = own_q - c
+    grows = add > 0
+    is_owner = jnp.arange(q.shape[-1]) == owner
+    q_post = jnp.where(is_owner, q1[..., None], q)
+    others = q_post.sum(-1) - q1
+    # Owners queued behind move forward by the cancelled size, or, where the order is
+    # topped up (cancelled and re-added at the back), by its whole old size.
+    d = jnp.where(c > 0, c, jnp.where(grows & (q1 > 0), q1, 0.0))
+    behind = (ahead > own_ah[..., None]) & (q > 0) & ~is_owner
+    ah = jnp.where(behind, jnp.maximum(ahead - d[..., None], 0.0), ahead)
+    ah = jnp.where(q_post > 0, ah, 0.0)
+    own_ah_new = jnp.where(grows, others, jnp.where(q1 > 0, own_ah, 0.0))
+    ah = jnp.where(is_owner, own_ah_new[..., None], ah)
+    q_new = jnp.where(is_owner, (q1 + jnp.maximum(add, 0.0))[..., None], q)
+    return q_new, ah
+
+
 def shift(q: Array, ahead: Array, k: Array) -> tuple[Array, Array, Array]:
     """Re-centre the grid: new level j holds old level j + k. Dropped orders are returned.
 

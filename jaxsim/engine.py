@@ -876,7 +876,9 @@ def _liquidity(state: SimState, params: Params) -> SimState:
         center = _lp_center(state, params, m)
         # Inventory skew: quote lower when long against the starting inventory, higher when short.
         if m == PERP:
-            dev = state.acct.pos[lp] - params.accounts.pos[lp]
+            # Against the starting position, or (perp_skew_vs: flat) against all of it: a
+            # maker short the crowd's longs quotes the perp up to buy its inventory back.
+            dev = state.acct.pos[lp] - (1.0 - pp.lp_perp_flat) * params.accounts.pos[lp]
         else:
             asset = MARKET_ASSET[m]
             held = state.acct.bal[lp, asset] + state.book.qty[m, ASK, :, lp].sum()
@@ -904,62 +906,42 @@ def _liquidity(state: SimState, params: Params) -> SimState:
         gap = mp.lp_half_spread_ticks[m] * tick * (1.0 + pp.lp_widen[m] * excess_vol)
         tgt_bid = jnp.where(px <= center - gap + 1e-9 * center, prof, 0.0)
         tgt_ask = jnp.where(px >= center + gap - 1e-9 * center, prof, 0.0)
-        # Pull excess at once (makers withdraw fast), refill at the resilience rate.
+        # Pull excess at once (makers withdraw fast), refill at the resilience rate. A level
+        # is either shrunk or grown, never both (no dust top-up of a level just shrunk).
         fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
-        q_m = state.book.qty[m]
-        excess = jnp.stack(
-            [
-                jnp.maximum(q_m[BID, :, lp] - tgt_bid, 0.0),
-                jnp.maximum(q_m[ASK, :, lp] - tgt_ask, 0.0),
-            ]
-        )
-        state = _cancel_sizes(state, params, lp, m, excess)
-        q_m = state.book.qty[m]
-        add_bid = jnp.maximum(tgt_bid - q_m[BID, :, lp], 0.0) * fill
-        add_ask = jnp.maximum(tgt_ask - q_m[ASK, :, lp], 0.0) * fill
-        # Never cross the book: bids stay below the best ask, asks above the best bid.
-        bid, ask = bk.best_prices(q_m, px)
-        add_bid = jnp.where(px < ask, add_bid, 0.0)
-        add_ask = jnp.where(px > bid, add_ask, 0.0)
+        q_m, ah_m = state.book.qty[m], state.book.ahead[m]
+        tgt = jnp.stack([tgt_bid, tgt_ask])
+        own = q_m[:, :, lp]
+        cut = jnp.maximum(own - tgt, 0.0)
+        kept = own - cut
+        add = jnp.where(cut > 0, 0.0, jnp.maximum(tgt - kept, 0.0) * fill)
+        # Never cross the book left after the cuts: bids below its best ask, asks above its
+        # best bid.
+        bid, ask = bk.best_prices(q_m.at[:, :, lp].set(kept), px)
+        add = add.at[BID].set(jnp.where(px < ask, add[BID], 0.0))
+        add = add.at[ASK].set(jnp.where(px > bid, add[ASK], 0.0))
         bal = state.acct.bal
         if m != PERP:
             asset = MARKET_ASSET[m]
-            cost = jnp.sum(add_bid * px)
-            add_bid = add_bid * jnp.minimum(
+            # Cut orders refund their reserves; new ones are paid from what the LP holds.
+            bal = bal.at[lp, USDT].add(jnp.sum(cut[BID] * px)).at[lp, asset].add(cut[ASK].sum())
+            cost = jnp.sum(add[BID] * px)
+            add_bid = add[BID] * jnp.minimum(
                 1.0, jnp.maximum(bal[lp, USDT], 0.0) / jnp.maximum(cost, 1e-30)
             )
-            need = add_ask.sum()
-            add_ask = add_ask * jnp.minimum(
+            need = add[ASK].sum()
+            add_ask = add[ASK] * jnp.minimum(
                 1.0, jnp.maximum(bal[lp, asset], 0.0) / jnp.maximum(need, 1e-30)
             )
+            add = jnp.stack([add_bid, add_ask])
             bal = bal.at[lp, USDT].add(-jnp.sum(add_bid * px)).at[lp, asset].add(-add_ask.sum())
-        qb, ab = bk.add_levels(q_m[BID], state.book.ahead[m, BID], lp, add_bid)
-        qa, aa = bk.add_levels(q_m[ASK], state.book.ahead[m, ASK], lp, add_ask)
+        q_new, ah_new = bk.requote(q_m, ah_m, lp, cut, add)
         book = state.book.replace(
-            qty=state.book.qty.at[m].set(jnp.stack([qb, qa])),
-            ahead=state.book.ahead.at[m].set(jnp.stack([ab, aa])),
+            qty=state.book.qty.at[m].set(q_new),
+            ahead=state.book.ahead.at[m].set(ah_new),
         )
         state = state.replace(book=book, acct=state.acct.replace(bal=bal))
     return state
-
-
-def _cancel_sizes(state: SimState, params: Params, a, m: int, sizes: Array) -> SimState:
-    """Cancel given sizes (2, G) of owner a on market m, refunding spot reserves."""
-    px = _level_px(state, params, m)
-    q_m, ah_m = state.book.qty[m], state.book.ahead[m]
-    qb, ab, cb = bk.cancel_levels(q_m[BID], ah_m[BID], a, sizes[BID])
-    qa, aa, ca = bk.cancel_levels(q_m[ASK], ah_m[ASK], a, sizes[ASK])
-    book = state.book.replace(
-        qty=state.book.qty.at[m].set(jnp.stack([qb, qa])),
-        ahead=state.book.ahead.at[m].set(jnp.stack([ab, aa])),
-    )
-    bal = state.acct.bal
-    if m != PERP:
-        bal = bal.at[a, USDT].add(jnp.sum(cb * px)).at[a, MARKET_ASSET[m]].add(ca.sum())
-    return state.replace(book=book, acct=state.acct.replace(bal=bal))
-
-
-# ============================================================== rule schedule
 
 
 def _apply_schedule(state: SimState, params: Params, acc: _Acc):

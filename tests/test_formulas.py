@@ -469,3 +469,58 @@ def test_apply_perp_fill_flip_opens_remainder_at_fill_price():
     assert p == pytest.approx(1.5)
     assert e == pytest.approx(98_000.0, abs=PX_TOL)
     assert r == pytest.approx(1_000.0, abs=0.01)
+
+
+# ------------------------------------------------------------------ book re-quote
+
+
+def _fifo_book(rng, n_levels=6, n_owners=5):
+    """One side of a random book with disjoint FIFO queue intervals per level."""
+    q = np.where(
+        rng.random((n_levels, n_owners)) < 0.6, rng.uniform(0.1, 2.0, (n_levels, n_owners)), 0.0
+    )
+    ahead = np.zeros_like(q)
+    for g in range(n_levels):
+        pos = 0.0
+        for a in rng.permutation(n_owners):
+            if q[g, a] > 0:
+                ahead[g, a] = pos
+                pos += q[g, a]
+    return q.astype(np.float64), ahead
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_requote_equals_cancel_then_add(seed):
+    """The LP's one-pass re-quote = cancel_levels then add_levels, level by level: a cut
+    moves those queued behind forward by the cut, a top-up sends the whole order to the back."""
+    rng = np.random.default_rng(seed)
+    sides = [_fifo_book(rng) for _ in range(2)]
+    q = np.stack([s[0] for s in sides])
+    ah = np.stack([s[1] for s in sides])
+    owner = 2
+    own = q[..., owner]
+    tgt = np.where(
+        rng.random(own.shape) < 0.5,
+        own * rng.uniform(0, 1, own.shape),
+        own + rng.uniform(0, 1, own.shape),
+    )
+    tgt = np.where(rng.random(own.shape) < 0.2, own, tgt)  # some levels unchanged
+    cut = np.maximum(own - tgt, 0.0)
+    add = np.where(cut > 0, 0.0, np.maximum(tgt - own, 0.0))
+    assert (cut > 0).any() and (add > 0).any() and ((own > 0) & (add > 0)).any()
+    q_new, ah_new = book.requote(
+        jnp.asarray(q), jnp.asarray(ah), owner, jnp.asarray(cut), jnp.asarray(add)
+    )
+    for s in range(2):
+        qs, as_, c = book.cancel_levels(
+            jnp.asarray(q[s]), jnp.asarray(ah[s]), owner, jnp.asarray(cut[s])
+        )
+        qs, as_ = book.add_levels(qs, as_, owner, jnp.asarray(add[s]))
+        np.testing.assert_allclose(np.asarray(q_new[s]), np.asarray(qs), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(ah_new[s]), np.asarray(as_), rtol=1e-6, atol=1e-6)
+    # A topped-up level puts the owner behind everyone else there.
+    g = np.argwhere((own[0] > 0) & (add[0] > 0))
+    if len(g):
+        lvl = g[0, 0]
+        others = np.delete(q[0, lvl], owner).sum()
+        assert float(ah_new[0, lvl, owner]) == pytest.approx(others, rel=1e-6)

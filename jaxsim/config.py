@@ -659,9 +659,16 @@ def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParam
         "loss_ref_usdt",
         "widen",
         "int_vol_ref_annual",
+        "perp_skew_vs",
     }
     if not isinstance(mm, dict) or set(mm) - allowed_mm:
         raise ConfigError(f"population.mm: unknown key; allowed: {sorted(allowed_mm)}")
+    perp_skew_vs = mm.get("perp_skew_vs", "start")
+    if perp_skew_vs not in ("start", "flat"):
+        raise ConfigError(
+            f"population.mm.perp_skew_vs = {perp_skew_vs!r} must be 'start' (skew against the "
+            "LP's starting perp position) or 'flat' (against its whole position)"
+        )
     fast = _num(pop.get("trend_fast_s", 600.0), "population.trend_fast_s", 0.0, lo_open=True)
     slow = _num(pop.get("trend_slow_s", 3600.0), "population.trend_slow_s", fast)
     return PopParams(
@@ -704,6 +711,7 @@ def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParam
                 mm.get("inv_unit", 1.0), MARKET_KEYS, "population.mm.inv_unit", lo=0.0, lo_open=True
             )
         ),
+        lp_perp_flat=np.asarray(1.0 if perp_skew_vs == "flat" else 0.0),
         lp_loss_withdraw=np.asarray(
             _num(mm.get("loss_withdraw", 0.0), "population.mm.loss_withdraw", 0.0)
         ),

@@ -37,8 +37,10 @@ Programs (`population.programs`): scripted market-order flows (a whale's block s
 outflows, a manipulator's legs), `qty` base units spread evenly over their window.
 
 The LP (system account) is the market-making cohort: see `engine._liquidity`, which skews its
-quote centre against its inventory and withdraws depth as realized volatility and its own
-drawdown rise.
+quote centre against its inventory (its deviation from its starting inventory, or for the
+perp with `mm.perp_skew_vs: flat` its whole position: a maker short the crowd's longs quotes
+the perp up, the premium that drives funding) and withdraws depth as realized volatility
+and its own drawdown rise.
 """
 
 from __future__ import annotations

@@ -254,6 +254,7 @@ class PopParams:
     prog_active: Array  # (P,) bool
     lp_skew_bps: Array  # (M,) LP quote-centre skew per unit of inventory deviation, bps
     lp_inv_unit: Array  # (M,) inventory deviation (base units) that moves the centre lp_skew_bps
+    lp_perp_flat: Array  # () 1: perp skew against the LP's whole position; 0: against its start
     lp_loss_withdraw: Array  # () LP depth /= 1 + k * drawdown / lp_loss_ref
     lp_loss_ref: Array  # () LP equity drawdown (USDT) that counts as one unit of loss
     lp_widen: Array  # (M,) half spread *= 1 + k * max(vol / vol_ref - 1, 0)

@@ -155,6 +155,13 @@ def test_out_of_range_scalars(key, value):
     _raises({key: value}, key)
 
 
+def test_bad_perp_skew_reference():
+    _raises({"population.mm.perp_skew_vs": "mark"}, "population.mm.perp_skew_vs", "mark")
+    assert float(load_scenario(TESTBED).pop.lp_perp_flat) == 0.0
+    p = load_scenario(TESTBED, overrides={"population.mm.perp_skew_vs": "flat"})
+    assert float(p.pop.lp_perp_flat) == 1.0
+
+
 def test_bad_shock():
     shock = {"start_s": 0.0, "duration_s": 10.0, "asset": "gold", "return_pct": -10.0}
     _raises({"exogenous.shocks": [shock]}, "exogenous.shocks[0].asset", "gold")

@@ -918,8 +918,7 @@ def _liquidity(state: SimState, params: Params) -> SimState:
         # Never cross the book left after the cuts: bids below its best ask, asks above its
         # best bid.
         bid, ask = bk.best_prices(q_m.at[:, :, lp].set(kept), px)
-        add = add.at[BID].set(jnp.where(px < ask, add[BID], 0.0))
-        add = add.at[ASK].set(jnp.where(px > bid, add[ASK], 0.0))
+        add = jnp.where(jnp.stack([px < ask, px > bid]), add, 0.0)
         bal = state.acct.bal
         if m != PERP:
             asset = MARKET_ASSET[m]

@@ -48,6 +48,7 @@ from jaxsim import book as bk
 from jaxsim import margin as mg
 from jaxsim.config import build_params, scenario_config
 from jaxsim.engine import _margin_balances, _needs_liquidation, asset_prices
+from jaxsim.engine import marked_equity as engine_marked_equity
 from jaxsim.types import (
     ASK,
     BASE,
@@ -55,11 +56,9 @@ from jaxsim.types import (
     KIND_NONE,
     LST,
     LST_SPOT,
-    MARKET_ASSET,
     N_SYSTEM,
     PERP,
     SPOT,
-    SPOT_MARKETS,
     STABLE,
     STABLE_SPOT,
     USDT,
@@ -353,18 +352,7 @@ def book_view(sim: SimState, sp: Params, m: int, exclude: Array | None = None):
 
 def marked_equity(sim: SimState, sp: Params, accounts: Array) -> Array:
     """(N,) marked equity of `accounts` in USDT at index prices (see module docstring)."""
-    a = sim.acct
-    px = asset_prices(sim.px)
-    wallet = jnp.sum((a.bal - a.debt + a.ext_bal) * px, axis=-1)
-    upnl = a.pos * (sim.px.mark - a.entry)
-    transit = jnp.sum(jnp.where(a.transit_amt > 0, a.transit_amt, 0.0) * px[a.transit_asset], -1)
-    reserved = jnp.zeros_like(wallet)
-    for m in SPOT_MARKETS:
-        lp = level_prices(sim, sp, m)
-        reserved = reserved + jnp.einsum("ga,g->a", sim.book.qty[m, BID], lp)
-        reserved = reserved + sim.book.qty[m, ASK].sum(0) * px[MARKET_ASSET[m]]
-    total = wallet + upnl + a.iso_margin + transit + reserved
-    return total[accounts]
+    return engine_marked_equity(sim, sp)[accounts]
 
 
 def pending_rules(sim: SimState, sp: Params):

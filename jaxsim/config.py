@@ -615,13 +615,28 @@ def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParam
         if beh not in BEHAVIOUR_NAMES[1:]:
             raise ConfigError(f"{f}.behaviour '{beh}' not one of {list(BEHAVIOUR_NAMES[1:])}")
         kind[a] = BEHAVIOUR_NAMES.index(beh)
-        mk = row.get("market", "spot")
-        if mk not in MARKET_KEYS or mk == "perp":
-            raise ConfigError(f"{f}.market '{mk}' must be a spot market: spot, stable or lst")
+        if beh == "retail":
+            # A retail cohort trades the perp (default) or holds BASE spot bought with USDT.
+            mk = row.get("market", "perp")
+            if mk not in ("perp", "spot"):
+                raise ConfigError(f"{f}.market '{mk}' must be perp or spot for a retail cohort")
+        else:
+            mk = row.get("market", "spot")
+            if mk not in MARKET_KEYS or mk == "perp":
+                raise ConfigError(f"{f}.market '{mk}' must be a spot market: spot, stable or lst")
         market[a] = MARKET_KEYS.index(mk)
         for k, (_, lo, hi) in COHORT_PARAMS.items():
             if k in row:
                 cols[k][a] = _num(row[k], f"{f}.{k}", lo, hi)
+        if beh == "retail" and mk == "spot":
+            # Spot holders buy with the USDT they have: long only, at most their equity.
+            if cols["side"][a] != 1.0:
+                raise ConfigError(f"{f}.side must be 1 for a spot retail cohort (it cannot short)")
+            if cols["lev_target"][a] > 1.0:
+                raise ConfigError(
+                    f"{f}.lev_target = {cols['lev_target'][a]} must be at most 1 for a spot "
+                    "retail cohort (it buys with the USDT it holds)"
+                )
 
     progs = pop.get("programs") or []
     if not isinstance(progs, list) or len(progs) > dims.n_programs:

@@ -65,6 +65,7 @@ from jaxsim.types import (
     REJ_PRICE_BAND,
     REJ_SYSTEM,
     SPOT,
+    SPOT_MARKETS,
     STABLE,
     STABLE_SPOT,
     USDT,
@@ -163,6 +164,24 @@ def _equity(state: SimState) -> Array:
     upnl = a.pos * (state.px.mark - a.entry)
     cross = mg.wallet_value(a.bal, a.debt, asset_prices(state.px)) + upnl
     return jnp.where(a.mode == CROSS, cross, a.iso_margin + upnl)
+
+
+def marked_equity(state: SimState, params: Params) -> Array:
+    """(A,) each account's marked equity in USDT at index prices: wallet balances minus
+    debts, balances on external venues and transfers in flight, what its resting spot
+    orders reserve (bids at their price, asks at index), perp uPnL at mark and isolated
+    margin. Moving assets between venues or resting a spot order changes none of it."""
+    a = state.acct
+    px = asset_prices(state.px)
+    wallet = jnp.sum((a.bal - a.debt + a.ext_bal) * px, axis=-1)
+    upnl = a.pos * (state.px.mark - a.entry)
+    transit = jnp.sum(jnp.where(a.transit_amt > 0, a.transit_amt, 0.0) * px[a.transit_asset], -1)
+    reserved = jnp.zeros_like(wallet)
+    for m in SPOT_MARKETS:
+        lvl = _level_px(state, params, m)
+        reserved = reserved + jnp.einsum("ga,g->a", state.book.qty[m, BID], lvl)
+        reserved = reserved + state.book.qty[m, ASK].sum(0) * px[MARKET_ASSET[m]]
+    return wallet + upnl + a.iso_margin + transit + reserved
 
 
 def _open_order_notional(state: SimState, params: Params) -> Array:
@@ -1343,7 +1362,7 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
         liq_notional_short=acc.liq_short,
         liq_accounts=acc.liq_mask.sum().astype(jnp.int32),
         liq_mask=acc.liq_mask,
-        equity=_equity(state),
+        equity=marked_equity(state, params),
         collateral_sold=acc.coll_sold,
         collateral_sold_usdt=acc.coll_sold_usdt,
         insurance_fund=fund1,

@@ -13,6 +13,10 @@ Behaviours (one per account, parameters in `PopParams`, YAML under `population.c
   rejected like anyone else. Re-entry: while it holds no perp position (it was liquidated
   or closed) and its equity is below `reentry_below` of the starting equity, new traders'
   money arrives from its external wallet at `reentry_per_h` of the starting equity per hour.
+  With `market: spot` a retail cohort holds BASE instead: long only, its position is the
+  BASE it holds, its target `f * lev_target * equity / spot mid` with `lev_target <= 1`; it
+  buys with the USDT it holds and sells the BASE it holds, by market order on the spot book
+  (momentum buyers who chase a pump, or dip buyers, and with `hold = 1` hold the bag).
 - basis_arb: when the perp/spot basis is beyond `threshold` it takes the side that earns
   the convergence (long perp + sell spot when the perp is cheap, short perp + buy spot when
   rich), sized `lev_target` x equity; it unwinds once |basis| < `exit`. Two orders per tick:
@@ -59,6 +63,8 @@ from jaxsim.types import (
     BEH_XVENUE_ARB,
     BID,
     KIND_BORROW,
+    KIND_CANCEL,
+    KIND_LIMIT,
     KIND_MARKET,
     KIND_NONE,
     KIND_REPAY,
@@ -193,16 +199,41 @@ def background_orders(
     f = jnp.clip(f, jnp.where(side > 0, 0.0, -1.0), jnp.where(side < 0, 0.0, 1.0))
     # Nobody plans a position the rules in force would reject outright.
     cap_q = 0.95 * state.rules.position_limit / mark
-    scale_q = jnp.minimum(pp.lev_target[:n_user] * eq / mark, cap_q)
+    # A spot cohort's position is the BASE it holds, valued at the spot mid (no leverage);
+    # the USDT its resting bids reserve is part of its equity (they are cancelled and
+    # re-posted whenever it acts).
+    r_spot = (kind == BEH_RETAIL) & (pp.market[:n_user] == SPOT)
+    resv = jnp.einsum(
+        "ga,g->a", state.book.qty[SPOT, BID, :, :n_user], level_px(state, params, SPOT)
+    )
+    r_pos = jnp.where(r_spot, bal[:, BASE], pos)
+    scale_q = jnp.where(
+        r_spot,
+        pp.lev_target[:n_user] * (eq + resv) / jnp.maximum(mids[SPOT], 1e-12),
+        jnp.minimum(pp.lev_target[:n_user] * eq / mark, cap_q),
+    )
     target = f * scale_q
     # A holding trader (hold = 1) does not shrink a same-side position because its equity
     # or its signal fell: it adds, closes or flips, and otherwise rides the position to
-    # its liquidation (the retail shorts of a squeeze).
-    keep = (pp.hold[:n_user] > 0.5) & (target * pos > 0) & (jnp.abs(target) < jnp.abs(pos))
-    gap = jnp.where(keep, 0.0, target - pos)
+    # its liquidation (the retail shorts of a squeeze) or, on spot, holds the bag.
+    keep = (pp.hold[:n_user] > 0.5) & (target * r_pos > 0) & (jnp.abs(target) < jnp.abs(r_pos))
+    gap = jnp.where(keep, 0.0, target - r_pos)
     trade = act & (jnp.abs(gap) > pp.min_trade[:n_user] * scale_q) & (eq > 0)
     r_qty = jnp.where(trade, jnp.abs(gap) * pp.speed[:n_user], 0.0)
     r_side = jnp.sign(gap)
+    # Spot buys: market orders, or with `threshold` > 0 limit bids resting that far below
+    # the mid (dip buyers who bid under a falling price). They are paid from the USDT held
+    # plus what the cancelled bids release (with room for the walk and the fee); sales
+    # are market orders of the BASE held.
+    bid_px = mids[SPOT] * (1.0 - pp.threshold[:n_user])
+    r_limit = r_spot & (pp.threshold[:n_user] > 0) & (gap > 0)
+    buy_px = jnp.where(r_limit, bid_px, asks[SPOT])
+    afford = 0.95 * (jnp.maximum(bal[:, USDT], 0.0) + resv) / jnp.maximum(buy_px, 1e-12)
+    afford = jnp.where(buy_px > 0, afford, 0.0)
+    spot_cap = jnp.where(gap > 0, afford, jnp.maximum(bal[:, BASE], 0.0))
+    r_qty = jnp.where(r_spot, jnp.minimum(r_qty, spot_cap), r_qty)
+    # A spot cohort cancels its resting bids (slot 1) before it trades again (slot 2).
+    r_cancel = r_spot & act & (resv > 0)
 
     # ---------------------------------------------------------------- basis arbitrage
     basis = (mids[PERP] - mids[SPOT]) / mids[SPOT]
@@ -290,8 +321,9 @@ def background_orders(
         is_r, r_qty, jnp.where(is_b, b_qty, jnp.where(is_x, x_qty, jnp.where(is_p, p_qty, 0.0)))
     )
     q1 = jnp.where(is_l, l_qty1, q1)
+    q1 = jnp.where(r_spot, 0.0, q1)
     s1 = jnp.where(is_r, r_side, jnp.where(is_b, jnp.sign(b_gap), jnp.where(is_x, x_side, -1.0)))
-    m1 = jnp.where(is_r | is_b, PERP, jnp.where(is_x, xm, SPOT))
+    m1 = jnp.where(is_r | is_b, jnp.where(r_spot, SPOT, PERP), jnp.where(is_x, xm, SPOT))
     # A looper's slot 1 is a sale on its market or a USDT borrow (the market field names
     # the asset for borrow / repay).
     m1 = jnp.where(is_l, jnp.where(unwind, xm, USDT), m1)
@@ -300,13 +332,22 @@ def background_orders(
     b_limit = jnp.where(jnp.abs(basis) < ex, 0.0, mids[SPOT] * (1.0 + jnp.sign(b_gap) * ex))
     p1 = jnp.where(is_x, x_limit, jnp.where(is_b, b_limit, 0.0))
     q2 = jnp.where(is_b, s_qty, jnp.where(is_x, t_qty, jnp.where(is_l, l_qty2, 0.0)))
+    q2 = jnp.where(r_spot, r_qty, q2)
     k2 = jnp.where(is_b, KIND_MARKET, jnp.where(is_x, t_kind, jnp.where(is_l, l_kind2, KIND_NONE)))
+    k2 = jnp.where(r_spot, jnp.where(r_limit, KIND_LIMIT, KIND_MARKET), k2)
     k2 = jnp.where(q2 > 0, k2, KIND_NONE)
     s2 = jnp.where(is_b, jnp.sign(s_gap), jnp.where(is_l & lever, 1.0, 0.0))
+    s2 = jnp.where(r_spot, r_side, s2)
     m2 = jnp.where(
-        is_b, SPOT, jnp.where(is_x, t_asset, jnp.where(is_l, jnp.where(lever, xm, USDT), 0))
+        is_b | r_spot,
+        SPOT,
+        jnp.where(is_x, t_asset, jnp.where(is_l, jnp.where(lever, xm, USDT), 0)),
     )
+    p2 = jnp.where(r_limit, bid_px, 0.0)
     k1 = jnp.where(q1 > 0, jnp.where(is_l, l_kind1, KIND_MARKET), KIND_NONE)
+    # Slot 1 of a spot cohort: cancel its resting bids (side +1: the bid side only).
+    k1 = jnp.where(r_cancel, KIND_CANCEL, k1)
+    s1 = jnp.where(r_spot, 1.0, s1)
 
     # ---------------------------------------------------------------- scripted programs
     t = state.t
@@ -322,7 +363,7 @@ def background_orders(
         side=cat(s1, s2, pp.prog_side).astype(jnp.int32),
         kind=cat(k1, k2, kp).astype(jnp.int32),
         qty=cat(q1, q2, jnp.where(on, pp.prog_qty, 0.0)).astype(dtype),
-        price=cat(p1, jnp.zeros((n_user,), dtype), jnp.zeros_like(pp.prog_qty)).astype(dtype),
+        price=cat(p1, p2, jnp.zeros_like(pp.prog_qty)).astype(dtype),
     )
     arb = cat(is_b | is_x, is_b | is_x, jnp.zeros_like(on))
     return orders, arb
@@ -337,7 +378,13 @@ def external_moves(state: SimState, params: Params, equity: Array) -> SimState:
     kind = pp.kind
     # Re-entry: new traders' money from the external wallet once the cohort is flat (after
     # a liquidation or a close). It opens new positions; it never tops up a losing one.
-    flat = acct.pos == 0.0
+    # A spot cohort is flat once its BASE is worth less than its minimum trade.
+    r_spot = pp.market == SPOT
+    flat = jnp.where(
+        r_spot,
+        acct.bal[:, BASE] * state.px.last[SPOT] < pp.min_trade * jnp.maximum(equity, 0.0),
+        acct.pos == 0.0,
+    )
     low = (kind == BEH_RETAIL) & flat & (equity < pp.reentry_below * state.pop.eq0)
     dep = jnp.where(
         low,

@@ -236,7 +236,7 @@ class PopParams:
     noise: Array  # (A,) std of the per-decision noise on the target fraction
     threshold: Array  # (A,) entry threshold (basis, price gap, drawdown)
     exit: Array  # (A,) exit threshold (basis arb) / liquidation trigger USDT per s (panic)
-    market: Array  # (A,) int32 market traded by a cross-venue arb
+    market: Array  # (A,) int32 arb's or looper's market; a retail cohort's PERP or SPOT
     reentry_per_h: Array  # (A,) fraction of the starting equity redeposited per hour
     reentry_below: Array  # (A,) redeposit while equity < this fraction of the starting one
     min_trade: Array  # (A,) smallest order, as a fraction of the target notional scale
@@ -393,7 +393,7 @@ class TickEvents:
     liq_notional_short: Array  # ()
     liq_accounts: Array  # () int32 accounts liquidated this tick (rounds summed)
     liq_mask: Array  # (A,) bool accounts liquidated this tick
-    equity: Array  # (A,) each account's unhaircut equity in USDT at index/mark (end of tick)
+    equity: Array  # (A,) each account's marked equity in USDT (engine.marked_equity), end of tick
     collateral_sold: Array  # (4,) units of each asset sold by the engine
     collateral_sold_usdt: Array  # () proceeds of those sales
     insurance_fund: Array  # () fund balance after the tick

@@ -9,6 +9,7 @@ from conftest import TESTBED
 
 import jaxsim
 from jaxsim import ConfigError, list_scenarios, list_variants, load_scenario, margin
+from jaxsim.types import PERP, SPOT
 
 BTC_TIERS = [[0, 125, 0.004], [50000, 100, 0.005], [600000, 75, 0.0065]]
 
@@ -160,6 +161,28 @@ def test_bad_perp_skew_reference():
     assert float(load_scenario(TESTBED).pop.lp_perp_flat) == 0.0
     p = load_scenario(TESTBED, overrides={"population.mm.perp_skew_vs": "flat"})
     assert float(p.pop.lp_perp_flat) == 1.0
+
+
+def test_bad_spot_retail_cohort():
+    """A retail cohort trades the perp (default) or spot; on spot it is long only and
+    unlevered (it buys with the USDT it holds)."""
+    row = {"account": "agent", "behaviour": "retail", "market": "spot", "side": 1}
+    f = "population.cohorts[0]"
+    _raises({"population.cohorts": [{**row, "market": "stable"}]}, f"{f}.market", "stable")
+    _raises({"population.cohorts": [{**row, "side": -1}]}, f"{f}.side")
+    _raises({"population.cohorts": [{**row, "side": 0}]}, f"{f}.side")
+    _raises({"population.cohorts": [{**row, "lev_target": 2}]}, f"{f}.lev_target", "2")
+    p = load_scenario(TESTBED, overrides={"population.cohorts": [row]})
+    assert int(p.pop.market[0]) == SPOT
+    p = load_scenario(
+        TESTBED, overrides={"population.cohorts": [{**row, "market": "perp", "side": -1}]}
+    )
+    assert int(p.pop.market[0]) == PERP
+    no_market = {k: v for k, v in row.items() if k != "market"}
+    assert (
+        int(load_scenario(TESTBED, overrides={"population.cohorts": [no_market]}).pop.market[0])
+        == PERP
+    )
 
 
 def test_bad_shock():

@@ -424,6 +424,13 @@ def test_pump_dump_price_funding_and_liquidation_waves(pump):
     t_min_f = f.argmin(-1)
     liq_s_pump = ev["liq_notional_short"][:, t_pump:t_flip].sum(-1)
     liq_l_dump = ev["liq_notional_long"][:, t_flip:].sum(-1)
+    # Waves: at least two bursts of short liquidations, 5 min or more apart.
+    waves = np.array(
+        [
+            _bursts(x, int(300 / float(params.dt)))
+            for x in ev["liq_notional_short"][:, t_pump:t_flip]
+        ]
+    )
     ok = (
         (peak >= 1.8)
         & (crash <= 0.5)
@@ -431,6 +438,7 @@ def test_pump_dump_price_funding_and_liquidation_waves(pump):
         & (t_min_f < t_flip)
         & (f.min(-1) < 0)
         & (liq_s_pump > 0)
+        & (waves >= 2)
         & (liq_l_dump > 0)
     )
     msg = _report(
@@ -440,8 +448,30 @@ def test_pump_dump_price_funding_and_liquidation_waves(pump):
         crash=crash,
         t_min_funding=t_min_f,
         liq_short_pump=liq_s_pump / 1e6,
+        short_waves=waves,
         liq_long_dump=liq_l_dump / 1e6,
     )
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
+def _bursts(x: np.ndarray, gap: int) -> int:
+    """Number of runs of nonzero ticks separated by at least `gap` ticks."""
+    t = np.flatnonzero(x > 0)
+    return 0 if len(t) == 0 else 1 + int((np.diff(t) >= gap).sum())
+
+
+def test_pump_funding_negative_again_before_the_dump(pump):
+    """ "Funding most negative during the first pump leg and again just before the dump":
+    in the last half hour of the pump and the flip (3-4 h) funding is negative again and
+    reaches at least a quarter of the first leg's (40 min - 3 h) trough."""
+    params, ev, _, _, _ = pump
+    t_pump, _, t_dump = _phases(params)
+    t3 = int(3 * 3600 / float(params.dt))
+    f = ev["funding_rate"]
+    first = f[:, t_pump:t3].min(-1)
+    again = f[:, t3:t_dump].min(-1)
+    ok = (first < 0) & (again < 0) & (again <= 0.25 * first)
+    msg = _report("pump funding again", ok, first=first * 1e4, again=again * 1e4)
     assert _frac(ok) >= MIN_FRACTION, msg
 
 

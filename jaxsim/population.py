@@ -17,6 +17,9 @@ Behaviours (one per account, parameters in `PopParams`, YAML under `population.c
   BASE it holds, its target `f * lev_target * equity / spot mid` with `lev_target <= 1`; it
   buys with the USDT it holds and sells the BASE it holds, by market order on the spot book
   (momentum buyers who chase a pump, or dip buyers, and with `hold = 1` hold the bag).
+  With `threshold > 0` its buys are limit bids that far under the spot mid instead: each
+  time it acts it cancels its resting bids and bids again (the dip buyers a dump sells
+  into); the USDT they reserve counts in its equity.
 - basis_arb: when the perp/spot basis is beyond `threshold` it takes the side that earns
   the convergence (long perp + sell spot when the perp is cheap, short perp + buy spot when
   rich), sized `lev_target` x equity; it unwinds once |basis| < `exit`. Two orders per tick:
@@ -207,9 +210,10 @@ def background_orders(
         "ga,g->a", state.book.qty[SPOT, BID, :, :n_user], level_px(state, params, SPOT)
     )
     r_pos = jnp.where(r_spot, bal[:, BASE], pos)
+    r_eq = jnp.where(r_spot, eq + resv, eq)
     scale_q = jnp.where(
         r_spot,
-        pp.lev_target[:n_user] * (eq + resv) / jnp.maximum(mids[SPOT], 1e-12),
+        pp.lev_target[:n_user] * r_eq / jnp.maximum(mids[SPOT], 1e-12),
         jnp.minimum(pp.lev_target[:n_user] * eq / mark, cap_q),
     )
     target = f * scale_q
@@ -218,7 +222,7 @@ def background_orders(
     # its liquidation (the retail shorts of a squeeze) or, on spot, holds the bag.
     keep = (pp.hold[:n_user] > 0.5) & (target * r_pos > 0) & (jnp.abs(target) < jnp.abs(r_pos))
     gap = jnp.where(keep, 0.0, target - r_pos)
-    trade = act & (jnp.abs(gap) > pp.min_trade[:n_user] * scale_q) & (eq > 0)
+    trade = act & (jnp.abs(gap) > pp.min_trade[:n_user] * scale_q) & (r_eq > 0)
     r_qty = jnp.where(trade, jnp.abs(gap) * pp.speed[:n_user], 0.0)
     r_side = jnp.sign(gap)
     # Spot buys: market orders, or with `threshold` > 0 limit bids resting that far below
@@ -379,9 +383,8 @@ def external_moves(state: SimState, params: Params, equity: Array) -> SimState:
     # Re-entry: new traders' money from the external wallet once the cohort is flat (after
     # a liquidation or a close). It opens new positions; it never tops up a losing one.
     # A spot cohort is flat once its BASE is worth less than its minimum trade.
-    r_spot = pp.market == SPOT
     flat = jnp.where(
-        r_spot,
+        pp.market == SPOT,
         acct.bal[:, BASE] * state.px.last[SPOT] < pp.min_trade * jnp.maximum(equity, 0.0),
         acct.pos == 0.0,
     )

@@ -1230,7 +1230,31 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
         (jnp.zeros((), jnp.int32), jnp.bool_(True), state, acc),
     )
     state = _reprice(state, params)
-    # The fund unwinds part of its taken-over position into the book.
+    # The fund unwinds part of its taken-over position into the book, and sells the
+    # collateral it took from bankrupt accounts into its own spot books at the same rate
+    # (the liquidation engine keeps selling until the inventory is gone). Most ticks it
+    # holds neither: `_once` skips the four book walks then.
+    ins = params.dims.insurance
+    held = jnp.stack([jnp.maximum(state.acct.bal[ins, a], 0.0) for a in COLLATERAL_SALE_ORDER])
+    busy = (state.acct.pos[ins] != 0) | jnp.any(held > 0)
+    return _once(busy, lambda c: _fund_unwind(*c, params), (state, acc))
+
+
+def _once(pred, fn, carry):
+    """`fn(carry)` if `pred` else `carry`, as a while loop of at most one iteration.
+
+    Under vmap a `lax.cond` with a batched predicate computes both branches and selects;
+    a while loop runs only while some env of the batch still needs it, so a batch in
+    which no env needs `fn` skips it.
+    """
+
+    def body(c):
+        return jnp.bool_(False), fn(c[1])
+
+    return jax.lax.while_loop(lambda c: c[0], body, (jnp.asarray(pred), carry))[1]
+
+
+def _fund_unwind(state: SimState, acc: _Acc, params: Params):
     ins = params.dims.insurance
     pos = state.acct.pos[ins]
     frac = jnp.minimum(state.rules.if_unwind_per_s * params.dt, 1.0)
@@ -1239,8 +1263,6 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
     side = -jnp.sign(pos)
     lim = jnp.where(side > 0, mark * (1 + band), mark * (1 - band))
     state, acc, _, _ = _take(state, params, acc, ins, PERP, side, jnp.abs(pos) * frac, lim)
-    # ... and sells the collateral it took from bankrupt accounts into its own spot books at
-    # the same rate (the liquidation engine keeps selling until the inventory is gone).
     for asset in COLLATERAL_SALE_ORDER:
         qty = jnp.maximum(state.acct.bal[ins, asset], 0.0) * frac
         state, acc, sold, proceeds = _take(

@@ -233,6 +233,10 @@ def load_sim_params(
         clones = [{**first, "name": f"{base}_{i}"} for i in range(1, n_agents)]
         cfg["accounts"]["users"] = [users[0], *clones, *users[1:]]
         cfg["dims"]["n_accounts"] = int(cfg["dims"]["n_accounts"]) + n_agents - 1
+    if n_agents > 1:
+        # Each learner may rest orders: one book slot more per learner beyond the first
+        # (the scenario's own n_makers leaves one for account 0).
+        cfg["dims"]["n_makers"] = int(cfg["dims"]["n_makers"]) + n_agents - 1
     if int(cfg["dims"]["max_orders"]) < min_orders:
         cfg["dims"]["max_orders"] = min_orders
     return build_params(cfg, dtype), cfg
@@ -337,8 +341,7 @@ def book_view(sim: SimState, sp: Params, m: int, exclude: Array | None = None):
     px = level_prices(sim, sp, m)
     q = sim.book.qty[m]
     if exclude is not None:
-        own = jax.nn.one_hot(exclude, q.shape[-1], dtype=q.dtype)
-        q = q * (1.0 - own)
+        q = q * (sim.book.owner != exclude).astype(q.dtype)
     bid, ask = bk.best_prices(q, px)
     ok = (bid > 0) & jnp.isfinite(ask)
     last = sim.px.last[m]

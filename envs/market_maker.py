@@ -16,6 +16,7 @@ from envs.core import (
     order_rows,
     settings_struct,
 )
+from jaxsim.engine import own_orders
 from jaxsim.types import (
     ASK,
     BASE,
@@ -180,8 +181,9 @@ class MarketMaker(RoleEnv):
             lp = level_prices(sim, sp, SPOT)
             bal = sim.acct.bal[account]
             # The cancel row refunds the learner's current spot reserves before re-quoting.
-            usdt = bal[USDT] + jnp.sum(sim.book.qty[SPOT, BID, :, account] * lp)
-            base = bal[BASE] + jnp.sum(sim.book.qty[SPOT, ASK, :, account])
+            own_spot = own_orders(sim, account, SPOT)
+            usdt = bal[USDT] + jnp.sum(own_spot[BID] * lp)
+            base = bal[BASE] + jnp.sum(own_spot[ASK])
             sq_bid = jnp.minimum(sq[0], SPOT_CASH_SHARE * jnp.maximum(usdt, 0.0) / sb)
             sq_ask = jnp.minimum(sq[1], SPOT_CASH_SHARE * jnp.maximum(base, 0.0))
             market += [SPOT, SPOT, SPOT]
@@ -201,7 +203,7 @@ class MarketMaker(RoleEnv):
         sim, sp = state.sim, params.sim
         px = level_prices(sim, sp, PERP)
         _, _, mid, _, _ = book_view(sim, sp, PERP, exclude=account)
-        own = sim.book.qty[PERP, :, :, account]  # (2, G)
+        own = own_orders(sim, account, PERP)  # (2, G)
         has_bid = own[BID] > 0
         has_ask = own[ASK] > 0
         best_bid = jnp.max(jnp.where(has_bid, px, -jnp.inf))

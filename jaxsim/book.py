@@ -7,8 +7,10 @@ which is exact FIFO as long as owners' orders occupy disjoint queue intervals, a
 invariant every operation here keeps: additions go to the back of the queue (adding to an
 existing order loses its priority, as on real venues), cancellations shift those behind.
 
-All functions act on a single market and are vmappable; there are no Python loops over
-levels or owners.
+An owner here is a maker slot (the engine maps slots to accounts, `types.Book.owner`), so
+the arrays are as wide as the number of accounts resting orders at once, not the number of
+accounts. All functions act on a single market and are vmappable; there are no Python
+loops over levels or owners.
 """
 
 from __future__ import annotations

@@ -20,10 +20,12 @@ import yaml
 from jax.flatten_util import ravel_pytree
 
 from jaxsim.types import (
+    BEH_RETAIL,
     BEHAVIOUR_NAMES,
     N_MARKETS,
     N_SYSTEM,
     POLICY_NAMES,
+    SPOT,
     AccountInit,
     Dims,
     ExchangeRules,
@@ -767,6 +769,7 @@ def build_params(cfg: dict, dtype=None) -> Params:
         "transfer_slots": (1, 64),
         "n_shocks": (1, 256),
         "n_programs": (1, 256),
+        "n_makers": (2, 4097),
     }
     for k, (lo, hi) in limits.items():
         dims_kwargs[k] = _int(d[k], f"dims.{k}", lo, hi)
@@ -875,6 +878,15 @@ def build_params(cfg: dict, dtype=None) -> Params:
     pop = _build_population(
         cfg.get("population") or {}, cfg["accounts"].get("users") or [], dims, dt
     )
+    # Maker slots: the LP's, one per cohort that rests limit bids (spot retail with a
+    # threshold), and at least one left for a learning account.
+    bidders = int(np.sum((pop.kind == BEH_RETAIL) & (pop.market == SPOT) & (pop.threshold > 0)))
+    if dims.n_makers < bidders + 2:
+        raise ConfigError(
+            f"dims.n_makers = {dims.n_makers} is too few: the LP and {bidders} limit-bidding "
+            f"cohort(s) rest orders, so at least {bidders + 2} slots are needed (one left for "
+            "a learning account)"
+        )
 
     params = Params(
         dims=dims,

@@ -44,6 +44,7 @@ from jaxsim.types import (
     KIND_SET_LEVERAGE,
     KIND_TRANSFER_IN,
     KIND_TRANSFER_OUT,
+    LP_SLOT,
     LST,
     MARKET_ASSET,
     N_ASSETS,
@@ -63,6 +64,7 @@ from jaxsim.types import (
     REJ_OUT_OF_RANGE,
     REJ_POSITION_LIMIT,
     REJ_PRICE_BAND,
+    REJ_QUEUE_FULL,
     REJ_SYSTEM,
     SPOT,
     SPOT_MARKETS,
@@ -176,18 +178,20 @@ def marked_equity(state: SimState, params: Params) -> Array:
     wallet = jnp.sum((a.bal - a.debt + a.ext_bal) * px, axis=-1)
     upnl = a.pos * (state.px.mark - a.entry)
     transit = jnp.sum(jnp.where(a.transit_amt > 0, a.transit_amt, 0.0) * px[a.transit_asset], -1)
-    reserved = jnp.zeros_like(wallet)
+    reserved = 0.0
     for m in SPOT_MARKETS:
         lvl = _level_px(state, params, m)
-        reserved = reserved + jnp.einsum("ga,g->a", state.book.qty[m, BID], lvl)
+        reserved = reserved + jnp.einsum("gq,g->q", state.book.qty[m, BID], lvl)
         reserved = reserved + state.book.qty[m, ASK].sum(0) * px[MARKET_ASSET[m]]
+    reserved = per_account(state.book, reserved, params.dims.n_accounts)
     return wallet + upnl + a.iso_margin + transit + reserved
 
 
 def _open_order_notional(state: SimState, params: Params) -> Array:
     """(A,) notional of each account's resting perp orders."""
     px = _level_px(state, params, PERP)
-    return jnp.einsum("sga,g->a", state.book.qty[PERP], px)
+    per_slot = jnp.einsum("sgq,g->q", state.book.qty[PERP], px)
+    return per_account(state.book, per_slot, params.dims.n_accounts)
 
 
 def _system_mask(params: Params) -> Array:
@@ -197,6 +201,48 @@ def _system_mask(params: Params) -> Array:
 
 def _onehot(a, n, dtype) -> Array:
     return (jnp.arange(n) == a).astype(dtype)
+
+
+# ============================================================== maker slots
+
+
+def slot_of(book: Book, a) -> tuple[Array, Array]:
+    """(has, slot): whether account `a` holds a maker slot of the books, and which."""
+    hit = book.owner == a
+    return hit.any(), jnp.argmax(hit)
+
+
+def _slot_matrix(book: Book, n_accounts: int, dtype) -> Array:
+    """(Q, A) one-hot map of the maker slots to their accounts (a free slot maps nowhere)."""
+    return (book.owner[:, None] == jnp.arange(n_accounts)[None, :]).astype(dtype)
+
+
+def per_account(book: Book, x: Array, n_accounts: int) -> Array:
+    """Per-slot values x (..., Q) as per-account values (..., A)."""
+    return x @ _slot_matrix(book, n_accounts, x.dtype)
+
+
+def own_orders(state: SimState, a, m) -> Array:
+    """(2, G) sizes account `a` rests on market `m`, bids and asks (zeros without a slot)."""
+    has, s = slot_of(state.book, a)
+    return jnp.where(has, state.book.qty[m, :, :, s], 0.0)
+
+
+def book_by_account(state: SimState, params: Params) -> tuple[Array, Array]:
+    """(qty, ahead), each (M, 2, G, A): the books with one owner column per account."""
+    p = _slot_matrix(state.book, params.dims.n_accounts, state.book.qty.dtype)
+    return state.book.qty @ p, state.book.ahead @ p
+
+
+def _slot_for(book: Book, a) -> tuple[Array, Array]:
+    """(slot, ok): where account `a`'s next resting order goes. Its own slot, else the first
+    free one: never used, or its owner has nothing left resting on any book (the LP's
+    slot is never free). ok is False when every slot is taken."""
+    has, s = slot_of(book, a)
+    q = book.owner.shape[0]
+    empty = book.qty.sum(axis=(0, 1, 2)) <= 0
+    free = ((book.owner < 0) | empty) & (jnp.arange(q) != LP_SLOT)
+    return jnp.where(has, s, jnp.argmax(free)), has | free.any()
 
 
 # ============================================================== settlement
@@ -252,8 +298,8 @@ def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit, fe
     )
     filled = fill_lvl.sum()
     notional = jnp.sum(fill_lvl * px)
-    maker_q = f.sum(0)
-    maker_n = jnp.einsum("ga,g->a", f, px)
+    maker_q = per_account(state.book, f.sum(0), n)
+    maker_n = per_account(state.book, jnp.einsum("gq,g->q", f, px), n)
     rules = state.rules
     t_fee_rate = rules.taker_fee if fee_rate is None else fee_rate
     fee_t = notional * t_fee_rate
@@ -309,10 +355,11 @@ def _cancel(state: SimState, params: Params, a, m, sides_mask: Array, frac=1.0):
     """Cancel `frac` of account a's orders on market m for the sides in sides_mask (2,)."""
     px = _level_px(state, params, m)
     q_m, ah_m = state.book.qty[m], state.book.ahead[m]
+    has, slot = slot_of(state.book, a)
     outs_q, outs_a, cancelled = [], [], []
     for s in (BID, ASK):
-        sizes = q_m[s, :, a] * frac * sides_mask[s]
-        q_s, a_s, c = bk.cancel_levels(q_m[s], ah_m[s], a, sizes)
+        sizes = jnp.where(has, q_m[s, :, slot] * frac * sides_mask[s], 0.0)
+        q_s, a_s, c = bk.cancel_levels(q_m[s], ah_m[s], slot, sizes)
         outs_q.append(q_s)
         outs_a.append(a_s)
         cancelled.append(c)
@@ -398,7 +445,12 @@ def _trade(state: SimState, params: Params, acc: _Acc, o):
     avg_dry = n_dry / jnp.maximum(f_dry, 1e-30)
     rest = jnp.where(is_limit, qty - f_dry, 0.0)
 
+    slot, slot_ok = _slot_for(state.book, a)
     limit_reason = jnp.where(~in_range, REJ_OUT_OF_RANGE, jnp.where(~in_band, REJ_PRICE_BAND, OK))
+    # The remainder would rest but no maker slot is free: rejected whole, before it trades.
+    limit_reason = jnp.where(
+        (limit_reason == OK) & (rest > DUST * qty) & ~slot_ok, REJ_QUEUE_FULL, limit_reason
+    )
     market_reason = jnp.where(f_dry <= 0, REJ_NO_LIQUIDITY, OK)
     reason = jnp.where(is_limit, limit_reason, market_reason)
 
@@ -448,10 +500,13 @@ def _trade(state: SimState, params: Params, acc: _Acc, o):
     # dust left resting across the book.
     rest_sz = jnp.where(rest_sz > DUST * qty, rest_sz, 0.0)
     side_idx = jnp.where(side > 0, BID, ASK)
-    q_s, a_s = bk.add(state.book.qty[m, side_idx], state.book.ahead[m, side_idx], level, a, rest_sz)
+    q_s, a_s = bk.add(
+        state.book.qty[m, side_idx], state.book.ahead[m, side_idx], level, slot, rest_sz
+    )
     book = state.book.replace(
         qty=state.book.qty.at[m, side_idx].set(q_s),
         ahead=state.book.ahead.at[m, side_idx].set(a_s),
+        owner=state.book.owner.at[slot].set(jnp.where(rest_sz > 0, a, state.book.owner[slot])),
     )
     is_spot = m != PERP
     bal = state.acct.bal
@@ -883,8 +938,10 @@ def _recentre(state: SimState, params: Params, m: int, center) -> SimState:
     )
     bal = state.acct.bal
     if m != PERP:
-        bal = bal.at[:, USDT].add(jnp.einsum("ga,g->a", dropped[BID], px_old))
-        bal = bal.at[:, MARKET_ASSET[m]].add(dropped[ASK].sum(0))
+        n = params.dims.n_accounts
+        refund = per_account(book, jnp.einsum("gq,g->q", dropped[BID], px_old), n)
+        bal = bal.at[:, USDT].add(refund)
+        bal = bal.at[:, MARKET_ASSET[m]].add(per_account(book, dropped[ASK].sum(0), n))
     return state.replace(book=book, acct=state.acct.replace(bal=bal))
 
 
@@ -900,7 +957,7 @@ def _liquidity(state: SimState, params: Params) -> SimState:
             dev = state.acct.pos[lp] - (1.0 - pp.lp_perp_flat) * params.accounts.pos[lp]
         else:
             asset = MARKET_ASSET[m]
-            held = state.acct.bal[lp, asset] + state.book.qty[m, ASK, :, lp].sum()
+            held = state.acct.bal[lp, asset] + state.book.qty[m, ASK, :, LP_SLOT].sum()
             dev = held - params.accounts.bal[lp, asset]
         skew = jnp.clip(dev / pp.lp_inv_unit[m], -5.0, 5.0) * pp.lp_skew_bps[m] * 1e-4
         center = center * (1.0 - skew)
@@ -930,13 +987,13 @@ def _liquidity(state: SimState, params: Params) -> SimState:
         fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
         q_m, ah_m = state.book.qty[m], state.book.ahead[m]
         tgt = jnp.stack([tgt_bid, tgt_ask])
-        own = q_m[:, :, lp]
+        own = q_m[:, :, LP_SLOT]
         cut = jnp.maximum(own - tgt, 0.0)
         kept = own - cut
         add = jnp.where(cut > 0, 0.0, jnp.maximum(tgt - kept, 0.0) * fill)
         # Never cross the book left after the cuts: bids below its best ask, asks above its
         # best bid.
-        bid, ask = bk.best_prices(q_m.at[:, :, lp].set(kept), px)
+        bid, ask = bk.best_prices(q_m.at[:, :, LP_SLOT].set(kept), px)
         add = jnp.where(jnp.stack([px < ask, px > bid]), add, 0.0)
         bal = state.acct.bal
         if m != PERP:
@@ -953,7 +1010,7 @@ def _liquidity(state: SimState, params: Params) -> SimState:
             )
             add = jnp.stack([add_bid, add_ask])
             bal = bal.at[lp, USDT].add(-jnp.sum(add_bid * px)).at[lp, asset].add(-add_ask.sum())
-        q_new, ah_new = bk.requote(q_m, ah_m, lp, cut, add)
+        q_new, ah_new = bk.requote(q_m, ah_m, LP_SLOT, cut, add)
         book = state.book.replace(
             qty=state.book.qty.at[m].set(q_new),
             ahead=state.book.ahead.at[m].set(ah_new),
@@ -1439,10 +1496,12 @@ def reset(key: Array, params: Params) -> SimState:
     ext = jnp.broadcast_to(p0[:, None], (3, dims.n_venues)).astype(dtype)
     last = jnp.stack([p0[0], p0[0], p0[1], p0[2]]).astype(dtype)
     origin = (jnp.round(last / params.markets.tick_size) - g // 2).astype(jnp.int32)
+    q = dims.n_makers
     book = Book(
-        qty=jnp.zeros((N_MARKETS, 2, g, n), dtype),
-        ahead=jnp.zeros((N_MARKETS, 2, g, n), dtype),
+        qty=jnp.zeros((N_MARKETS, 2, g, q), dtype),
+        ahead=jnp.zeros((N_MARKETS, 2, g, q), dtype),
         origin=origin,
+        owner=jnp.full((q,), -1, jnp.int32).at[LP_SLOT].set(dims.lp),
     )
     z = jnp.zeros((), dtype)
     px = PriceState(

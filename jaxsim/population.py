@@ -73,6 +73,7 @@ from jaxsim.types import (
     KIND_REPAY,
     KIND_TRANSFER_IN,
     KIND_TRANSFER_OUT,
+    LP_SLOT,
     MARKET_ASSET,
     N_MARKETS,
     N_SYSTEM,
@@ -206,9 +207,9 @@ def background_orders(
     # the USDT its resting bids reserve is part of its equity (they are cancelled and
     # re-posted whenever it acts).
     r_spot = (kind == BEH_RETAIL) & (pp.market[:n_user] == SPOT)
-    resv = jnp.einsum(
-        "ga,g->a", state.book.qty[SPOT, BID, :, :n_user], level_px(state, params, SPOT)
-    )
+    bid_slot = jnp.einsum("gq,g->q", state.book.qty[SPOT, BID], level_px(state, params, SPOT))
+    owner = state.book.owner
+    resv = jnp.sum(jnp.where(owner[None, :] == ids[:, None], bid_slot[None, :], 0.0), -1)
     r_pos = jnp.where(r_spot, bal[:, BASE], pos)
     r_eq = jnp.where(r_spot, eq + resv, eq)
     scale_q = jnp.where(
@@ -433,8 +434,8 @@ def lp_equity(state: SimState, params: Params, asset_px: Array, level_px) -> Arr
         if m == PERP:
             continue
         px = level_px(state, params, m)
-        reserved = reserved + jnp.sum(state.book.qty[m, BID, :, lp] * px)
-        reserved = reserved + state.book.qty[m, ASK, :, lp].sum() * asset_px[MARKET_ASSET[m]]
+        reserved = reserved + jnp.sum(state.book.qty[m, BID, :, LP_SLOT] * px)
+        reserved = reserved + state.book.qty[m, ASK, :, LP_SLOT].sum() * asset_px[MARKET_ASSET[m]]
     upnl = acct.pos[lp] * (state.px.mark - acct.entry[lp])
     # Against holding the starting inventory: what market making itself earned or lost.
     a0 = params.accounts

@@ -2,8 +2,9 @@
 
 Conventions: quantities are in base units, prices in quote (USDT) units, money in the
 asset's own units. Shapes use A = accounts, M = markets (4), G = price levels per market
-grid, T = margin tiers, S = rule-schedule rows, K = external orders per tick,
-V = external venues, W = basis moving-average window, X = transfer slots per account.
+grid, Q = maker slots of the books, T = margin tiers, S = rule-schedule rows, K = external
+orders per tick, V = external venues, W = basis moving-average window, X = transfer slots
+per account.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ REJ_PRICE_BAND = 6  # limit price outside the band around mark/last
 REJ_OUT_OF_RANGE = 7  # limit price outside the book's price grid
 REJ_NO_LIQUIDITY = 8  # market order found nothing to fill within its limit
 REJ_SYSTEM = 9  # order from a system account (LP, outside world, insurance fund, fees)
-N_REASONS = 10
+REJ_QUEUE_FULL = 10  # a limit order would rest, but every maker slot (dims.n_makers) is taken
+N_REASONS = 11
 REASON_NAMES = (
     "ok",
     "invalid",
@@ -82,6 +84,7 @@ REASON_NAMES = (
     "out_of_range",
     "no_liquidity",
     "system_account",
+    "queue_full",
 )
 
 # ---------------------------------------------------------------- rule-change policies
@@ -95,6 +98,9 @@ CROSS, ISOLATED = 0, 1
 
 # Number of system accounts at the end of the account axis.
 N_SYSTEM = 4
+
+# Maker slot of the liquidity provider in the book's owner axis (it always holds one).
+LP_SLOT = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +119,10 @@ class Dims:
     transfer_slots: int = 2
     n_shocks: int = 4
     n_programs: int = 8  # scripted order-flow rows (whale, outflows, manipulator)
+    # Owner slots of the books: the LP's plus n_makers - 1 for user accounts with resting
+    # orders at the same time (a slot is taken by an account's first resting order and
+    # freed once it has none left on any book).
+    n_makers: int = 4
 
     @property
     def lp(self) -> int:
@@ -301,9 +311,14 @@ class Orders:
 
 @struct.dataclass
 class Book:
-    qty: Array  # (M, 2, G, A) resting size per owner
-    ahead: Array  # (M, 2, G, A) size queued ahead of the owner's order at that level
+    """Books of all markets. The owner axis Q = dims.n_makers holds maker slots, not
+    accounts: `owner[q]` is the account of slot q (-1 = never used); slot LP_SLOT is the
+    LP's. `engine.book_by_account` gives the (M, 2, G, A) per-account view."""
+
+    qty: Array  # (M, 2, G, Q) resting size per maker slot
+    ahead: Array  # (M, 2, G, Q) size queued ahead of the slot's order at that level
     origin: Array  # (M,) int32 grid tick index of level 0: price_j = (origin + j) * tick
+    owner: Array  # (Q,) int32 account of each maker slot (-1 = free)
 
 
 @struct.dataclass

@@ -39,6 +39,7 @@ KIND_NONE, KIND_MARKET, KIND_LIMIT, KIND_CANCEL = 0, 1, 2, 3
 N_KINDS = 9
 OK, REJ_INVALID, REJ_BALANCE, REJ_MARGIN, REJ_POSITION_LIMIT, REJ_LEVERAGE = 0, 1, 2, 3, 4, 5
 REJ_PRICE_BAND, REJ_OUT_OF_RANGE, REJ_NO_LIQUIDITY, REJ_SYSTEM = 6, 7, 8, 9
+REJ_QUEUE_FULL = 10
 CROSS, ISOLATED = 0, 1
 N_SYSTEM = 4
 SECONDS_PER_8H = 8.0 * 3600.0
@@ -70,6 +71,7 @@ class RefExchange:
         self.liq_per_round = min(d.liq_per_round, d.n_accounts)
         self.lp, self.outside, self.ins, self.fees = d.lp, d.outside, d.insurance, d.fees
         self.n_user = self.n - N_SYSTEM
+        self.n_makers = d.n_makers
         self.dt = float(params.dt)
         self.basis_window_s = float(params.basis_window_s)
         mk = params.markets
@@ -222,6 +224,22 @@ class RefExchange:
             if e[0] == owner:
                 return e[1]
         return 0.0
+
+    def resting_accounts(self) -> set[int]:
+        """Accounts with any resting order on any book."""
+        return {
+            e[0]
+            for m in range(N_MARKETS)
+            for sd in (BID, ASK)
+            for lvl in self.book[m][sd]
+            for e in lvl
+            if e[1] > 0
+        }
+
+    def can_rest(self, a: int) -> bool:
+        """The books hold the LP and at most n_makers - 1 other accounts at once."""
+        others = self.resting_accounts() - {self.lp}
+        return a in others or len(others) < self.n_makers - 1
 
     def book_add(self, m, side, j, owner, size):
         """Rest `size` for `owner`; its whole order at the level goes to the back of the queue."""
@@ -684,6 +702,8 @@ class RefExchange:
                 reason = REJ_OUT_OF_RANGE
             elif not abs(px_lim - ref) <= band * ref:
                 reason = REJ_PRICE_BAND
+            elif rest > 1e-6 * qty and not self.can_rest(a):
+                reason = REJ_QUEUE_FULL
         elif f_dry <= 0:
             reason = REJ_NO_LIQUIDITY
         if reason == OK:
@@ -960,7 +980,8 @@ class RefExchange:
 
 
 def _np_tree(state) -> dict:
-    """Engine SimState -> nested dict of NumPy arrays."""
+    """Engine SimState -> nested dict of NumPy arrays, the books in the per-account layout
+    (M, 2, G, A) the reference keeps (the engine's owner axis is maker slots)."""
     import dataclasses
 
     import jax
@@ -970,4 +991,9 @@ def _np_tree(state) -> dict:
             return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
         return np.asarray(x)
 
-    return conv(jax.device_get(state))
+    s = conv(jax.device_get(state))
+    book = s["book"]
+    slots = book.pop("owner")
+    onehot = (slots[:, None] == np.arange(len(s["acct"]["pos"]))[None, :]).astype(float)
+    book["qty"], book["ahead"] = book["qty"] @ onehot, book["ahead"] @ onehot
+    return s

@@ -185,6 +185,18 @@ def test_bad_spot_retail_cohort():
     )
 
 
+def test_maker_slots_cover_the_limit_bidders():
+    """dims.n_makers: at least 2; enough for the LP, every limit-bidding cohort and one
+    learning account."""
+    _raises({"dims.n_makers": 1}, "dims.n_makers", "1")
+    row = {"account": "agent", "behaviour": "retail", "market": "spot", "side": 1}
+    bidder = {**row, "threshold": 0.01}
+    _raises({"dims.n_makers": 2, "population.cohorts": [bidder]}, "dims.n_makers", "at least 3")
+    assert load_scenario(TESTBED, overrides={"dims.n_makers": 3, "population.cohorts": [bidder]})
+    # A market-order cohort rests nothing: two slots do.
+    assert load_scenario(TESTBED, overrides={"dims.n_makers": 2, "population.cohorts": [row]})
+
+
 def test_bad_shock():
     shock = {"start_s": 0.0, "duration_s": 10.0, "asset": "gold", "return_pct": -10.0}
     _raises({"exogenous.shocks": [shock]}, "exogenous.shocks[0].asset", "gold")

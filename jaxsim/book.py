@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsim.ops import sum_last
 from jaxsim.types import ASK, BID
 
 Array = jax.Array
@@ -28,8 +29,8 @@ def level_prices(origin: Array, tick: Array, n_levels: int) -> Array:
 
 
 def best_prices(q: Array, px: Array) -> tuple[Array, Array]:
-    """Best bid and ask (0 / inf when a side is empty). q: (2, G, A)."""
-    tot = q.sum(-1)
+    """Best bid and ask (0 / inf when a side is empty). q: (2, G, Q)."""
+    tot = sum_last(q)
     bid = jnp.max(jnp.where(tot[BID] > 0, px, 0.0))
     ask = jnp.min(jnp.where(tot[ASK] > 0, px, jnp.inf))
     return bid, ask
@@ -77,7 +78,7 @@ def consume(q_side: Array, ahead_side: Array, fill_lvl: Array) -> tuple[Array, A
     makers always trade the same amount.
     """
     eps = dust_eps(q_side.dtype)
-    scale = jnp.maximum(fill_lvl, q_side.sum(-1))[:, None]
+    scale = jnp.maximum(fill_lvl, sum_last(q_side))[:, None]
     f = jnp.where(fill_lvl[:, None] > 0, jnp.clip(fill_lvl[:, None] - ahead_side, 0.0, q_side), 0.0)
     hit = (fill_lvl[:, None] > 0) & (fill_lvl[:, None] > ahead_side - eps * scale)
     f = jnp.where(hit & (q_side - f <= eps * scale), q_side, f)
@@ -110,7 +111,7 @@ def add_levels(q_side: Array, ahead_side: Array, owner: Array, sizes: Array):
     behind = (ahead_side > own_ahead[:, None]) & (q_side > 0)
     behind = behind.at[:, owner].set(False) & (grows & (old > 0))[:, None]
     ahead_side = jnp.where(behind, jnp.maximum(ahead_side - old[:, None], 0.0), ahead_side)
-    others = q_side.sum(-1) - old
+    others = sum_last(q_side) - old
     ahead_side = ahead_side.at[:, owner].set(jnp.where(grows, others, own_ahead))
     q_side = q_side.at[:, owner].add(jnp.maximum(sizes, 0.0))
     return q_side, ahead_side
@@ -147,7 +148,7 @@ def requote(q: Array, ahead: Array, owner, cancel: Array, add: Array):
     grows = add > 0
     is_owner = jnp.arange(q.shape[-1]) == owner
     q_post = jnp.where(is_owner, q1[..., None], q)
-    others = q_post.sum(-1) - q1
+    others = sum_last(q_post) - q1
     # Owners queued behind move forward by the cancelled size, or, where the order is
     # topped up (cancelled and re-added at the back), by its whole old size.
     d = jnp.where(c > 0, c, jnp.where(grows & (q1 > 0), q1, 0.0))
@@ -179,7 +180,7 @@ def shift(q: Array, ahead: Array, k: Array) -> tuple[Array, Array, Array]:
 
 def depth_within(q: Array, px: Array, mid: Array, frac: Array) -> Array:
     """Resting size within mid * (1 +/- frac) per side: (2,)."""
-    tot = q.sum(-1)
+    tot = sum_last(q)
     near = jnp.abs(px - mid) <= frac * mid
     return jnp.sum(jnp.where(near[None, :], tot, 0.0), axis=-1)
 

@@ -28,6 +28,7 @@ from jaxsim import book as bk
 from jaxsim import margin as mg
 from jaxsim import population as popm
 from jaxsim import prices as pr
+from jaxsim.ops import compact, sum_last, sum_leading
 from jaxsim.types import (
     ASK,
     BASE,
@@ -160,6 +161,22 @@ def _margin_balances(state: SimState) -> Array:
     )
 
 
+def _margin_balance_of(state: SimState, a) -> Array:
+    """Margin balance of account a alone (`_margin_balances(state)[a]` without the others)."""
+    acct = state.acct
+    return mg.margin_balance(
+        acct.bal[a],
+        acct.debt[a],
+        acct.pos[a],
+        acct.entry[a],
+        acct.iso_margin[a],
+        acct.mode[a],
+        asset_prices(state.px),
+        state.px.mark,
+        state.rules.haircut,
+    )
+
+
 def _equity(state: SimState) -> Array:
     """Unhaircut equity: wallet value + uPnL (cross) or isolated margin + uPnL."""
     a = state.acct
@@ -175,9 +192,9 @@ def marked_equity(state: SimState, params: Params) -> Array:
     margin. Moving assets between venues or resting a spot order changes none of it."""
     a = state.acct
     px = asset_prices(state.px)
-    wallet = jnp.sum((a.bal - a.debt + a.ext_bal) * px, axis=-1)
+    wallet = sum_last((a.bal - a.debt + a.ext_bal) * px)
     upnl = a.pos * (state.px.mark - a.entry)
-    transit = jnp.sum(jnp.where(a.transit_amt > 0, a.transit_amt, 0.0) * px[a.transit_asset], -1)
+    transit = sum_last(jnp.where(a.transit_amt > 0, a.transit_amt, 0.0) * px[a.transit_asset])
     reserved = 0.0
     for m in SPOT_MARKETS:
         lvl = _level_px(state, params, m)
@@ -192,6 +209,12 @@ def _open_order_notional(state: SimState, params: Params) -> Array:
     px = _level_px(state, params, PERP)
     per_slot = jnp.einsum("sgq,g->q", state.book.qty[PERP], px)
     return per_account(state.book, per_slot, params.dims.n_accounts)
+
+
+def _open_order_notional_of(state: SimState, params: Params, a) -> Array:
+    """Notional of account a's resting perp orders."""
+    own = own_orders(state, a, PERP)
+    return jnp.sum((own[BID] + own[ASK]) * _level_px(state, params, PERP))
 
 
 def _system_mask(params: Params) -> Array:
@@ -240,7 +263,7 @@ def _slot_for(book: Book, a) -> tuple[Array, Array]:
     slot is never free). ok is False when every slot is taken."""
     has, s = slot_of(book, a)
     q = book.owner.shape[0]
-    empty = book.qty.sum(axis=(0, 1, 2)) <= 0
+    empty = sum_leading(book.qty) <= 0
     free = ((book.owner < 0) | empty) & (jnp.arange(q) != LP_SLOT)
     return jnp.where(has, s, jnp.argmax(free)), has | free.any()
 
@@ -290,9 +313,9 @@ def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit, fe
     px = _level_px(state, params, m)
     q_m, ah_m = state.book.qty[m], state.book.ahead[m]
     hit = jnp.where(side > 0, ASK, BID)
-    fill_lvl = bk.walk(q_m[hit].sum(-1), px, side, qty, limit)
+    fill_lvl = bk.walk(sum_last(q_m[hit]), px, side, qty, limit)
     q_side, ah_side, f = bk.consume(q_m[hit], ah_m[hit], fill_lvl)
-    fill_lvl = f.sum(-1)  # what makers actually gave (equal to the walk up to rounding)
+    fill_lvl = sum_last(f)  # what makers actually gave (equal to the walk up to rounding)
     book = state.book.replace(
         qty=state.book.qty.at[m, hit].set(q_side), ahead=state.book.ahead.at[m, hit].set(ah_side)
     )
@@ -439,7 +462,7 @@ def _trade(state: SimState, params: Params, acc: _Acc, o):
     limit = jnp.where(is_limit, px_lim, jnp.where(o.price > 0, o.price, take_bound))
 
     hit = jnp.where(side > 0, ASK, BID)
-    dry = bk.walk(state.book.qty[m, hit].sum(-1), px, side, qty, limit)
+    dry = bk.walk(sum_last(state.book.qty[m, hit]), px, side, qty, limit)
     f_dry = dry.sum()
     n_dry = jnp.sum(dry * px)
     avg_dry = n_dry / jnp.maximum(f_dry, 1e-30)
@@ -469,9 +492,9 @@ def _trade(state: SimState, params: Params, acc: _Acc, o):
     n_new = jnp.abs(new_pos) * mark
     increasing = jnp.abs(new_pos) > jnp.abs(pos)
     lev = acct.lev[a]
-    mb = _margin_balances(state)[a]
+    mb = _margin_balance_of(state, a)
     impact = side * f_dry * (mark - avg_dry) - n_dry * rules.taker_fee
-    orders_im = (_open_order_notional(state, params)[a] + rest * px_lim) / lev
+    orders_im = (_open_order_notional_of(state, params, a) + rest * px_lim) / lev
     im_new = n_new / lev
     free_cross = mb + impact - im_new - orders_im
     wallet = mg.collateral_value(acct.bal[a], acct.debt[a], asset_prices(state.px), rules.haircut)
@@ -530,10 +553,11 @@ def _op_cancel(state, params, acc, o):
     return state, acc, (jnp.array(OK), z, z, z)
 
 
-def _im_total(state: SimState, params: Params) -> Array:
-    a = state.acct
-    notional = jnp.abs(a.pos) * state.px.mark + _open_order_notional(state, params)
-    return notional / jnp.maximum(a.lev, 1.0)
+def _im_total_of(state: SimState, params: Params, a) -> Array:
+    """Initial margin of account a's position and resting perp orders at its leverage."""
+    acct = state.acct
+    notional = jnp.abs(acct.pos[a]) * state.px.mark + _open_order_notional_of(state, params, a)
+    return notional / jnp.maximum(acct.lev[a], 1.0)
 
 
 def _op_transfer(state, params, acc, o, to_exchange: bool):
@@ -549,8 +573,8 @@ def _op_transfer(state, params, acc, o, to_exchange: bool):
     if not to_exchange:
         # Leaving the exchange must not break the account's initial margin (cross).
         px = asset_prices(state.px)
-        mb_after = _margin_balances(state)[a] - qty * px[asset] * (1 - state.rules.haircut[asset])
-        short = (acct.mode[a] == CROSS) & (mb_after < _im_total(state, params)[a])
+        mb_after = _margin_balance_of(state, a) - qty * px[asset] * (1 - state.rules.haircut[asset])
+        short = (acct.mode[a] == CROSS) & (mb_after < _im_total_of(state, params, a))
         reason = jnp.where((reason == OK) & short, REJ_MARGIN, reason)
     ok = reason == OK
     amt = jnp.where(ok, qty, 0.0)
@@ -585,8 +609,8 @@ def _op_set_leverage(state, params, acc, o):
     a, new_lev = o.account, o.qty
     acct = state.acct
     n = jnp.abs(acct.pos[a]) * state.px.mark
-    mb = _margin_balances(state)[a]
-    im = (n + _open_order_notional(state, params)[a]) / jnp.maximum(new_lev, 1e-9)
+    mb = _margin_balance_of(state, a)
+    im = (n + _open_order_notional_of(state, params, a)) / jnp.maximum(new_lev, 1e-9)
     reason = jnp.where(
         (new_lev < 1.0) | (new_lev > mg.max_leverage(n, state.rules)),
         REJ_LEVERAGE,
@@ -602,11 +626,11 @@ def _op_borrow(state, params, acc, o):
     acct = state.acct
     px = asset_prices(state.px)
     # Borrowed units count as haircut collateral while the debt counts in full.
-    mb_after = _margin_balances(state)[a] - qty * px[asset] * state.rules.haircut[asset]
+    mb_after = _margin_balance_of(state, a) - qty * px[asset] * state.rules.haircut[asset]
     reason = jnp.where(
         acct.mode[a] != CROSS,
         REJ_INVALID,
-        jnp.where(mb_after < _im_total(state, params)[a], REJ_MARGIN, OK),
+        jnp.where(mb_after < _im_total_of(state, params, a), REJ_MARGIN, OK),
     )
     amt = jnp.where(reason == OK, qty, 0.0)
     lender = params.dims.outside
@@ -664,8 +688,7 @@ def _process_orders(state: SimState, params: Params, orders: Orders, acc: _Acc):
     """
     n = orders.kind.shape[0]
     active = orders.kind != KIND_NONE
-    perm = jnp.argsort(~active, stable=True)
-    n_act = active.sum()
+    perm, n_act = compact(active)
     dtype = state.acct.bal.dtype
     branches = [lambda s, c, oo, f=f: f(s, params, c, oo) for f in _BRANCHES]
 
@@ -846,7 +869,7 @@ def _reprice(state: SimState, params: Params) -> SimState:
 def _impact_premium(state: SimState, params: Params, index_base) -> Array:
     rules = state.rules
     px = _level_px(state, params, PERP)
-    tot = state.book.qty[PERP].sum(-1)
+    tot = sum_last(state.book.qty[PERP])
     imn = rules.imn_quote * rules.tier_max_lev[0]
     impact_bid = bk.impact_price(tot[BID], px, -1, imn)
     impact_ask = bk.impact_price(tot[ASK], px, 1, imn)
@@ -1046,7 +1069,7 @@ def _breaching(state: SimState, params: Params) -> Array:
 
 def _first_k(mask: Array, k: int) -> tuple[Array, Array]:
     """Indices of the first k True entries of mask (account order) and their validity."""
-    order = jnp.argsort(~mask, stable=True)[:k]
+    order = compact(mask)[0][:k]
     return order, mask[order]
 
 
@@ -1105,7 +1128,7 @@ def _needs_liquidation(state: SimState, params: Params) -> Array:
     acct = state.acct
     mb = _margin_balances(state)
     mm = mg.maint_margin(jnp.abs(acct.pos) * state.px.mark, state.rules)
-    exposure = (acct.pos != 0) | (acct.debt.sum(-1) > 0) | (acct.bal[:, USDT] < 0)
+    exposure = (acct.pos != 0) | (sum_last(acct.debt) > 0) | (acct.bal[:, USDT] < 0)
     return (mb < mm) & exposure & ~_system_mask(params)
 
 
@@ -1207,7 +1230,7 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced, ac
         m = ASSET_MARKET[asset]
         deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
         px = _level_px(state, params, m)
-        tot = state.book.qty[m, BID].sum(-1)
+        tot = sum_last(state.book.qty[m, BID])
         need = bk.walk_for_quote(tot, px, deficit * (1 + rules.taker_fee), 0.0).sum()
         qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))
         state, acc, sold, proceeds = _take(state, params, acc, a, m, -1, qty, 0.0)

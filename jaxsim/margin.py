@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsim.ops import sum_last
 from jaxsim.types import CROSS, ExchangeRules
 
 Array = jax.Array
@@ -43,12 +44,12 @@ def collateral_value(bal: Array, debt: Array, asset_px: Array, haircut: Array) -
     """
     pos_part = jnp.maximum(bal, 0.0) * asset_px * (1.0 - haircut)
     neg_part = jnp.minimum(bal, 0.0) * asset_px
-    return jnp.sum(pos_part + neg_part - debt * asset_px, axis=-1)
+    return sum_last(pos_part + neg_part - debt * asset_px)
 
 
 def wallet_value(bal: Array, debt: Array, asset_px: Array) -> Array:
     """Unhaircut value of balances minus debts (what the account is really worth)."""
-    return jnp.sum((bal - debt) * asset_px, axis=-1)
+    return sum_last((bal - debt) * asset_px)
 
 
 def margin_balance(

@@ -94,11 +94,27 @@ def dust_eps(dtype) -> float:
 
 
 def add(q_side: Array, ahead_side: Array, level: Array, owner: Array, size: Array):
-    """Rest `size` at `level` for `owner`, at the back of the queue (scalar level/owner)."""
-    q_new, a_new = add_levels(
-        q_side[level][None], ahead_side[level][None], owner, jnp.reshape(size, (1,))
+    """Rest `size` at `level` for `owner`, at the back of the queue (scalar level/owner).
+
+    `add_levels` on the one row, with the owner's column read and written through its
+    one-hot mask (exact: one value plus zeros), which under vmap is cheaper than the
+    gather and scatter of a traced owner index.
+    """
+    row_q = jax.lax.dynamic_slice_in_dim(q_side, level, 1, 0)[0]
+    row_a = jax.lax.dynamic_slice_in_dim(ahead_side, level, 1, 0)[0]
+    oh = (jnp.arange(q_side.shape[-1]) == owner).astype(q_side.dtype)
+    old = sum_last(row_q * oh)
+    own_ahead = sum_last(row_a * oh)
+    grows = size > 0
+    behind = (row_a > own_ahead) & (row_q > 0) & (oh == 0) & grows & (old > 0)
+    row_a = jnp.where(behind, jnp.maximum(row_a - old, 0.0), row_a)
+    others = sum_last(row_q) - old
+    row_a = row_a * (1 - oh) + oh * jnp.where(grows, others, own_ahead)
+    row_q = row_q + oh * jnp.maximum(size, 0.0)
+    return (
+        jax.lax.dynamic_update_slice_in_dim(q_side, row_q[None], level, 0),
+        jax.lax.dynamic_update_slice_in_dim(ahead_side, row_a[None], level, 0),
     )
-    return q_side.at[level].set(q_new[0]), ahead_side.at[level].set(a_new[0])
 
 
 def add_levels(q_side: Array, ahead_side: Array, owner: Array, sizes: Array):
@@ -121,15 +137,16 @@ def cancel_levels(q_side: Array, ahead_side: Array, owner: Array, sizes: Array):
     """Cancel up to `sizes` (G,) of one owner's orders; the back of its order goes first.
 
     Owners queued behind the owner move forward by the cancelled size.
-    Returns (q, ahead, cancelled (G,)).
+    Returns (q, ahead, cancelled (G,)). The owner's column is read and written through its
+    one-hot mask (exact), not a gather / scatter of a traced index.
     """
-    own_q = q_side[:, owner]
+    is_owner = jnp.arange(q_side.shape[-1]) == owner
+    own_q = sum_last(jnp.where(is_owner, q_side, 0.0))
     c = jnp.clip(sizes, 0.0, own_q)
-    own_ahead = ahead_side[:, owner]
-    behind = (ahead_side > own_ahead[:, None]) & (q_side > 0)
-    behind = behind.at[:, owner].set(False)
+    own_ahead = sum_last(jnp.where(is_owner, ahead_side, 0.0))
+    behind = (ahead_side > own_ahead[:, None]) & (q_side > 0) & ~is_owner
     ahead_side = jnp.maximum(ahead_side - jnp.where(behind, c[:, None], 0.0), 0.0)
-    q_side = q_side.at[:, owner].add(-c)
+    q_side = jnp.where(is_owner, (own_q - c)[:, None], q_side)
     ahead_side = jnp.where(q_side > 0, ahead_side, 0.0)
     return q_side, ahead_side, c
 

@@ -181,14 +181,14 @@ def requote(q: Array, ahead: Array, owner, cancel: Array, add: Array):
 def shift(q: Array, ahead: Array, k: Array) -> tuple[Array, Array, Array]:
     """Re-centre the grid: new level j holds old level j + k. Dropped orders are returned.
 
-    Returns (q, ahead, dropped) where dropped (2, G, A) is on the *old* grid.
+    Returns (q, ahead, dropped) where dropped (2, G, Q) is on the *old* grid. The move is a
+    dynamic slice of the book padded with empty levels (not a gather).
     """
     n = q.shape[1]
-    src = jnp.arange(n) + k
-    valid = (src >= 0) & (src < n)
-    src_c = jnp.clip(src, 0, n - 1)
-    q_new = jnp.where(valid[None, :, None], q[:, src_c, :], 0.0)
-    a_new = jnp.where(valid[None, :, None], ahead[:, src_c, :], 0.0)
+    k = jnp.clip(k, -n, n)  # a shift of the whole grid or more drops everything alike
+    pad = jnp.zeros_like(q)
+    q_new = jax.lax.dynamic_slice_in_dim(jnp.concatenate([pad, q, pad], 1), n + k, n, 1)
+    a_new = jax.lax.dynamic_slice_in_dim(jnp.concatenate([pad, ahead, pad], 1), n + k, n, 1)
     old = jnp.arange(n) - k  # where old level j lands
     kept = (old >= 0) & (old < n)
     dropped = jnp.where(kept[None, :, None], 0.0, q)

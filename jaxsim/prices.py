@@ -5,9 +5,42 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsim.ops import sum_last
+
 Array = jax.Array
 
 SECONDS_PER_8H = 8.0 * 3600.0
+
+
+def _sorted_cols(x: Array) -> list[Array]:
+    """The last axis of x sorted ascending, as a list of columns: odd-even transposition
+    (elementwise min / max) for a short axis, instead of a sort op."""
+    cols = [x[..., i] for i in range(x.shape[-1])]
+    n = len(cols)
+    for p in range(n):
+        for i in range(p % 2, n - 1, 2):
+            cols[i], cols[i + 1] = (
+                jnp.minimum(cols[i], cols[i + 1]),
+                jnp.maximum(cols[i], cols[i + 1]),
+            )
+    return cols
+
+
+def masked_median(x: Array, active: Array) -> Array:
+    """Median over the last axis of the entries where `active` (at least one per row):
+    the middle one, or the mean of the two middle ones (as `jnp.nanmedian` with the
+    inactive entries NaN)."""
+    cols = _sorted_cols(jnp.where(active, x, jnp.inf))
+    k = sum_last(active.astype(jnp.int32))
+    lo_i, hi_i = (k - 1) // 2, k // 2
+    lo = sum(jnp.where(lo_i == i, c, 0.0) for i, c in enumerate(cols))
+    hi = sum(jnp.where(hi_i == i, c, 0.0) for i, c in enumerate(cols))
+    return 0.5 * (lo + hi)
+
+
+def median3(a: Array, b: Array, c: Array) -> Array:
+    """Median of three (elementwise)."""
+    return jnp.maximum(jnp.minimum(a, b), jnp.minimum(jnp.maximum(a, b), c))
 
 
 def index_price(constituents: Array, weights: Array, clip: Array, floor: Array) -> Array:
@@ -27,12 +60,12 @@ def index_price(constituents: Array, weights: Array, clip: Array, floor: Array) 
     none = ~active.any(-1, keepdims=True)
     active = active | none
     weights = jnp.where(none, 1.0, weights)
-    med = jnp.nanmedian(jnp.where(active, constituents, jnp.nan), axis=-1)
+    med = masked_median(constituents, active)
     lo = med * (1.0 - clip)
     hi = med * (1.0 + clip)
     clipped = jnp.clip(constituents, lo[..., None], hi[..., None])
     w = jnp.where(active, weights, 0.0)
-    idx = jnp.sum(w * clipped, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1e-12)
+    idx = sum_last(w * clipped) / jnp.maximum(sum_last(w), 1e-12)
     return jnp.maximum(idx, floor)
 
 
@@ -50,7 +83,7 @@ def mark_price(
     """
     p1 = index * (1.0 + funding_rate * time_to_funding_s / funding_interval_s)
     p2 = index + basis_ma
-    return jnp.median(jnp.stack([p1, p2, last], axis=-1), axis=-1)
+    return median3(p1, p2, last)
 
 
 def premium_index(impact_bid: Array, impact_ask: Array, index: Array) -> Array:

@@ -300,6 +300,23 @@ def _settle_perp(acct: AccountState, dq: Array, px: Array) -> AccountState:
     )
 
 
+def _market_book(state: SimState, m) -> tuple[Array, Array]:
+    """(qty, ahead) of market m's book, each (2, G, Q)."""
+    return state.book.qty[m], state.book.ahead[m]
+
+
+def _set_market_book(state: SimState, m, q_m: Array, ah_m: Array) -> SimState:
+    book = state.book.replace(
+        qty=state.book.qty.at[m].set(q_m), ahead=state.book.ahead.at[m].set(ah_m)
+    )
+    return state.replace(book=book)
+
+
+def _set_side(x: Array, s, v: Array) -> Array:
+    """x (2, ...) with side s replaced by v."""
+    return jnp.where((jnp.arange(2) == s).reshape((2,) + (1,) * v.ndim), v[None], x)
+
+
 def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit, fee_rate=None):
     """Account `a` takes `qty` on market `m` (side +1 buy / -1 sell) up to `limit`.
 
@@ -307,18 +324,26 @@ def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit, fe
     positions and fees. No checks: callers decide whether the order is allowed.
     Returns (state, acc, filled qty, filled notional).
     """
+    q_m, ah_m = _market_book(state, m)
+    state, acc, q_m, ah_m, filled, notional = _take_on(
+        state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate
+    )
+    return _set_market_book(state, m, q_m, ah_m), acc, filled, notional
+
+
+def _take_on(state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate=None):
+    """`_take` on market m's book given as the slice (q_m, ah_m) (2, G, Q): the state's
+    accounts, last price and `acc` are settled, its book is left alone and the new slice
+    returned. Returns (state, acc, q_m, ah_m, filled qty, filled notional)."""
     dims = params.dims
     n = dims.n_accounts
     dtype = state.acct.bal.dtype
     px = _level_px(state, params, m)
-    q_m, ah_m = state.book.qty[m], state.book.ahead[m]
     hit = jnp.where(side > 0, ASK, BID)
     fill_lvl = bk.walk(sum_last(q_m[hit]), px, side, qty, limit)
     q_side, ah_side, f = bk.consume(q_m[hit], ah_m[hit], fill_lvl)
     fill_lvl = sum_last(f)  # what makers actually gave (equal to the walk up to rounding)
-    book = state.book.replace(
-        qty=state.book.qty.at[m, hit].set(q_side), ahead=state.book.ahead.at[m, hit].set(ah_side)
-    )
+    q_m, ah_m = _set_side(q_m, hit, q_side), _set_side(ah_m, hit, ah_side)
     filled = fill_lvl.sum()
     notional = jnp.sum(fill_lvl * px)
     maker_q = per_account(state.book, f.sum(0), n)
@@ -370,14 +395,21 @@ def _take(state: SimState, params: Params, acc: _Acc, a, m, side, qty, limit, fe
         fees=acc.fees + fee_t + fee_m.sum(),
         fees_acct=acc.fees_acct + fee_m + taker * fee_t,
     )
-    state = state.replace(book=book, acct=acct, px=state.px.replace(last=last))
-    return state, acc, filled, notional
+    state = state.replace(acct=acct, px=state.px.replace(last=last))
+    return state, acc, q_m, ah_m, filled, notional
 
 
 def _cancel(state: SimState, params: Params, a, m, sides_mask: Array, frac=1.0):
     """Cancel `frac` of account a's orders on market m for the sides in sides_mask (2,)."""
+    q_m, ah_m = _market_book(state, m)
+    state, q_m, ah_m = _cancel_on(state, params, q_m, ah_m, a, m, sides_mask, frac)
+    return _set_market_book(state, m, q_m, ah_m)
+
+
+def _cancel_on(state, params, q_m, ah_m, a, m, sides_mask, frac=1.0):
+    """`_cancel` on market m's book slice (q_m, ah_m): refunds settled in the state, the
+    new slice returned. Returns (state, q_m, ah_m)."""
     px = _level_px(state, params, m)
-    q_m, ah_m = state.book.qty[m], state.book.ahead[m]
     has, slot = slot_of(state.book, a)
     outs_q, outs_a, cancelled = [], [], []
     for s in (BID, ASK):
@@ -386,17 +418,13 @@ def _cancel(state: SimState, params: Params, a, m, sides_mask: Array, frac=1.0):
         outs_q.append(q_s)
         outs_a.append(a_s)
         cancelled.append(c)
-    book = state.book.replace(
-        qty=state.book.qty.at[m].set(jnp.stack(outs_q)),
-        ahead=state.book.ahead.at[m].set(jnp.stack(outs_a)),
-    )
     # Refund spot reserves: bids held USDT, asks held the asset.
     is_spot = m != PERP
     refund_usdt = jnp.where(is_spot, jnp.sum(cancelled[BID] * px), 0.0)
     refund_asset = jnp.where(is_spot, jnp.sum(cancelled[ASK]), 0.0)
     bal = state.acct.bal.at[a, USDT].add(refund_usdt)
     bal = bal.at[a, MARKET_ASSET_ARR[m]].add(refund_asset)
-    return state.replace(book=book, acct=state.acct.replace(bal=bal))
+    return state.replace(acct=state.acct.replace(bal=bal)), jnp.stack(outs_q), jnp.stack(outs_a)
 
 
 def _cancel_all(state: SimState, params: Params, a, on=True) -> SimState:
@@ -437,11 +465,19 @@ def _validate(o, params: Params) -> Array:
     return jnp.where(o.kind == KIND_NONE, OK, reason)
 
 
-def _trade(state: SimState, params: Params, acc: _Acc, o):
-    """Market (IOC walk) or limit (walk, then rest the remainder) order; `o.kind` decides."""
+def _book_order(state: SimState, params: Params, acc: _Acc, o):
+    """Market (IOC walk), limit (walk, then rest the remainder) or cancel order; `o.kind`
+    decides. Market m's book is read once and written back once: under vmap every branch
+    of the order switch runs, so one book branch costs one write of the slice."""
+    is_cancel = o.kind == KIND_CANCEL
     is_limit = o.kind == KIND_LIMIT
     dims = params.dims
-    a, m, side, qty = o.account, o.market, o.side, o.qty
+    a, m, side = o.account, o.market, o.side
+    qty = jnp.where(is_cancel, 0.0, o.qty)
+    q_m, ah_m = _market_book(state, m)
+    # Cancel: side +1 bids, -1 asks, 0 both (nothing for a trade).
+    sides = jnp.stack([(o.side >= 0), (o.side <= 0)]) & is_cancel
+    state, q_m, ah_m = _cancel_on(state, params, q_m, ah_m, a, m, sides.astype(qty.dtype))
     rules = state.rules
     tick = params.markets.tick_size[m]
     origin = state.book.origin[m]
@@ -462,7 +498,7 @@ def _trade(state: SimState, params: Params, acc: _Acc, o):
     limit = jnp.where(is_limit, px_lim, jnp.where(o.price > 0, o.price, take_bound))
 
     hit = jnp.where(side > 0, ASK, BID)
-    dry = bk.walk(sum_last(state.book.qty[m, hit]), px, side, qty, limit)
+    dry = bk.walk(sum_last(q_m[hit]), px, side, qty, limit)
     f_dry = dry.sum()
     n_dry = jnp.sum(dry * px)
     avg_dry = n_dry / jnp.maximum(f_dry, 1e-30)
@@ -511,10 +547,11 @@ def _trade(state: SimState, params: Params, acc: _Acc, o):
     perp_reason = jnp.where(increasing, perp_reason, OK)
     check = jnp.where(m == PERP, perp_reason, jnp.where(spot_ok, OK, REJ_BALANCE))
     reason = jnp.where(reason == OK, check, reason)
-    ok = reason == OK
+    reason = jnp.where(is_cancel, OK, reason)
+    ok = (reason == OK) & ~is_cancel
 
-    state, acc, filled, notional = _take(
-        state, params, acc, a, m, side, jnp.where(ok, qty, 0.0), limit
+    state, acc, q_m, ah_m, filled, notional = _take_on(
+        state, params, acc, q_m, ah_m, a, m, side, jnp.where(ok, qty, 0.0), limit
     )
     # A limit order's remainder rests at the back of its level's queue (a market order's
     # remainder is reported unfilled); spot orders reserve what they would pay.
@@ -523,32 +560,24 @@ def _trade(state: SimState, params: Params, acc: _Acc, o):
     # dust left resting across the book.
     rest_sz = jnp.where(rest_sz > DUST * qty, rest_sz, 0.0)
     side_idx = jnp.where(side > 0, BID, ASK)
-    q_s, a_s = bk.add(
-        state.book.qty[m, side_idx], state.book.ahead[m, side_idx], level, slot, rest_sz
-    )
-    book = state.book.replace(
-        qty=state.book.qty.at[m, side_idx].set(q_s),
-        ahead=state.book.ahead.at[m, side_idx].set(a_s),
-        owner=state.book.owner.at[slot].set(jnp.where(rest_sz > 0, a, state.book.owner[slot])),
+    q_s, a_s = bk.add(q_m[side_idx], ah_m[side_idx], level, slot, rest_sz)
+    q_m, ah_m = _set_side(q_m, side_idx, q_s), _set_side(ah_m, side_idx, a_s)
+    state = _set_market_book(state, m, q_m, ah_m)
+    owner = state.book.owner
+    state = state.replace(
+        book=state.book.replace(owner=owner.at[slot].set(jnp.where(rest_sz > 0, a, owner[slot])))
     )
     is_spot = m != PERP
     bal = state.acct.bal
     bal = bal.at[a, USDT].add(-jnp.where(is_spot & (side > 0), rest_sz * px_lim, 0.0))
     bal = bal.at[a, asset].add(-jnp.where(is_spot & (side < 0), rest_sz, 0.0))
-    state = state.replace(book=book, acct=state.acct.replace(bal=bal))
-    unfilled = jnp.where(ok, jnp.where(is_limit, 0.0, qty - filled), qty)
+    state = state.replace(acct=state.acct.replace(bal=bal))
+    unfilled = jnp.where(ok | is_cancel, jnp.where(is_limit | is_cancel, 0.0, qty - filled), qty)
     avg = notional / jnp.maximum(filled, 1e-30)
     return state, acc, (reason, filled, jnp.where(filled > 0, avg, 0.0), unfilled)
 
 
 def _op_none(state, params, acc, o):
-    z = jnp.zeros((), state.acct.bal.dtype)
-    return state, acc, (jnp.array(OK), z, z, z)
-
-
-def _op_cancel(state, params, acc, o):
-    sides = jnp.stack([(o.side >= 0), (o.side <= 0)]).astype(state.acct.bal.dtype)
-    state = _cancel(state, params, o.account, o.market, sides)
     z = jnp.zeros((), state.acct.bal.dtype)
     return state, acc, (jnp.array(OK), z, z, z)
 
@@ -653,11 +682,10 @@ def _op_repay(state, params, acc, o):
     return state.replace(acct=acct.replace(bal=bal, debt=debt)), acc, (reason, amt, z, qty - amt)
 
 
-# One branch per operation; market and limit orders share `_trade`.
+# One branch per operation; market, limit and cancel orders share `_book_order`.
 _BRANCHES = (
     _op_none,
-    _trade,
-    _op_cancel,
+    _book_order,
     _op_transfer_out,
     _op_transfer_in,
     _op_set_leverage,
@@ -668,12 +696,12 @@ _KIND_BRANCH = {
     KIND_NONE: 0,
     KIND_MARKET: 1,
     KIND_LIMIT: 1,
-    KIND_CANCEL: 2,
-    KIND_TRANSFER_OUT: 3,
-    KIND_TRANSFER_IN: 4,
-    KIND_SET_LEVERAGE: 5,
-    KIND_BORROW: 6,
-    KIND_REPAY: 7,
+    KIND_CANCEL: 1,
+    KIND_TRANSFER_OUT: 2,
+    KIND_TRANSFER_IN: 3,
+    KIND_SET_LEVERAGE: 4,
+    KIND_BORROW: 5,
+    KIND_REPAY: 6,
 }
 assert sorted(_KIND_BRANCH) == list(range(N_KINDS))
 KIND_BRANCH = jnp.array([_KIND_BRANCH[k] for k in range(N_KINDS)], jnp.int32)

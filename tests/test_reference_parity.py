@@ -417,7 +417,7 @@ def test_regression_topping_up_keeps_fifo(x64):
 def test_regression_filled_limit_rests_no_dust():
     """float32, the engine's default: bids 1.624 @ level 17 and 2.192 @ level 16; a limit sell
     of 2.206 down to level 10 fills completely (1.624 + 0.582), but `qty - sum(fills)` is
-    2.4e-7, which `_trade` used to rest as an ask at level 10, below the best bid (a crossed
+    2.4e-7, which the order path used to rest as an ask at level 10, below the best bid (a crossed
     book; later mids, the basis sample, the mark and the LP's no-cross rule all saw it)."""
     p = jaxsim.load_scenario(
         TESTBED,
@@ -446,7 +446,9 @@ def test_regression_filled_limit_rests_no_dust():
     # Only the order matters here: run the trade phase alone (no LP refill, no price move).
     from jaxsim import engine as eng
 
-    trade = jax.jit(lambda st, o, pp: eng._trade(st, pp, eng._acc_zero(f32, pp.dims.n_accounts), o))
+    trade = jax.jit(
+        lambda st, o, pp: eng._book_order(st, pp, eng._acc_zero(f32, pp.dims.n_accounts), o)
+    )
     new, _, (reason, filled, _, _) = trade(state, jax.tree.map(lambda x: x[0], orders), p)
     assert int(reason) == 0 and float(filled) == pytest.approx(2.206, rel=1e-6)
     assert float(eng.own_orders(new, 0, PERP)[ASK].sum()) == 0.0  # nothing may rest

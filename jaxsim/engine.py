@@ -959,48 +959,50 @@ def _prices_and_funding(state: SimState, params: Params):
 # ============================================================== liquidity provider
 
 
-def _lp_center(state: SimState, params: Params, m: int) -> Array:
+def _lp_center(state: SimState, params: Params, m: int, q_m: Array, px: Array) -> Array:
     ref = (
         state.px.ext[0].mean(),
         state.px.index[0],
         state.px.ext[1].mean(),
         state.px.ext[2].mean(),
     )[m]
-    px = _level_px(state, params, m)
-    bid, ask = bk.best_prices(state.book.qty[m], px)
+    bid, ask = bk.best_prices(q_m, px)
     # With one side empty (swept) the last trade is the best estimate of the book's price.
     mid = jnp.where((bid > 0) & jnp.isfinite(ask), 0.5 * (bid + ask), state.px.last[m])
     w = params.markets.lp_ref_weight[m]
     return w * ref + (1 - w) * mid
 
 
-def _recentre(state: SimState, params: Params, m: int, center) -> SimState:
+def _recentre(state: SimState, params: Params, m: int, q_m, ah_m, origin, bal, center):
+    """Shift market m's grid (slice q_m, ah_m, origin) back around `center` once it drifted
+    a quarter of the grid away; dropped spot orders refund their reserves into `bal`.
+    Returns (q_m, ah_m, origin, bal)."""
     g = params.dims.n_levels
     tick = params.markets.tick_size[m]
-    c_lvl = center / tick - state.book.origin[m]
+    c_lvl = center / tick - origin
     off = c_lvl - g / 2
     k = jnp.where(jnp.abs(off) > g / 4, jnp.round(off), 0.0).astype(jnp.int32)
-    px_old = _level_px(state, params, m)
-    q, ah, dropped = bk.shift(state.book.qty[m], state.book.ahead[m], k)
-    book = state.book.replace(
-        qty=state.book.qty.at[m].set(q),
-        ahead=state.book.ahead.at[m].set(ah),
-        origin=state.book.origin.at[m].add(k),
-    )
-    bal = state.acct.bal
+    px_old = bk.level_prices(origin, tick, g)
+    q_m, ah_m, dropped = bk.shift(q_m, ah_m, k)
     if m != PERP:
         n = params.dims.n_accounts
-        refund = per_account(book, jnp.einsum("gq,g->q", dropped[BID], px_old), n)
+        refund = per_account(state.book, jnp.einsum("gq,g->q", dropped[BID], px_old), n)
         bal = bal.at[:, USDT].add(refund)
-        bal = bal.at[:, MARKET_ASSET[m]].add(per_account(book, dropped[ASK].sum(0), n))
-    return state.replace(book=book, acct=state.acct.replace(bal=bal))
+        bal = bal.at[:, MARKET_ASSET[m]].add(per_account(state.book, dropped[ASK].sum(0), n))
+    return q_m, ah_m, origin + k, bal
 
 
 def _liquidity(state: SimState, params: Params) -> SimState:
+    """The LP re-centres each grid and re-quotes its depth. Each market's book is worked on
+    as a slice and the books are written back once at the end."""
     mp, dims, pp = params.markets, params.dims, params.pop
     lp = dims.lp
+    bal = state.acct.bal
+    out_q, out_ah, out_origin = [], [], []
     for m in range(N_MARKETS):
-        center = _lp_center(state, params, m)
+        q_m, ah_m, origin = state.book.qty[m], state.book.ahead[m], state.book.origin[m]
+        tick = mp.tick_size[m]
+        center = _lp_center(state, params, m, q_m, bk.level_prices(origin, tick, dims.n_levels))
         # Inventory skew: quote lower when long against the starting inventory, higher when short.
         if m == PERP:
             # Against the starting position, or (perp_skew_vs: flat) against all of it: a
@@ -1008,13 +1010,12 @@ def _liquidity(state: SimState, params: Params) -> SimState:
             dev = state.acct.pos[lp] - (1.0 - pp.lp_perp_flat) * params.accounts.pos[lp]
         else:
             asset = MARKET_ASSET[m]
-            held = state.acct.bal[lp, asset] + state.book.qty[m, ASK, :, LP_SLOT].sum()
+            held = bal[lp, asset] + q_m[ASK, :, LP_SLOT].sum()
             dev = held - params.accounts.bal[lp, asset]
         skew = jnp.clip(dev / pp.lp_inv_unit[m], -5.0, 5.0) * pp.lp_skew_bps[m] * 1e-4
         center = center * (1.0 - skew)
-        state = _recentre(state, params, m, center)
-        px = _level_px(state, params, m)
-        tick = mp.tick_size[m]
+        q_m, ah_m, origin, bal = _recentre(state, params, m, q_m, ah_m, origin, bal, center)
+        px = bk.level_prices(origin, tick, dims.n_levels)
         dist_bps = jnp.abs(px - center) / center * 1e4
         row = 0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)
         # Volatility the market maker sees: the external venues' and its own book's.
@@ -1036,7 +1037,6 @@ def _liquidity(state: SimState, params: Params) -> SimState:
         # Pull excess at once (makers withdraw fast), refill at the resilience rate. A level
         # is either shrunk or grown, never both (no dust top-up of a level just shrunk).
         fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
-        q_m, ah_m = state.book.qty[m], state.book.ahead[m]
         tgt = jnp.stack([tgt_bid, tgt_ask])
         own = q_m[:, :, LP_SLOT]
         cut = jnp.maximum(own - tgt, 0.0)
@@ -1046,7 +1046,6 @@ def _liquidity(state: SimState, params: Params) -> SimState:
         # best bid.
         bid, ask = bk.best_prices(q_m.at[:, :, LP_SLOT].set(kept), px)
         add = jnp.where(jnp.stack([px < ask, px > bid]), add, 0.0)
-        bal = state.acct.bal
         if m != PERP:
             asset = MARKET_ASSET[m]
             # Cut orders refund their reserves; new ones are paid from what the LP holds.
@@ -1061,13 +1060,14 @@ def _liquidity(state: SimState, params: Params) -> SimState:
             )
             add = jnp.stack([add_bid, add_ask])
             bal = bal.at[lp, USDT].add(-jnp.sum(add_bid * px)).at[lp, asset].add(-add_ask.sum())
-        q_new, ah_new = bk.requote(q_m, ah_m, LP_SLOT, cut, add)
-        book = state.book.replace(
-            qty=state.book.qty.at[m].set(q_new),
-            ahead=state.book.ahead.at[m].set(ah_new),
-        )
-        state = state.replace(book=book, acct=state.acct.replace(bal=bal))
-    return state
+        q_m, ah_m = bk.requote(q_m, ah_m, LP_SLOT, cut, add)
+        out_q.append(q_m)
+        out_ah.append(ah_m)
+        out_origin.append(origin)
+    book = state.book.replace(
+        qty=jnp.stack(out_q), ahead=jnp.stack(out_ah), origin=jnp.stack(out_origin)
+    )
+    return state.replace(book=book, acct=state.acct.replace(bal=bal))
 
 
 def _apply_schedule(state: SimState, params: Params, acc: _Acc):

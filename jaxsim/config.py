@@ -21,6 +21,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxsim.types import (
     BEH_RETAIL,
+    BEH_XVENUE_ARB,
     BEHAVIOUR_NAMES,
     N_MARKETS,
     N_SYSTEM,
@@ -583,6 +584,7 @@ COHORT_PARAMS: dict[str, tuple[float, float, float]] = {
     "reentry_below": (0.0, 0.0, 1.0),
     "min_trade": (0.01, 0.0, 1.0),
     "hold": (0.0, 0.0, 1.0),
+    "bid": (0.0, 0.0, 1.0),
 }
 
 
@@ -630,6 +632,8 @@ def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParam
         for k, (_, lo, hi) in COHORT_PARAMS.items():
             if k in row:
                 cols[k][a] = _num(row[k], f"{f}.{k}", lo, hi)
+        if "bid" in row and beh != "xvenue_arb":
+            raise ConfigError(f"{f}.bid applies to xvenue_arb cohorts only (this one is {beh})")
         if beh == "retail" and mk == "spot":
             # Spot holders buy with the USDT they have: long only, at most their equity.
             if cols["side"][a] != 1.0:
@@ -705,6 +709,7 @@ def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParam
         reentry_below=cols["reentry_below"],
         min_trade=cols["min_trade"],
         hold=cols["hold"],
+        bid=cols["bid"],
         trend_fast_s=np.asarray(fast),
         trend_slow_s=np.asarray(slow),
         trend_scale=np.asarray(
@@ -879,8 +884,11 @@ def build_params(cfg: dict, dtype=None) -> Params:
         cfg.get("population") or {}, cfg["accounts"].get("users") or [], dims, dt
     )
     # Maker slots: the LP's, one per cohort that rests limit bids (spot retail with a
-    # threshold), and at least one left for a learning account.
-    bidders = int(np.sum((pop.kind == BEH_RETAIL) & (pop.market == SPOT) & (pop.threshold > 0)))
+    # threshold, bidding cross-venue arbs), and at least one left for a learning account.
+    bidders = int(
+        np.sum((pop.kind == BEH_RETAIL) & (pop.market == SPOT) & (pop.threshold > 0))
+        + np.sum((pop.kind == BEH_XVENUE_ARB) & (pop.bid > 0))
+    )
     if dims.n_makers < bidders + 2:
         raise ConfigError(
             f"dims.n_makers = {dims.n_makers} is too few: the LP and {bidders} limit-bidding "

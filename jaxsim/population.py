@@ -28,6 +28,12 @@ Behaviours (one per account, parameters in `PopParams`, YAML under `population.c
   below external by more than `threshold`: buy internally, withdraw the asset (the rule's
   withdrawal delay applies), sell it externally, bring the USDT back; the mirror trade when
   internal is above. External trades are against the outside world at the external price.
+  With `bid = 1` it rests a standing limit bid at its reservation price (external x (1 -
+  `threshold`), at the grid's top when the book has fallen further than the grid spans),
+  topped up with `speed` of its free USDT each tick, and cancels it when the external
+  price falls under it; it keeps its USDT on the other venues and sends for it only once
+  the internal mid is under the reservation price, so the withdrawal delay decides when
+  that capital can meet a fall.
 - panic_seller: sells `speed` of its BASE per tick while the spot drawdown from its peak is
   above `threshold` or the liquidation EWMA is above `exit` USDT per second.
 - looper: a collateral loop on its `market`'s asset (STABLE or LST): USDT borrowed against
@@ -259,6 +265,7 @@ def background_orders(
 
     # ---------------------------------------------------------------- cross-venue arbitrage
     xm = pp.market[:n_user]
+    is_xv = kind == BEH_XVENUE_ARB
     asset = MARKET_ASSET_ARR[xm]
     pe = state.px.ext.mean(-1)[MARKET_INDEX_ROW[xm]]
     ask_x, bid_x = asks[xm], bids[xm]
@@ -273,11 +280,38 @@ def background_orders(
     x_qty = jnp.where(cheap, x_buy, x_sell)
     x_side = jnp.where(cheap, 1.0, -1.0)
     x_limit = jnp.where(cheap, pe * (1 - thr), pe * (1 + thr))
+    # Bidding arb (`bid: 1`): a standing limit bid at its reservation price pe * (1 - thr),
+    # topped up with `speed` of its free USDT. It takes the asks under that price and rests
+    # the rest; a reservation price above the book's grid (the book fell further than the
+    # grid spans) bids at the grid's top instead. A bid left above the reservation price
+    # (pe fell) is cancelled first.
+    res_px = pe * (1 - thr)
+    bidder = (pp.bid[:n_user] > 0.5) & is_xv
+    top_own, resv_x = _own_bids(state, params, level_px, xm, ids)
+    stale = bidder & (top_own > res_px + params.markets.tick_size[xm])
+    free_usdt = jnp.maximum(bal[:, USDT], 0.0)
+    grids = [level_px(state, params, m) for m in range(N_MARKETS)]
+    grid_lo = jnp.stack([g[0] for g in grids])[xm]
+    grid_hi = jnp.stack([g[-1] for g in grids])[xm]
+    bid_x_px = jnp.minimum(res_px, grid_hi)
+    post = (
+        bidder
+        & ~rich
+        & ~stale
+        & (bid_x_px >= grid_lo)
+        & (pp.speed[:n_user] * free_usdt > pp.min_trade[:n_user] * (free_usdt + resv_x))
+    )
+    x_qty = jnp.where(post, pp.speed[:n_user] * free_usdt / jnp.maximum(bid_x_px, 1e-12), x_qty)
+    x_side = jnp.where(post | stale, 1.0, x_side)
+    x_limit = jnp.where(post, bid_x_px, x_limit)
+    x_kind = jnp.where(stale, KIND_CANCEL, jnp.where(post, KIND_LIMIT, KIND_MARKET))
     # One transfer per tick: bring the asset in to sell it when rich, send it out when cheap,
-    # otherwise bring the external USDT home.
+    # otherwise bring the external USDT home. A bidding arb keeps its capital on the other
+    # venues until the book trades under its reservation price, then brings it in first.
     t_in_asset = rich & (held_ext > 0)
-    t_out_asset = ~t_in_asset & (held > 0) & ~rich & (state.px.last[xm] < pe)
-    t_in_usdt = ~t_in_asset & ~t_out_asset & (ext[:, USDT] > 0)
+    bring_cash = bidder & (mids[xm] < res_px) & (ext[:, USDT] > 0) & ~t_in_asset
+    t_out_asset = ~t_in_asset & ~bring_cash & (held > 0) & ~rich & (state.px.last[xm] < pe)
+    t_in_usdt = ~t_in_asset & ~t_out_asset & (ext[:, USDT] > 0) & (~bidder | bring_cash)
     t_kind = jnp.where(
         t_in_asset | t_in_usdt,
         KIND_TRANSFER_IN,
@@ -349,7 +383,8 @@ def background_orders(
         jnp.where(is_x, t_asset, jnp.where(is_l, jnp.where(lever, xm, USDT), 0)),
     )
     p2 = jnp.where(r_limit, bid_px, 0.0)
-    k1 = jnp.where(q1 > 0, jnp.where(is_l, l_kind1, KIND_MARKET), KIND_NONE)
+    k1 = jnp.where(is_l, l_kind1, jnp.where(is_x, x_kind, KIND_MARKET))
+    k1 = jnp.where((q1 > 0) | (is_x & stale), k1, KIND_NONE)
     # Slot 1 of a spot cohort: cancel its resting bids (side +1: the bid side only).
     k1 = jnp.where(r_cancel, KIND_CANCEL, k1)
     s1 = jnp.where(r_spot, 1.0, s1)
@@ -372,6 +407,22 @@ def background_orders(
     )
     arb = cat(is_b | is_x, is_b | is_x, jnp.zeros_like(on))
     return orders, arb
+
+
+def _own_bids(state: SimState, params: Params, level_px, market: Array, ids: Array):
+    """Per user account (ids), its resting bids on its own `market` (n_user,): the top
+    bid price (0 if none) and the USDT they reserve."""
+    owner = state.book.owner
+    tops, resv = [], []
+    for m in range(N_MARKETS):
+        q = state.book.qty[m, BID]  # (G, Q)
+        px = level_px(state, params, m)
+        tops.append(jnp.max(jnp.where(q > 0, px[:, None], 0.0), axis=0))
+        resv.append(jnp.einsum("gq,g->q", q, px))
+    mine = owner[None, :] == ids[:, None]  # (n_user, Q)
+    top = jnp.max(jnp.where(mine, jnp.stack(tops)[market], 0.0), axis=-1)
+    reserved = jnp.sum(jnp.where(mine, jnp.stack(resv)[market], 0.0), axis=-1)
+    return top, reserved
 
 
 def external_moves(state: SimState, params: Params, equity: Array) -> SimState:

@@ -251,6 +251,7 @@ class PopParams:
     reentry_below: Array  # (A,) redeposit while equity < this fraction of the starting one
     min_trade: Array  # (A,) smallest order, as a fraction of the target notional scale
     hold: Array  # (A,) 1: never cut a same-side position (a falling equity does not de-risk it)
+    bid: Array  # (A,) 1: a cross-venue arb rests a standing bid at its reservation price
     trend_fast_s: Array  # () momentum: fast EWMA time constant
     trend_slow_s: Array  # () momentum: slow EWMA time constant
     trend_scale: Array  # () momentum normalisation (relative price gap)

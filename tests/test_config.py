@@ -195,6 +195,11 @@ def test_maker_slots_cover_the_limit_bidders():
     assert load_scenario(TESTBED, overrides={"dims.n_makers": 3, "population.cohorts": [bidder]})
     # A market-order cohort rests nothing: two slots do.
     assert load_scenario(TESTBED, overrides={"dims.n_makers": 2, "population.cohorts": [row]})
+    # A bidding cross-venue arb rests a bid too; `bid` on any other behaviour is an error.
+    arb = {"account": "agent", "behaviour": "xvenue_arb", "market": "stable", "bid": 1}
+    _raises({"dims.n_makers": 2, "population.cohorts": [arb]}, "dims.n_makers", "at least 3")
+    assert load_scenario(TESTBED, overrides={"dims.n_makers": 3, "population.cohorts": [arb]})
+    _raises({"population.cohorts": [{**row, "bid": 1}]}, "bid", "xvenue_arb")
 
 
 def test_bad_shock():

@@ -191,6 +191,7 @@ def background_orders(
     ext = acct.ext_bal[:n_user]
     eq = jnp.maximum(equity[:n_user], 0.0)
     mark = state.px.mark
+    grids = [level_px(state, params, m) for m in range(N_MARKETS)]
     bids, asks, mids = _mids(state, params, level_px)
     act = jax.random.uniform(k_act, (n_user,), dtype) < pp.act_prob[:n_user]
     z = jax.random.normal(k_noise, (n_user,), dtype)
@@ -213,9 +214,8 @@ def background_orders(
     # the USDT its resting bids reserve is part of its equity (they are cancelled and
     # re-posted whenever it acts).
     r_spot = (kind == BEH_RETAIL) & (pp.market[:n_user] == SPOT)
-    bid_slot = jnp.einsum("gq,g->q", state.book.qty[SPOT, BID], level_px(state, params, SPOT))
-    owner = state.book.owner
-    resv = jnp.sum(jnp.where(owner[None, :] == ids[:, None], bid_slot[None, :], 0.0), -1)
+    # Each account's resting bids on its own market (a spot cohort's: on spot).
+    top_own, resv = _own_bids(state, grids, pp.market[:n_user], ids)
     r_pos = jnp.where(r_spot, bal[:, BASE], pos)
     r_eq = jnp.where(r_spot, eq + resv, eq)
     scale_q = jnp.where(
@@ -287,10 +287,8 @@ def background_orders(
     # (pe fell) is cancelled first.
     res_px = pe * (1 - thr)
     bidder = (pp.bid[:n_user] > 0.5) & is_xv
-    top_own, resv_x = _own_bids(state, params, level_px, xm, ids)
     stale = bidder & (top_own > res_px + params.markets.tick_size[xm])
     free_usdt = jnp.maximum(bal[:, USDT], 0.0)
-    grids = [level_px(state, params, m) for m in range(N_MARKETS)]
     grid_lo = jnp.stack([g[0] for g in grids])[xm]
     grid_hi = jnp.stack([g[-1] for g in grids])[xm]
     bid_x_px = jnp.minimum(res_px, grid_hi)
@@ -299,7 +297,7 @@ def background_orders(
         & ~rich
         & ~stale
         & (bid_x_px >= grid_lo)
-        & (pp.speed[:n_user] * free_usdt > pp.min_trade[:n_user] * (free_usdt + resv_x))
+        & (pp.speed[:n_user] * free_usdt > pp.min_trade[:n_user] * (free_usdt + resv))
     )
     x_qty = jnp.where(post, pp.speed[:n_user] * free_usdt / jnp.maximum(bid_x_px, 1e-12), x_qty)
     x_side = jnp.where(post | stale, 1.0, x_side)
@@ -409,17 +407,15 @@ def background_orders(
     return orders, arb
 
 
-def _own_bids(state: SimState, params: Params, level_px, market: Array, ids: Array):
+def _own_bids(state: SimState, grids: list, market: Array, ids: Array):
     """Per user account (ids), its resting bids on its own `market` (n_user,): the top
-    bid price (0 if none) and the USDT they reserve."""
-    owner = state.book.owner
+    bid price (0 if none) and the USDT they reserve. `grids`: each market's level prices."""
     tops, resv = [], []
-    for m in range(N_MARKETS):
+    for m, px in enumerate(grids):
         q = state.book.qty[m, BID]  # (G, Q)
-        px = level_px(state, params, m)
         tops.append(jnp.max(jnp.where(q > 0, px[:, None], 0.0), axis=0))
         resv.append(jnp.einsum("gq,g->q", q, px))
-    mine = owner[None, :] == ids[:, None]  # (n_user, Q)
+    mine = state.book.owner[None, :] == ids[:, None]  # (n_user, Q)
     top = jnp.max(jnp.where(mine, jnp.stack(tops)[market], 0.0), axis=-1)
     reserved = jnp.sum(jnp.where(mine, jnp.stack(resv)[market], 0.0), axis=-1)
     return top, reserved

@@ -289,11 +289,10 @@ def test_step_compiles_once(run, params):
         (jax.random.PRNGKey(i), _with_shock(batch_params[i], -0.05 * i, start_tick=i), o)
         for i, o in enumerate(batch_orders[1:], start=1)
     ]
-    seen, listening = [], [True]
+    seen = []
 
     def listen(event, secs, **kw):
-        if listening[0]:
-            seen.append(event)
+        seen.append(event)
 
     events = (
         "/jax/core/compile/jaxpr_trace_duration",
@@ -308,10 +307,7 @@ def test_step_compiles_once(run, params):
         for key, p, o in later:
             jax.block_until_ready(run(key, p, o))
     finally:
-        listening[0] = False  # inert from here on, also where JAX cannot unregister it
-        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
-        if unregister is not None:
-            unregister(listen)
+        jax.monitoring.unregister_event_duration_listener(listen)
     for event in events:
         assert event not in seen, f"a call with new values triggered {event}"
 

@@ -464,6 +464,22 @@ def _build_schedule(rows: Any, rules: ExchangeRules, dims: Dims, dt: float) -> S
         raise ConfigError(
             f"schedule expands to {len(expanded)} rows; dims.n_schedule allows {dims.n_schedule}"
         )
+    # One value per rule element and tick: two rows setting the same element at the same
+    # effective time would leave which one wins unspecified.
+    element = {}
+    for name, (off, shape) in layout.items():
+        size = int(np.prod(shape)) if shape else 1
+        for j in range(size):
+            element[off + j] = f"{name}[{j}]" if shape else name
+    seen: dict[tuple[int, int], float] = {}
+    for row in expanded:
+        key = (row[1], row[2])
+        if key in seen and seen[key] != row[3]:
+            raise ConfigError(
+                f"schedule sets {element[row[2]]} twice at effective_s={row[1] * dt:g} "
+                f"({seen[key]:g} and {row[3]:g}); give each change its own time"
+            )
+        seen[key] = row[3]
     # The rules in force after every effective time must still be consistent.
     flat, unravel = ravel_pytree(
         jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), rules)

@@ -1075,8 +1075,12 @@ def _apply_schedule(state: SimState, params: Params, acc: _Acc):
     sch = params.schedule
     due = sch.active & (sch.effective_tick == state.t)
     flat, unravel = ravel_pytree(state.rules)
-    cur = flat[sch.flat_index]
-    flat = flat.at[sch.flat_index].set(jnp.where(due, sch.value.astype(flat.dtype), cur))
+    # Only the due rows write: a field with several rows (a phased change) or padding rows
+    # (index 0) must not write their current value back over the due one, as a scatter
+    # with duplicate indices keeps an unspecified one of them. The config allows at most
+    # one row per rule element and tick.
+    idx = jnp.where(due, sch.flat_index, flat.shape[0])
+    flat = flat.at[idx].set(sch.value.astype(flat.dtype), mode="drop")
     state = state.replace(rules=unravel(flat))
     policy = jnp.max(jnp.where(due, sch.policy, 0))
     acc = acc.replace(rules_changed=acc.rules_changed + due.sum().astype(jnp.int32))

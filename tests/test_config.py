@@ -122,6 +122,20 @@ def test_schedule_effective_before_announce():
     _raises({"schedule": rows}, "schedule[0].effective_s", "announce_s")
 
 
+def test_schedule_two_values_for_one_field_at_one_time():
+    rows = [
+        {"effective_s": 100.0, "field": "position_limit", "value": 1e6},
+        {"effective_s": 100.0, "field": "position_limit", "value": 2e6},
+    ]
+    _raises({"schedule": rows}, "position_limit twice", "effective_s=100")
+    # A leverage cap and a tier table at one time both set the tiers' max leverage.
+    rows = [
+        {"effective_s": 100.0, "field": "max_leverage_cap", "value": 20.0},
+        {"effective_s": 100.0, "field": "tiers", "value": [[0, 50, 0.01]]},
+    ]
+    _raises({"schedule": rows}, "tier_max_lev[0] twice")
+
+
 def test_schedule_too_many_rows_for_dims():
     rows = [{"effective_s": 10.0 * i, "field": "position_limit", "value": 1e6} for i in range(3)]
     _raises({"schedule": rows, "dims.n_schedule": 2}, "schedule", "dims.n_schedule")

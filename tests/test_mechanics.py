@@ -404,6 +404,26 @@ def test_schedule_grandfather(sim):
     assert_conserved(p, st0, states[-1])
 
 
+
+def test_schedule_steps_on_one_field_each_take_effect(sim):
+    """A phased change (several rows on one rule field) applies every step at its own
+    tick, not only the last row; the rows not yet due leave the field alone."""
+    users = [{"name": "whale", "usdt": 100000.0, "position": 5.0, "leverage": 10}]
+    steps = [(30.0, 400000.0), (50.0, 300000.0), (70.0, 200000.0)]
+    rows = [
+        {"announce_s": 10.0, "effective_s": t, "field": "position_limit", "value": v}
+        for t, v in steps
+    ]
+    p = make(users, schedule=rows)
+    states, evs, _ = sim.run(p, 9)
+    lim = [float(s.rules.position_limit) for s in states]
+    initial = float(p.rules.position_limit)
+    # The tick starting at t s is tick t / 10 (dt = 10 s); its state carries the change.
+    want = [initial] * 3 + [4e5] * 2 + [3e5] * 2 + [2e5] * 2
+    np.testing.assert_allclose(lim, want, rtol=1e-6)
+    assert [int(e.rules_changed) for e in evs] == [0, 0, 0, 1, 0, 1, 0, 1, 0]
+
+
 # ================================================================== funding
 
 

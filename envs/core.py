@@ -86,7 +86,7 @@ COMMON_OBS: tuple[tuple[str, str], ...] = (
     # rules in force and announced changes
     ("max_lev_tier1", "tier-1 max leverage in force / 125"),
     ("mmr_tier1", "tier-1 maintenance margin rate in force, percent"),
-    ("pos_limit", "log10(1 + position limit / initial equity) / 5"),
+    ("pos_limit", "log10(1 + position limit in force / initial equity) / 5"),
     ("haircut_stable", "collateral haircut of STABLE x 10"),
     ("haircut_lst", "collateral haircut of LST x 10"),
     ("withdrawal_delay", "delay of transfers to/from external venues, hours"),
@@ -420,7 +420,16 @@ def market_features(state: EnvState, params: EnvParams, equity_ref: Array) -> di
     return {
         "max_lev_tier1": r.tier_max_lev[0] / LEV_SCALE,
         "mmr_tier1": r.tier_mmr[0] * PCT,
-        "pos_limit": _log_pos_limit(r.position_limit, equity_ref),
+        # The limit in force now (with `rules.depth_limit`, scaled to the perp book).
+        "pos_limit": _log_pos_limit(
+            mg.position_limit_in_force(
+                r,
+                bk.depth_notional(
+                    sim.book.qty[PERP], level_prices(sim, sp, PERP), r.depth_limit_band
+                ),
+            ),
+            equity_ref,
+        ),
         "haircut_stable": r.haircut[STABLE] * 10.0,
         "haircut_lst": r.haircut[LST] * 10.0,
         "withdrawal_delay": r.withdrawal_delay_s / TIME_SCALE_S,

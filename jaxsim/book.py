@@ -202,6 +202,23 @@ def depth_within(q: Array, px: Array, mid: Array, frac: Array) -> Array:
     return jnp.sum(jnp.where(near[None, :], tot, 0.0), axis=-1)
 
 
+def depth_notional(q: Array, px: Array, frac: Array) -> Array:
+    """USDT resting on both sides within mid * (1 +/- frac): () (0 for an empty book).
+
+    The mid is the best bid and ask's midpoint, or the one best price of a one-sided book;
+    each level counts at its own price.
+    """
+    bid, ask = best_prices(q, px)
+    has_b, has_a = bid > 0, jnp.isfinite(ask)
+    mid = jnp.where(
+        has_b & has_a, 0.5 * (bid + jnp.where(has_a, ask, 0.0)), jnp.where(has_b, bid, 0.0)
+    )
+    mid = jnp.where(~has_b & has_a, jnp.where(has_a, ask, 0.0), mid)
+    tot = sum_last(q).sum(0)
+    near = jnp.abs(px - mid) <= frac * mid
+    return jnp.where(mid > 0, jnp.sum(jnp.where(near, tot * px, 0.0)), 0.0)
+
+
 def impact_price(tot: Array, px: Array, taker_side: Array, notional: Array) -> Array:
     """Average fill price of a market order of `notional` USDT (no state change).
 

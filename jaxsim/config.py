@@ -279,11 +279,17 @@ def _build_rules(r: dict, dims: Dims) -> ExchangeRules:
     imn = _num(fund["imn_quote"], f"{f}.imn_quote", 0.0, lo_open=True)
     fees = r["fees"]
     band = _keyed(r["price_band"], MARKET_KEYS, "rules.price_band", lo=0.0, hi=0.99, lo_open=True)
+    dl = r["depth_limit"]
+    if not isinstance(dl, dict) or set(dl) != {"mult", "band", "floor"}:
+        raise ConfigError("rules.depth_limit must be a mapping with keys ['band', 'floor', 'mult']")
     rules = dict(
         tier_floor=floors,
         tier_mmr=mmrs,
         tier_max_lev=levs,
         position_limit=_num(r["position_limit"], "rules.position_limit", 0.0, lo_open=True),
+        depth_limit_mult=_num(dl["mult"], "rules.depth_limit.mult", 0.0, 1000.0),
+        depth_limit_band=_num(dl["band"], "rules.depth_limit.band", 0.0, 0.5, lo_open=True),
+        depth_limit_floor=_num(dl["floor"], "rules.depth_limit.floor", 0.0),
         index_weights=weights,
         index_clip=clips,
         price_floor=floors_px,
@@ -330,6 +336,9 @@ RULE_RANGES: dict[str, dict] = {
     "tier_mmr": dict(lo=0.0, hi=1.0, lo_open=True),
     "tier_max_lev": dict(lo=1.0, hi=1000.0),
     "position_limit": dict(lo=0.0, lo_open=True),
+    "depth_limit_mult": dict(lo=0.0, hi=1000.0),
+    "depth_limit_band": dict(lo=0.0, hi=0.5, lo_open=True),
+    "depth_limit_floor": dict(lo=0.0),
     "index_weights": dict(lo=0.0, hi=1.0),
     "index_clip": dict(lo=0.0, hi=1.0, lo_open=True),
     "price_floor": dict(lo=0.0),

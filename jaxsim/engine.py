@@ -537,8 +537,12 @@ def _book_order(state: SimState, params: Params, acc: _Acc, o):
     iso_eq = acct.iso_margin[a] + pos * (mark - acct.entry[a]) + impact
     free_iso = wallet - jnp.maximum(im_new - iso_eq, 0.0) - orders_im
     free = jnp.where(acct.mode[a] == CROSS, free_cross, free_iso)
+    # The limit in force (scaled to the perp book's depth where the rules say so).
+    limit_now = mg.position_limit_in_force(
+        rules, bk.depth_notional(q_m, px, rules.depth_limit_band)
+    )
     perp_reason = jnp.where(
-        n_new > rules.position_limit,
+        n_new > limit_now,
         REJ_POSITION_LIMIT,
         jnp.where(
             lev > mg.max_leverage(n_new, rules), REJ_LEVERAGE, jnp.where(free < 0, REJ_MARGIN, OK)

@@ -37,6 +37,18 @@ def max_leverage(notional: Array, rules: ExchangeRules) -> Array:
     return rules.tier_max_lev[tier_index(notional, rules.tier_floor)]
 
 
+def position_limit_in_force(rules: ExchangeRules, perp_depth_usdt: Array) -> Array:
+    """Notional limit on position-increasing perp orders: the rule's `position_limit`, and
+    with `depth_limit_mult > 0` at most max(`depth_limit_floor`, mult x the perp book's
+    depth within +/- `depth_limit_band` of its mid, both sides, USDT)."""
+    dyn = jnp.maximum(rules.depth_limit_floor, rules.depth_limit_mult * perp_depth_usdt)
+    return jnp.where(
+        rules.depth_limit_mult > 0,
+        jnp.minimum(rules.position_limit, dyn),
+        rules.position_limit,
+    )
+
+
 def collateral_value(bal: Array, debt: Array, asset_px: Array, haircut: Array) -> Array:
     """Haircut value of wallet balances (A, 4) minus debts valued in full, in USDT.
 

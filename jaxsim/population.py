@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsim import book as bk
+from jaxsim import margin as mg
 from jaxsim.types import (
     ASK,
     BASE,
@@ -209,7 +210,10 @@ def background_orders(
     side = pp.side[:n_user]
     f = jnp.clip(f, jnp.where(side > 0, 0.0, -1.0), jnp.where(side < 0, 0.0, 1.0))
     # Nobody plans a position the rules in force would reject outright.
-    cap_q = 0.95 * state.rules.position_limit / mark
+    perp_depth = bk.depth_notional(
+        state.book.qty[PERP], level_px(state, params, PERP), state.rules.depth_limit_band
+    )
+    cap_q = 0.95 * mg.position_limit_in_force(state.rules, perp_depth) / mark
     # A spot cohort's position is the BASE it holds, valued at the spot mid (no leverage);
     # the USDT its resting bids reserve is part of its equity (they are cancelled and
     # re-posted whenever it acts).

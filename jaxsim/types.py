@@ -158,6 +158,9 @@ class ExchangeRules:
     tier_mmr: Array  # (T,) maintenance margin rate
     tier_max_lev: Array  # (T,) max leverage allowed for notionals in the tier
     position_limit: Array  # () max position notional per account, USDT
+    depth_limit_mult: Array  # () >0: position limit also <= mult x perp depth (0 = off)
+    depth_limit_band: Array  # () depth counted within mid * (1 +/- band)
+    depth_limit_floor: Array  # () USDT; the depth-scaled limit never falls below it
     index_weights: Array  # (3, V + 2) weights: venues..., internal spot, redemption
     index_clip: Array  # (3,) constituents clipped to median * (1 +/- clip)
     price_floor: Array  # (3,) index floor (0 = none)

@@ -104,6 +104,8 @@ class RefExchange:
         if np.any(_np(params.schedule.active)):
             raise NotImplementedError("reference: rule schedules are not modelled")
         r = params.rules
+        if float(_np(r.depth_limit_mult)) > 0:
+            raise NotImplementedError("reference: depth-scaled position limits are not modelled")
         self.r = {k: _np(getattr(r, k)).astype(float) for k in r.__dataclass_fields__}
         ai = params.accounts
         self._init_acct = {k: _np(getattr(ai, k)).copy() for k in ai.__dataclass_fields__}

@@ -404,7 +404,6 @@ def test_schedule_grandfather(sim):
     assert_conserved(p, st0, states[-1])
 
 
-
 def test_schedule_steps_on_one_field_each_take_effect(sim):
     """A phased change (several rows on one rule field) applies every step at its own
     tick, not only the last row; the rows not yet due leave the field alone."""
@@ -422,7 +421,6 @@ def test_schedule_steps_on_one_field_each_take_effect(sim):
     want = [initial] * 3 + [4e5] * 2 + [3e5] * 2 + [2e5] * 2
     np.testing.assert_allclose(lim, want, rtol=1e-6)
     assert [int(e.rules_changed) for e in evs] == [0, 0, 0, 1, 0, 1, 0, 1, 0]
-
 
 
 def _perp_depth_2pct(st, p) -> float:

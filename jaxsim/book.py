@@ -210,10 +210,8 @@ def depth_notional(q: Array, px: Array, frac: Array) -> Array:
     """
     bid, ask = best_prices(q, px)
     has_b, has_a = bid > 0, jnp.isfinite(ask)
-    mid = jnp.where(
-        has_b & has_a, 0.5 * (bid + jnp.where(has_a, ask, 0.0)), jnp.where(has_b, bid, 0.0)
-    )
-    mid = jnp.where(~has_b & has_a, jnp.where(has_a, ask, 0.0), mid)
+    ask = jnp.where(has_a, ask, 0.0)
+    mid = jnp.where(has_b & has_a, 0.5 * (bid + ask), jnp.where(has_b, bid, ask))
     tot = sum_last(q).sum(0)
     near = jnp.abs(px - mid) <= frac * mid
     return jnp.where(mid > 0, jnp.sum(jnp.where(near, tot * px, 0.0)), 0.0)

@@ -422,12 +422,7 @@ def market_features(state: EnvState, params: EnvParams, equity_ref: Array) -> di
         "mmr_tier1": r.tier_mmr[0] * PCT,
         # The limit in force now (with `rules.depth_limit`, scaled to the perp book).
         "pos_limit": _log_pos_limit(
-            mg.position_limit_in_force(
-                r,
-                bk.depth_notional(
-                    sim.book.qty[PERP], level_prices(sim, sp, PERP), r.depth_limit_band
-                ),
-            ),
+            mg.position_limit_in_force(r, sim.book.qty[PERP], level_prices(sim, sp, PERP)),
             equity_ref,
         ),
         "haircut_stable": r.haircut[STABLE] * 10.0,

@@ -538,9 +538,7 @@ def _book_order(state: SimState, params: Params, acc: _Acc, o):
     free_iso = wallet - jnp.maximum(im_new - iso_eq, 0.0) - orders_im
     free = jnp.where(acct.mode[a] == CROSS, free_cross, free_iso)
     # The limit in force (scaled to the perp book's depth where the rules say so).
-    limit_now = mg.position_limit_in_force(
-        rules, bk.depth_notional(q_m, px, rules.depth_limit_band)
-    )
+    limit_now = mg.position_limit_in_force(rules, q_m, px)
     perp_reason = jnp.where(
         n_new > limit_now,
         REJ_POSITION_LIMIT,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsim import book as bk
 from jaxsim.ops import sum_last
 from jaxsim.types import CROSS, ExchangeRules
 
@@ -37,11 +38,13 @@ def max_leverage(notional: Array, rules: ExchangeRules) -> Array:
     return rules.tier_max_lev[tier_index(notional, rules.tier_floor)]
 
 
-def position_limit_in_force(rules: ExchangeRules, perp_depth_usdt: Array) -> Array:
-    """Notional limit on position-increasing perp orders: the rule's `position_limit`, and
-    with `depth_limit_mult > 0` at most max(`depth_limit_floor`, mult x the perp book's
-    depth within +/- `depth_limit_band` of its mid, both sides, USDT)."""
-    dyn = jnp.maximum(rules.depth_limit_floor, rules.depth_limit_mult * perp_depth_usdt)
+def position_limit_in_force(rules: ExchangeRules, perp_q: Array, perp_px: Array) -> Array:
+    """Notional limit on position-increasing perp orders, given the perp book (qty, level
+    prices): the rule's `position_limit`, and with `depth_limit_mult > 0` at most
+    max(`depth_limit_floor`, mult x the book's USDT depth within +/- `depth_limit_band` of
+    its mid, both sides)."""
+    depth = bk.depth_notional(perp_q, perp_px, rules.depth_limit_band)
+    dyn = jnp.maximum(rules.depth_limit_floor, rules.depth_limit_mult * depth)
     return jnp.where(
         rules.depth_limit_mult > 0,
         jnp.minimum(rules.position_limit, dyn),

@@ -210,10 +210,10 @@ def background_orders(
     side = pp.side[:n_user]
     f = jnp.clip(f, jnp.where(side > 0, 0.0, -1.0), jnp.where(side < 0, 0.0, 1.0))
     # Nobody plans a position the rules in force would reject outright.
-    perp_depth = bk.depth_notional(
-        state.book.qty[PERP], level_px(state, params, PERP), state.rules.depth_limit_band
+    limit_now = mg.position_limit_in_force(
+        state.rules, state.book.qty[PERP], level_px(state, params, PERP)
     )
-    cap_q = 0.95 * mg.position_limit_in_force(state.rules, perp_depth) / mark
+    cap_q = 0.95 * limit_now / mark
     # A spot cohort's position is the BASE it holds, valued at the spot mid (no leverage);
     # the USDT its resting bids reserve is part of its equity (they are cancelled and
     # re-posted whenever it acts).

@@ -281,7 +281,7 @@ def test_accident_leverage_cap_fewer_liquidations(accident, accident_cap):
     "with 4x arbitrage capital and a 300 BASE whale: dd 9.0% against the cap's 5.3% "
     "(medians), 12% of seeds at <= 0.6x, no_whale holding in 50%, funding after the flush "
     "-2.4 bp per 8 h; with the perp skew scaled down to keep the premium, the cascade starts "
-    "without the whale too (no_whale dd 10-11%). Spot sellers who panic on the liquidation "
+    "without the whale too (no_whale dd 6-11%). Spot sellers who panic on the liquidation "
     "rate (300 BASE, 5k USDT/s, perp weight 1): 50% of seeds at <= 0.6x, no_whale 44-69%; "
     "the drawdown is bimodal (4-5% or 10-12%: the spot LP withdraws its depth) in every "
     "variant, the cap's included",

@@ -88,6 +88,8 @@ MARKET_ASSET_ARR = jnp.array(MARKET_ASSET, dtype=jnp.int32)
 # Collateral the engine sells to cover a negative USDT balance, in this order.
 COLLATERAL_SALE_ORDER = (STABLE, LST, BASE)
 ASSET_MARKET = {BASE: SPOT, STABLE: STABLE_SPOT, LST: 3}
+SALE_ASSET_ARR = jnp.array(COLLATERAL_SALE_ORDER, dtype=jnp.int32)
+SALE_MARKET_ARR = jnp.array([ASSET_MARKET[x] for x in COLLATERAL_SALE_ORDER], dtype=jnp.int32)
 VOL_EWMA_S = 300.0  # time constant of the realized-vol estimate used by the LP
 DEPTH_BAND = 0.01  # depth reported within +/- 1% of mid
 TINY = 1e-9
@@ -431,9 +433,11 @@ def _cancel_all(state: SimState, params: Params, a, on=True) -> SimState:
     """Cancel all of account a's resting orders when `on` (a traced bool)."""
     both = jnp.ones((2,))
     frac = jnp.asarray(on, state.acct.bal.dtype)
-    for m in range(N_MARKETS):
-        state = _cancel(state, params, a, m, both, frac)
-    return state
+    # A loop over the markets rather than one cancel per market: the compiled program
+    # holds a single copy of it.
+    return jax.lax.fori_loop(
+        0, N_MARKETS, lambda m, st: _cancel(st, params, a, m, both, frac), state
+    )
 
 
 # ============================================================== external orders
@@ -591,27 +595,32 @@ def _im_total_of(state: SimState, params: Params, a) -> Array:
     return notional / jnp.maximum(acct.lev[a], 1.0)
 
 
-def _op_transfer(state, params, acc, o, to_exchange: bool):
+def _op_transfer(state, params, acc, o):
+    """Transfer in (external wallet to exchange) or out, by the order's kind: one branch
+    for both directions, so the compiled program holds a single copy."""
     a, asset, qty = o.account, o.market, o.qty
+    to_exchange = o.kind == KIND_TRANSFER_IN
     acct = state.acct
     dtype = acct.bal.dtype
-    src = acct.ext_bal if to_exchange else acct.bal
+    src = jnp.where(to_exchange, acct.ext_bal, acct.bal)
     slot_free = acct.transit_amt[a] <= 0
     has_slot = slot_free.any()
     slot = jnp.argmax(slot_free)
     enough = src[a, asset] >= qty
     reason = jnp.where(~has_slot, REJ_INVALID, jnp.where(enough, OK, REJ_BALANCE))
-    if not to_exchange:
-        # Leaving the exchange must not break the account's initial margin (cross).
-        px = asset_prices(state.px)
-        mb_after = _margin_balance_of(state, a) - qty * px[asset] * (1 - state.rules.haircut[asset])
-        short = (acct.mode[a] == CROSS) & (mb_after < _im_total_of(state, params, a))
-        reason = jnp.where((reason == OK) & short, REJ_MARGIN, reason)
+    # Leaving the exchange must not break the account's initial margin (cross).
+    px = asset_prices(state.px)
+    mb_after = _margin_balance_of(state, a) - qty * px[asset] * (1 - state.rules.haircut[asset])
+    short = (acct.mode[a] == CROSS) & (mb_after < _im_total_of(state, params, a))
+    reason = jnp.where((reason == OK) & short & ~to_exchange, REJ_MARGIN, reason)
     ok = reason == OK
     amt = jnp.where(ok, qty, 0.0)
     delay = jnp.ceil(state.rules.withdrawal_delay_s / params.dt - 1e-6).astype(jnp.int32)
     src = src.at[a, asset].add(-amt)
-    acct = acct.replace(**{"ext_bal" if to_exchange else "bal": src})
+    acct = acct.replace(
+        ext_bal=jnp.where(to_exchange, src, acct.ext_bal),
+        bal=jnp.where(to_exchange, acct.bal, src),
+    )
     acct = acct.replace(
         transit_amt=acct.transit_amt.at[a, slot].set(jnp.where(ok, amt, acct.transit_amt[a, slot])),
         transit_asset=acct.transit_asset.at[a, slot].set(
@@ -626,14 +635,6 @@ def _op_transfer(state, params, acc, o, to_exchange: bool):
     )
     z = jnp.zeros((), dtype)
     return state.replace(acct=acct), acc, (reason, amt, z, qty - amt)
-
-
-def _op_transfer_out(state, params, acc, o):
-    return _op_transfer(state, params, acc, o, to_exchange=False)
-
-
-def _op_transfer_in(state, params, acc, o):
-    return _op_transfer(state, params, acc, o, to_exchange=True)
 
 
 def _op_set_leverage(state, params, acc, o):
@@ -688,8 +689,7 @@ def _op_repay(state, params, acc, o):
 _BRANCHES = (
     _op_none,
     _book_order,
-    _op_transfer_out,
-    _op_transfer_in,
+    _op_transfer,
     _op_set_leverage,
     _op_borrow,
     _op_repay,
@@ -700,10 +700,10 @@ _KIND_BRANCH = {
     KIND_LIMIT: 1,
     KIND_CANCEL: 1,
     KIND_TRANSFER_OUT: 2,
-    KIND_TRANSFER_IN: 3,
-    KIND_SET_LEVERAGE: 4,
-    KIND_BORROW: 5,
-    KIND_REPAY: 6,
+    KIND_TRANSFER_IN: 2,
+    KIND_SET_LEVERAGE: 3,
+    KIND_BORROW: 4,
+    KIND_REPAY: 5,
 }
 assert sorted(_KIND_BRANCH) == list(range(N_KINDS))
 KIND_BRANCH = jnp.array([_KIND_BRANCH[k] for k in range(N_KINDS)], jnp.int32)
@@ -961,12 +961,14 @@ def _prices_and_funding(state: SimState, params: Params):
 # ============================================================== liquidity provider
 
 
-def _lp_center(state: SimState, params: Params, m: int, q_m: Array, px: Array) -> Array:
-    ref = (
-        state.px.ext[0].mean(),
-        state.px.index[0],
-        state.px.ext[1].mean(),
-        state.px.ext[2].mean(),
+def _lp_center(state: SimState, params: Params, m, q_m: Array, px: Array) -> Array:
+    ref = jnp.stack(
+        [
+            state.px.ext[0].mean(),
+            state.px.index[0],
+            state.px.ext[1].mean(),
+            state.px.ext[2].mean(),
+        ]
     )[m]
     bid, ask = bk.best_prices(q_m, px)
     # With one side empty (swept) the last trade is the best estimate of the book's price.
@@ -975,7 +977,7 @@ def _lp_center(state: SimState, params: Params, m: int, q_m: Array, px: Array) -
     return w * ref + (1 - w) * mid
 
 
-def _recentre(state: SimState, params: Params, m: int, q_m, ah_m, origin, bal, center):
+def _recentre(state: SimState, params: Params, m, q_m, ah_m, origin, bal, center):
     """Shift market m's grid (slice q_m, ah_m, origin) back around `center` once it drifted
     a quarter of the grid away; dropped spot orders refund their reserves into `bal`.
     Returns (q_m, ah_m, origin, bal)."""
@@ -986,88 +988,95 @@ def _recentre(state: SimState, params: Params, m: int, q_m, ah_m, origin, bal, c
     k = jnp.where(jnp.abs(off) > g / 4, jnp.round(off), 0.0).astype(jnp.int32)
     px_old = bk.level_prices(origin, tick, g)
     q_m, ah_m, dropped = bk.shift(q_m, ah_m, k)
-    if m != PERP:
-        n = params.dims.n_accounts
-        refund = per_account(state.book, jnp.einsum("gq,g->q", dropped[BID], px_old), n)
-        bal = bal.at[:, USDT].add(refund)
-        bal = bal.at[:, MARKET_ASSET[m]].add(per_account(state.book, dropped[ASK].sum(0), n))
+    # Spot orders held reserves (bids USDT, asks the asset); perp orders held none.
+    is_spot = m != PERP
+    n = params.dims.n_accounts
+    refund = per_account(state.book, jnp.einsum("gq,g->q", dropped[BID], px_old), n)
+    bal = bal.at[:, USDT].add(jnp.where(is_spot, refund, 0.0))
+    refund_asset = per_account(state.book, dropped[ASK].sum(0), n)
+    bal = bal.at[:, MARKET_ASSET_ARR[m]].add(jnp.where(is_spot, refund_asset, 0.0))
     return q_m, ah_m, origin + k, bal
 
 
+# Volatility row (of the external venues' BASE, STABLE, LST) each market's maker watches.
+_VOL_ROW = jnp.array([0, 0, 1, 2], jnp.int32)
+
+
 def _liquidity(state: SimState, params: Params) -> SimState:
-    """The LP re-centres each grid and re-quotes its depth. Each market's book is worked on
-    as a slice and the books are written back once at the end."""
+    """The LP re-centres each grid and re-quotes its depth, market by market (a loop over
+    the markets, so the compiled program holds one copy of the market's update)."""
+
+    def one_market(m, state):
+        return _liquidity_on(state, params, m)
+
+    return jax.lax.fori_loop(0, N_MARKETS, one_market, state)
+
+
+def _liquidity_on(state: SimState, params: Params, m) -> SimState:
     mp, dims, pp = params.markets, params.dims, params.pop
     lp = dims.lp
     bal = state.acct.bal
-    out_q, out_ah, out_origin = [], [], []
-    for m in range(N_MARKETS):
-        q_m, ah_m, origin = state.book.qty[m], state.book.ahead[m], state.book.origin[m]
-        tick = mp.tick_size[m]
-        center = _lp_center(state, params, m, q_m, bk.level_prices(origin, tick, dims.n_levels))
-        # Inventory skew: quote lower when long against the starting inventory, higher when short.
-        if m == PERP:
-            # Against the starting position, or (perp_skew_vs: flat) against all of it: a
-            # maker short the crowd's longs quotes the perp up to buy its inventory back.
-            dev = state.acct.pos[lp] - (1.0 - pp.lp_perp_flat) * params.accounts.pos[lp]
-        else:
-            asset = MARKET_ASSET[m]
-            held = bal[lp, asset] + q_m[ASK, :, LP_SLOT].sum()
-            dev = held - params.accounts.bal[lp, asset]
-        skew = jnp.clip(dev / pp.lp_inv_unit[m], -5.0, 5.0) * pp.lp_skew_bps[m] * 1e-4
-        center = center * (1.0 - skew)
-        q_m, ah_m, origin, bal = _recentre(state, params, m, q_m, ah_m, origin, bal, center)
-        px = bk.level_prices(origin, tick, dims.n_levels)
-        dist_bps = jnp.abs(px - center) / center * 1e4
-        row = 0 if m in (SPOT, PERP) else (1 if m == STABLE_SPOT else 2)
-        # Volatility the market maker sees: the external venues' and its own book's.
-        int_ref = pp.int_vol_ref[m]
-        vol_ratio = jnp.maximum(
-            state.px.vol[row] / params.exo.vol_ref[row],
-            jnp.where(int_ref > 0, state.pop.int_vol[m] / jnp.maximum(int_ref, 1e-30), 0.0),
-        )
-        excess_vol = jnp.maximum(vol_ratio - 1.0, 0.0)
-        # Losses: depth shrinks with the LP's drawdown from its equity peak.
-        loss = jnp.maximum(state.pop.lp_peak - state.pop.lp_eq, 0.0) / pp.lp_loss_ref
-        scale = (
-            1.0 / (1.0 + mp.lp_vol_withdraw[m] * excess_vol) / (1.0 + pp.lp_loss_withdraw * loss)
-        )
-        prof = mp.lp_depth[m] * jnp.exp(-dist_bps / mp.lp_decay_bps[m]) * scale
-        gap = mp.lp_half_spread_ticks[m] * tick * (1.0 + pp.lp_widen[m] * excess_vol)
-        tgt_bid = jnp.where(px <= center - gap + 1e-9 * center, prof, 0.0)
-        tgt_ask = jnp.where(px >= center + gap - 1e-9 * center, prof, 0.0)
-        # Pull excess at once (makers withdraw fast), refill at the resilience rate. A level
-        # is either shrunk or grown, never both (no dust top-up of a level just shrunk).
-        fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
-        tgt = jnp.stack([tgt_bid, tgt_ask])
-        own = q_m[:, :, LP_SLOT]
-        cut = jnp.maximum(own - tgt, 0.0)
-        kept = own - cut
-        add = jnp.where(cut > 0, 0.0, jnp.maximum(tgt - kept, 0.0) * fill)
-        # Never cross the book left after the cuts: bids below its best ask, asks above its
-        # best bid.
-        bid, ask = bk.best_prices(q_m.at[:, :, LP_SLOT].set(kept), px)
-        add = jnp.where(jnp.stack([px < ask, px > bid]), add, 0.0)
-        if m != PERP:
-            asset = MARKET_ASSET[m]
-            # Cut orders refund their reserves; new ones are paid from what the LP holds.
-            bal = bal.at[lp, USDT].add(jnp.sum(cut[BID] * px)).at[lp, asset].add(cut[ASK].sum())
-            cost = jnp.sum(add[BID] * px)
-            add_bid = add[BID] * jnp.minimum(
-                1.0, jnp.maximum(bal[lp, USDT], 0.0) / jnp.maximum(cost, 1e-30)
-            )
-            need = add[ASK].sum()
-            add_ask = add[ASK] * jnp.minimum(
-                1.0, jnp.maximum(bal[lp, asset], 0.0) / jnp.maximum(need, 1e-30)
-            )
-            add = jnp.stack([add_bid, add_ask])
-            bal = bal.at[lp, USDT].add(-jnp.sum(add_bid * px)).at[lp, asset].add(-add_ask.sum())
-        q_m, ah_m = bk.requote(q_m, ah_m, LP_SLOT, cut, add)
-        out_q.append(q_m)
-        out_ah.append(ah_m)
-        out_origin.append(origin)
+    is_spot = m != PERP
+    asset = MARKET_ASSET_ARR[m]
+    q_m, ah_m, origin = state.book.qty[m], state.book.ahead[m], state.book.origin[m]
+    tick = mp.tick_size[m]
+    center = _lp_center(state, params, m, q_m, bk.level_prices(origin, tick, dims.n_levels))
+    # Inventory skew: quote lower when long against the starting inventory, higher when short.
+    # Perp: against the starting position, or (perp_skew_vs: flat) against all of it: a
+    # maker short the crowd's longs quotes the perp up to buy its inventory back.
+    dev_perp = state.acct.pos[lp] - (1.0 - pp.lp_perp_flat) * params.accounts.pos[lp]
+    held = bal[lp, asset] + q_m[ASK, :, LP_SLOT].sum()
+    dev = jnp.where(is_spot, held - params.accounts.bal[lp, asset], dev_perp)
+    skew = jnp.clip(dev / pp.lp_inv_unit[m], -5.0, 5.0) * pp.lp_skew_bps[m] * 1e-4
+    center = center * (1.0 - skew)
+    q_m, ah_m, origin, bal = _recentre(state, params, m, q_m, ah_m, origin, bal, center)
+    px = bk.level_prices(origin, tick, dims.n_levels)
+    dist_bps = jnp.abs(px - center) / center * 1e4
+    row = _VOL_ROW[m]
+    # Volatility the market maker sees: the external venues' and its own book's.
+    int_ref = pp.int_vol_ref[m]
+    vol_ratio = jnp.maximum(
+        state.px.vol[row] / params.exo.vol_ref[row],
+        jnp.where(int_ref > 0, state.pop.int_vol[m] / jnp.maximum(int_ref, 1e-30), 0.0),
+    )
+    excess_vol = jnp.maximum(vol_ratio - 1.0, 0.0)
+    # Losses: depth shrinks with the LP's drawdown from its equity peak.
+    loss = jnp.maximum(state.pop.lp_peak - state.pop.lp_eq, 0.0) / pp.lp_loss_ref
+    scale = 1.0 / (1.0 + mp.lp_vol_withdraw[m] * excess_vol) / (1.0 + pp.lp_loss_withdraw * loss)
+    prof = mp.lp_depth[m] * jnp.exp(-dist_bps / mp.lp_decay_bps[m]) * scale
+    gap = mp.lp_half_spread_ticks[m] * tick * (1.0 + pp.lp_widen[m] * excess_vol)
+    tgt_bid = jnp.where(px <= center - gap + 1e-9 * center, prof, 0.0)
+    tgt_ask = jnp.where(px >= center + gap - 1e-9 * center, prof, 0.0)
+    # Pull excess at once (makers withdraw fast), refill at the resilience rate. A level
+    # is either shrunk or grown, never both (no dust top-up of a level just shrunk).
+    fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
+    tgt = jnp.stack([tgt_bid, tgt_ask])
+    own = q_m[:, :, LP_SLOT]
+    cut = jnp.maximum(own - tgt, 0.0)
+    kept = own - cut
+    add = jnp.where(cut > 0, 0.0, jnp.maximum(tgt - kept, 0.0) * fill)
+    # Never cross the book left after the cuts: bids below its best ask, asks above its
+    # best bid.
+    bid, ask = bk.best_prices(q_m.at[:, :, LP_SLOT].set(kept), px)
+    add = jnp.where(jnp.stack([px < ask, px > bid]), add, 0.0)
+    # Spot: cut orders refund their reserves; new ones are paid from what the LP holds.
+    bal_s = bal.at[lp, USDT].add(jnp.sum(cut[BID] * px)).at[lp, asset].add(cut[ASK].sum())
+    cost = jnp.sum(add[BID] * px)
+    add_bid = add[BID] * jnp.minimum(
+        1.0, jnp.maximum(bal_s[lp, USDT], 0.0) / jnp.maximum(cost, 1e-30)
+    )
+    need = add[ASK].sum()
+    add_ask = add[ASK] * jnp.minimum(
+        1.0, jnp.maximum(bal_s[lp, asset], 0.0) / jnp.maximum(need, 1e-30)
+    )
+    bal_s = bal_s.at[lp, USDT].add(-jnp.sum(add_bid * px)).at[lp, asset].add(-add_ask.sum())
+    add = jnp.where(is_spot, jnp.stack([add_bid, add_ask]), add)
+    bal = jnp.where(is_spot, bal_s, bal)
+    q_m, ah_m = bk.requote(q_m, ah_m, LP_SLOT, cut, add)
     book = state.book.replace(
-        qty=jnp.stack(out_q), ahead=jnp.stack(out_ah), origin=jnp.stack(out_origin)
+        qty=state.book.qty.at[m].set(q_m),
+        ahead=state.book.ahead.at[m].set(ah_m),
+        origin=state.book.origin.at[m].set(origin),
     )
     return state.replace(book=book, acct=state.acct.replace(bal=bal))
 
@@ -1260,8 +1269,13 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced, ac
     px_a = asset_prices(state.px)
     unpaid = jnp.where(cross_liq, acct.debt[a], 0.0)
     unpaid_usdt = jnp.sum(unpaid * px_a)
-    for asset in COLLATERAL_SALE_ORDER:
-        m = ASSET_MARKET[asset]
+
+    # One book walk in a loop over the collateral assets rather than one per asset: the
+    # compiled program holds a single copy of it.
+    def sell(j, c):
+        state, acc = c
+        asset = SALE_ASSET_ARR[j]
+        m = SALE_MARKET_ARR[j]
         deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
         px = _level_px(state, params, m)
         tot = sum_last(state.book.qty[m, BID])
@@ -1272,6 +1286,9 @@ def _liquidate_account(state: SimState, params: Params, acc: _Acc, a, forced, ac
             coll_sold=acc.coll_sold.at[asset].add(sold),
             coll_sold_usdt=acc.coll_sold_usdt + proceeds,
         )
+        return state, acc
+
+    state, acc = jax.lax.fori_loop(0, len(COLLATERAL_SALE_ORDER), sell, (state, acc))
     acct = state.acct
     acct = acct.replace(
         bal=acct.bal.at[a, USDT].add(-unpaid_usdt).at[dims.outside, USDT].add(unpaid_usdt),
@@ -1320,7 +1337,8 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
         state = _reprice(state, params)
         forced = state.enforce == POLICY_LIQUIDATE
         idx, valid = _first_k(_needs_liquidation(state, params) | forced, k)
-        n_valid = valid.sum()  # the valid slots are a prefix of idx
+        # After the last round only the re-price runs.
+        n_valid = jnp.where(r < n_rounds, valid.sum(), 0)  # the valid slots are a prefix
 
         def slot(c):
             i, st, ac = c
@@ -1336,14 +1354,15 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
         )
         return r + 1, n_valid > 0, state, acc
 
-    # A round that found nobody leaves the state as it was, so the remaining rounds would
-    # only re-price it again (idempotent): stop there.
+    # Each round re-prices first; the loop stops after a round that found nobody (its
+    # re-price is the final one: re-pricing is idempotent, so further rounds would change
+    # nothing) or after the re-price that follows the last round. One re-price site in
+    # the compiled program rather than two.
     _, _, state, acc = jax.lax.while_loop(
-        lambda c: (c[0] < n_rounds) & c[1],
+        lambda c: c[1],
         one_round,
         (jnp.zeros((), jnp.int32), jnp.bool_(True), state, acc),
     )
-    state = _reprice(state, params)
     # The fund unwinds part of its taken-over position into the book, and sells the
     # collateral it took from bankrupt accounts into its own spot books at the same rate
     # (the liquidation engine keeps selling until the inventory is gone). Most ticks it
@@ -1376,17 +1395,25 @@ def _fund_unwind(state: SimState, acc: _Acc, params: Params):
     mark = state.px.mark
     side = -jnp.sign(pos)
     lim = jnp.where(side > 0, mark * (1 + band), mark * (1 - band))
-    state, acc, _, _ = _take(state, params, acc, ins, PERP, side, jnp.abs(pos) * frac, lim)
-    for asset in COLLATERAL_SALE_ORDER:
-        qty = jnp.maximum(state.acct.bal[ins, asset], 0.0) * frac
-        state, acc, sold, proceeds = _take(
-            state, params, acc, ins, ASSET_MARKET[asset], -1, qty, 0.0
-        )
+
+    # The perp position first, then the collateral in sale order: one book walk in a loop
+    # over the four markets, so the compiled program holds a single copy of it.
+    def sell(j, c):
+        state, acc = c
+        first = j == 0
+        asset = SALE_ASSET_ARR[jnp.maximum(j - 1, 0)]
+        m = jnp.where(first, PERP, SALE_MARKET_ARR[jnp.maximum(j - 1, 0)])
+        s_j = jnp.where(first, side, -1.0)
+        qty = jnp.where(first, jnp.abs(pos), jnp.maximum(state.acct.bal[ins, asset], 0.0)) * frac
+        lim_j = jnp.where(first, lim, 0.0)
+        state, acc, sold, proceeds = _take(state, params, acc, ins, m, s_j, qty, lim_j)
         acc = acc.replace(
-            coll_sold=acc.coll_sold.at[asset].add(sold),
-            coll_sold_usdt=acc.coll_sold_usdt + proceeds,
+            coll_sold=acc.coll_sold.at[asset].add(jnp.where(first, 0.0, sold)),
+            coll_sold_usdt=acc.coll_sold_usdt + jnp.where(first, 0.0, proceeds),
         )
-    return state, acc
+        return state, acc
+
+    return jax.lax.fori_loop(0, 1 + len(COLLATERAL_SALE_ORDER), sell, (state, acc))
 
 
 # ============================================================== step

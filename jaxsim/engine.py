@@ -999,7 +999,7 @@ def _recentre(state: SimState, params: Params, m, q_m, ah_m, origin, bal, center
 
 
 # Volatility row (of the external venues' BASE, STABLE, LST) each market's maker watches.
-_VOL_ROW = jnp.array([0, 0, 1, 2], jnp.int32)
+_VOL_ROW = jnp.array([(BASE, STABLE, LST).index(x) for x in MARKET_ASSET], jnp.int32)
 
 
 def _liquidity(state: SimState, params: Params) -> SimState:

@@ -1556,7 +1556,18 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
 
 
 def reset(key: Array, params: Params) -> SimState:
-    """Initial state: accounts from params, books filled to the LP's target profile."""
+    """Initial state: accounts from params, books filled to the LP's target profile.
+
+    Called outside a trace, it runs as one jitted program, compiled once per `Params`
+    structure (the LP fill is a loop over markets, which run eagerly would be compiled
+    again at every call); inside a trace it is traced inline.
+    """
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((key, params))):
+        return _reset(key, params)
+    return _reset_jit(key, params)
+
+
+def _reset(key: Array, params: Params) -> SimState:
     dims = params.dims
     dtype = params.dt.dtype
     n, g, w = dims.n_accounts, dims.n_levels, dims.basis_window
@@ -1636,6 +1647,9 @@ def reset(key: Array, params: Params) -> SimState:
     state = _liquidity(state, full)
     lp_eq = popm.lp_equity(state, params, asset_prices(state.px), _level_px)
     return state.replace(pop=popm.init_pop_state(state, params, _equity(state), lp_eq))
+
+
+_reset_jit = jax.jit(_reset)
 
 
 def rollout(key: Array, params: Params, n_ticks: int, policy=None, state: SimState | None = None):

@@ -79,10 +79,9 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 @pytest.fixture(scope="module")
 def sim():
-    """`step` compiled once per Dims and shared by the module.
-
-    `reset` runs eagerly: its ops are cached by shape, so a second Dims costs nothing.
-    """
+    """`step` compiled once per Dims (with `FAST_COMPILE`; a plain compile if the backend
+    refuses the options) and shared by the module. `reset` called eagerly is compiled once
+    per Dims by the engine itself."""
 
     class Sim:
         compiled: dict = {}
@@ -271,6 +270,28 @@ def _bankrupt_users():
     # = 0): p_bk = 100,000 - 2,000 / 0.4 = 95,000, above every bid, so the IOC at p_bk fills
     # nothing and the rest goes to the fund (or ADL) at 95,000.
     return [{"name": "bust_cross", "usdt": 2000.0, "position": 0.4, "leverage": 20}]
+
+
+def test_eager_reset_compiles_once_per_dims():
+    """`jaxsim.reset` outside a trace is one program per Params structure: a second call
+    with other values (users' balances and positions, key) compiles nothing. (Run eagerly
+    op by op, its loop over the markets compiled afresh at every call: 2-4 s each.)"""
+    p1 = make(_bankrupt_users())
+    p2 = make([{"name": "other", "usdt": 5000.0, "position": -0.1, "leverage": 10}])
+    k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    jax.block_until_ready(jaxsim.reset(k1, p1))
+    seen = []
+
+    def listen(event, secs, **kw):
+        seen.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        st = jax.block_until_ready(jaxsim.reset(k2, p2))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert "/jax/core/compile/backend_compile_duration" not in seen, seen
+    assert float(st.acct.pos[0]) == pytest.approx(-0.1)  # p2's values, not p1's
 
 
 def test_insurance_fund_pays_bankruptcy(sim):

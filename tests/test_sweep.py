@@ -65,7 +65,9 @@ def tiny_file(tmp_path_factory) -> Path:
 def runs(tiny_file, tmp_path_factory):
     """(in-process 1-device result, its output dir, subprocess 4-device output dir, log)."""
     out4 = tmp_path_factory.mktemp("sweep4")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    # Appended to the inherited flags, so the subprocess compiles as this process does.
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = {**os.environ, "XLA_FLAGS": flags.strip()}
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, "-m", "jaxsim.sweep", str(tiny_file), "--out", str(out4)]
     cmd += ["--chunk", "8", "--no-progress"]

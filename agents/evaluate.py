@@ -49,8 +49,9 @@ import numpy as np
 
 import jaxsim
 from agents.heuristics import Policy
-from envs.core import EnvParams, EnvState, RoleEnv, stack_params, with_shared_name
+from envs.core import EnvParams, EnvState, RoleEnv, stack_params, tie_env_state, with_shared_name
 from envs.roles import make_role
+from jaxsim.ops import tie
 
 Array = jax.Array
 
@@ -316,6 +317,9 @@ def _scan_fn(env: RoleEnv, policies: tuple[Policy, ...], n_steps: int):
             obs, new, _, terminated, info = env.step_env(k_env, state, action, params)
             return (obs, new), _record(state, new, terminated, info)
 
+        # Batched from the first step, as one step makes them (see `jaxsim.tie_to_key`): the
+        # scan then batches the env's step once.
+        obs, state = tie(obs, k_run), tie_env_state(state, k_run)
         _, rec = jax.lax.scan(body, (obs, state), jax.random.split(k_run, n_steps))
         return state.equity0[0], state.mark0, rec
 

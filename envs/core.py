@@ -47,8 +47,9 @@ from envs import spaces
 from jaxsim import book as bk
 from jaxsim import margin as mg
 from jaxsim.config import build_params, scenario_config
-from jaxsim.engine import _margin_balances, _needs_liquidation, asset_prices
+from jaxsim.engine import _margin_balances, _needs_liquidation, asset_prices, tie_to_key
 from jaxsim.engine import marked_equity as engine_marked_equity
+from jaxsim.ops import tie
 from jaxsim.types import (
     ASK,
     BASE,
@@ -189,6 +190,20 @@ class EnvState:
     mark0: Array  # () perp mark at reset
     prev_mark: Array  # () perp mark before the last step
     liq_notional: Array  # () notional liquidated in the last tick, USDT
+
+
+def tie_env_state(state: EnvState, key: Array) -> EnvState:
+    """`state` with the leaves one step makes batched tied to `key` (values unchanged; see
+    `jaxsim.engine.tie_to_key`), for a `lax.scan` over steps that starts from a reset made
+    under vmap."""
+    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return state.replace(
+        sim=tie_to_key(state.sim, key),
+        **{
+            f: tie(getattr(state, f), kd)
+            for f in ("equity0", "equity", "alive", "mark0", "prev_mark", "liq_notional")
+        },
+    )
 
 
 # ============================================================== params helpers

@@ -28,7 +28,8 @@ from jaxsim import book as bk
 from jaxsim import margin as mg
 from jaxsim import population as popm
 from jaxsim import prices as pr
-from jaxsim.ops import compact, sum_last, sum_leading
+from jaxsim.ops import compact, sum_last, sum_leading, tie
+from jaxsim.ops import while_loop as tied_while_loop
 from jaxsim.types import (
     ASK,
     BASE,
@@ -748,8 +749,8 @@ def _process_orders(state: SimState, params: Params, orders: Orders, acc: _Acc):
         jnp.zeros((n,), dtype),
         jnp.zeros((n,), dtype),
     )
-    _, state, acc, outs = jax.lax.while_loop(
-        lambda c: c[0] < n_act, body, (jnp.zeros((), jnp.int32), state, acc, outs0)
+    _, state, acc, outs = tied_while_loop(
+        lambda c: c[0] < n_act, body, (jnp.zeros((), jnp.int32), state, acc, outs0), n_act
     )
     return state, acc, outs
 
@@ -1146,8 +1147,8 @@ def _force_reduce(state: SimState, params: Params, acc: _Acc):
     # A while loop over the queued accounts only: under vmap it costs the busiest env's
     # count (nothing at all on the ticks where no enforcement is pending), where a scan
     # of conds would become selects over every slot.
-    _, state, acc = jax.lax.while_loop(
-        lambda c: c[0] < n_valid, reduce_one, (jnp.zeros((), jnp.int32), state, acc)
+    _, state, acc = tied_while_loop(
+        lambda c: c[0] < n_valid, reduce_one, (jnp.zeros((), jnp.int32), state, acc), n_valid
     )
     return state, acc
 
@@ -1349,8 +1350,8 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
 
         # Only the flagged slots run: under vmap a while loop costs the busiest env's
         # count, where a scan of conds would become selects over every slot.
-        _, state, acc = jax.lax.while_loop(
-            lambda c: c[0] < n_valid, slot, (jnp.zeros((), jnp.int32), state, acc)
+        _, state, acc = tied_while_loop(
+            lambda c: c[0] < n_valid, slot, (jnp.zeros((), jnp.int32), state, acc), n_valid
         )
         return r + 1, n_valid > 0, state, acc
 
@@ -1358,10 +1359,13 @@ def _liquidation_engine(state: SimState, params: Params, acc: _Acc):
     # re-price is the final one: re-pricing is idempotent, so further rounds would change
     # nothing) or after the re-price that follows the last round. One re-price site in
     # the compiled program rather than two.
-    _, _, state, acc = jax.lax.while_loop(
+    # The flag (the predicate) is batched as soon as the mark (which decides who is under
+    # maintenance) is.
+    _, _, state, acc = tied_while_loop(
         lambda c: c[1],
         one_round,
         (jnp.zeros((), jnp.int32), jnp.bool_(True), state, acc),
+        state.px.mark,
     )
     # The fund unwinds part of its taken-over position into the book, and sells the
     # collateral it took from bankrupt accounts into its own spot books at the same rate
@@ -1384,7 +1388,8 @@ def _once(pred, fn, carry):
     def body(c):
         return jnp.bool_(False), fn(c[1])
 
-    return jax.lax.while_loop(lambda c: c[0], body, (jnp.asarray(pred), carry))[1]
+    pred = jnp.asarray(pred)
+    return tied_while_loop(lambda c: c[0], body, (pred, carry), pred)[1]
 
 
 def _fund_unwind(state: SimState, acc: _Acc, params: Params):
@@ -1431,7 +1436,10 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
     """Advance one tick. Returns (state, TickEvents)."""
     k_exo, k_pop = jax.random.split(key)
     dtype = state.acct.bal.dtype
-    acc = _acc_zero(dtype, params.dims.n_accounts)
+    # Batched with the key under vmap (one tick's flows make them so anyway): the phases'
+    # loops, which carry them, then batch their bodies once (see `ops.tie`).
+    acc = tie(_acc_zero(dtype, params.dims.n_accounts), key)
+    acc = acc.replace(rules_changed=jnp.zeros((), jnp.int32))
     fund0 = state.acct.bal[params.dims.insurance, USDT]
 
     state = _exogenous(k_exo, state, params)
@@ -1652,6 +1660,38 @@ def _reset(key: Array, params: Params) -> SimState:
 _reset_jit = jax.jit(_reset)
 
 
+# SimState leaves that one tick leaves equal across a batch of envs with shared params (the
+# tick, the rules, the funding clock and the equity reference): `tie_to_key` leaves them be,
+# except the premium averaging weights, which a per-env funding schedule (batched rules)
+# makes per-env: those are tied to the rules.
+_SHARED_LEAVES = frozenset({".t", ".px.basis_count", ".px.next_funding_s", ".pop.eq0"})
+_RULE_LEAVES = frozenset({".px.prem_w", ".px.prem_n"})
+
+
+def tie_to_key(state: SimState, key: Array) -> SimState:
+    """`state` with its per-env leaves passed through a select on `key` (values unchanged,
+    bit for bit; XLA drops a select of equal branches).
+
+    `reset` does not draw from its key, so under `vmap` every leaf of its state starts
+    unbatched, and a `lax.scan` over ticks finds which carry leaves are batched by
+    batching the whole tick again until they stop changing: the tick's nested loops are
+    batched once per pass, most of a rollout's trace time. Tied to the (batched) key, the
+    leaves one tick makes batched are batched from the start, so the scan's first pass is
+    its last; the compiled program is the same. Outside `vmap` this is the identity.
+    """
+    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+    def one(path, x):
+        name = jax.tree_util.keystr(path)
+        if name in _SHARED_LEAVES or path[0].name == "rules":
+            return x
+        if name in _RULE_LEAVES:
+            return tie(x, state.rules.funding_interval_s)
+        return tie(x, kd)
+
+    return jax.tree_util.tree_map_with_path(one, state)
+
+
 def rollout(key: Array, params: Params, n_ticks: int, policy=None, state: SimState | None = None):
     """Run `n_ticks` ticks with `lax.scan`. Returns (final state, stacked TickEvents).
 
@@ -1660,6 +1700,7 @@ def rollout(key: Array, params: Params, n_ticks: int, policy=None, state: SimSta
     k_reset, k_run = jax.random.split(key)
     if state is None:
         state = reset(k_reset, params)
+    state = tie_to_key(state, k_run)
 
     def body(state, k):
         k_pol, k_step = jax.random.split(k)

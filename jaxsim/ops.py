@@ -42,3 +42,32 @@ def compact(mask: Array) -> tuple[Array, Array]:
     rank_f = n_true + jnp.cumsum((~mask).astype(jnp.int32)) - 1
     pos = jnp.where(mask, rank_t, rank_f)
     return jnp.zeros((n,), jnp.int32).at[pos].set(idx.astype(jnp.int32)), n_true
+
+
+def tie(tree, ref):
+    """`tree` with every leaf passed through ``where(r != r, x, x)``, r a scalar of `ref`:
+    the same values bit for bit (both branches are x), but under `vmap` each leaf is batched
+    whenever `ref` is (XLA drops the select after batching).
+
+    A trace-time hint for loops: `lax.while_loop` and `lax.scan` find which carry leaves
+    are batched by batching their body again until the answer stops changing, so a carry
+    that starts unbatched (a counter, zero accumulators) but becomes batched costs one
+    more batching of the body, nested loops and all. Tie such a carry to the value the
+    loop's predicate (or its body) makes it depend on; a leaf that `ref` would not make
+    batched is left as it is.
+    """
+    r = jnp.ravel(ref)[0]
+    never = r != r
+    return jax.tree_util.tree_map(lambda x: jnp.where(never, x, x), tree)
+
+
+def while_loop(cond_fun, body_fun, init, ref):
+    """`lax.while_loop(cond_fun, body_fun, init)` whose predicate is batched whenever `ref`
+    is (under vmap): the carry is tied to `ref` (`tie`), as the batched predicate batches it
+    anyway, so the loop batches its body once instead of once per fixpoint pass. Carry
+    leaves the body passes through unchanged (JAX moves them out of the loop and returns
+    them as they came in) are handed back untied, so the hint does not batch them for the
+    code after the loop."""
+    tied = tie(init, ref)
+    out = jax.lax.while_loop(cond_fun, body_fun, tied)
+    return jax.tree_util.tree_map(lambda o, t, x: x if o is t else o, out, tied, init)

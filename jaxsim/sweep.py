@@ -81,7 +81,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsim.config import ConfigError, build_params, scenario_config
-from jaxsim.engine import no_orders, reset, step
+from jaxsim.engine import no_orders, reset, step, tie_to_key
 from jaxsim.simulate import parse_overrides
 from jaxsim.types import USDT, Params
 
@@ -344,7 +344,7 @@ def episode_reduce(
     tick index every ``max(1, n_ticks // 50)`` ticks.
     """
     k_reset, k_run = jax.random.split(key)
-    state = reset(k_reset, params)
+    state = tie_to_key(reset(k_reset, params), k_run)  # one batching pass of the scan
     fund0 = state.acct.bal[params.dims.insurance, USDT]
     every = max(1, n_ticks // 50)
 

@@ -336,3 +336,33 @@ def test_conservation_in_x64():
         for i, name in enumerate(LEDGER):
             assert abs(float(a1[name]) - float(a0[name])) <= 1e-10 * gross[i], name
         assert float(np.asarray(ev.liq_accounts).sum()) > 0, "the shock liquidated nobody"
+
+
+def test_tie_hints_change_no_value(params):
+    """`ops.tie` and `engine.tie_to_key` (trace-time batching hints) return their inputs
+    bit for bit: signed zeros, NaN, inf, ints and bools, under jit and vmap, with a NaN
+    reference too; the tied reset state equals the reset state."""
+    from jaxsim.engine import tie_to_key
+    from jaxsim.ops import tie
+
+    x = jnp.array([-0.0, 0.0, jnp.nan, jnp.inf, -jnp.inf, 1.5e-38, -3.0], jnp.float32)
+    tree = (x, jnp.array([-7, 0, 2**31 - 1], jnp.int32), jnp.array([True, False]))
+    for ref in (jnp.float32(1.0), jnp.float32(jnp.nan), jnp.int32(3)):
+        out = jax.jit(tie)(tree, ref)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(out), strict=True
+        ):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(
+                np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8)
+            )
+    refs = jnp.array([1.0, jnp.nan, -0.0], jnp.float32)
+    outs = jax.vmap(tie, in_axes=(None, 0))(tree, refs)
+    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(outs), strict=True):
+        for row in np.asarray(b):
+            np.testing.assert_array_equal(np.asarray(a).view(np.uint8), row.view(np.uint8))
+    key = jax.random.PRNGKey(3)
+    s0 = jaxsim.reset(key, params)
+    s1 = jax.jit(tie_to_key)(s0, key)
+    for a, b in zip(jax.tree_util.tree_leaves(s0), jax.tree_util.tree_leaves(s1), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

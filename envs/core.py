@@ -196,11 +196,10 @@ def tie_env_state(state: EnvState, key: Array) -> EnvState:
     """`state` with the leaves one step makes batched tied to `key` (values unchanged; see
     `jaxsim.engine.tie_to_key`), for a `lax.scan` over steps that starts from a reset made
     under vmap."""
-    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     return state.replace(
         sim=tie_to_key(state.sim, key),
         **{
-            f: tie(getattr(state, f), kd)
+            f: tie(getattr(state, f), key)
             for f in ("equity0", "equity", "alive", "mark0", "prev_mark", "liq_notional")
         },
     )

@@ -1438,6 +1438,7 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
     dtype = state.acct.bal.dtype
     # Batched with the key under vmap (one tick's flows make them so anyway): the phases'
     # loops, which carry them, then batch their bodies once (see `ops.tie`).
+    # `rules_changed` follows the rule schedule (the tick), shared by a batch: left untied.
     acc = tie(_acc_zero(dtype, params.dims.n_accounts), key)
     acc = acc.replace(rules_changed=jnp.zeros((), jnp.int32))
     fund0 = state.acct.bal[params.dims.insurance, USDT]
@@ -1679,7 +1680,6 @@ def tie_to_key(state: SimState, key: Array) -> SimState:
     leaves one tick makes batched are batched from the start, so the scan's first pass is
     its last; the compiled program is the same. Outside `vmap` this is the identity.
     """
-    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
 
     def one(path, x):
         name = jax.tree_util.keystr(path)
@@ -1687,7 +1687,7 @@ def tie_to_key(state: SimState, key: Array) -> SimState:
             return x
         if name in _RULE_LEAVES:
             return tie(x, state.rules.funding_interval_s)
-        return tie(x, kd)
+        return tie(x, key)
 
     return jax.tree_util.tree_map_with_path(one, state)
 

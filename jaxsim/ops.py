@@ -45,7 +45,8 @@ def compact(mask: Array) -> tuple[Array, Array]:
 
 
 def tie(tree, ref):
-    """`tree` with every leaf passed through ``where(r != r, x, x)``, r a scalar of `ref`:
+    """`tree` with every leaf passed through ``where(r != r, x, x)``, r a scalar of `ref` (of
+    its key data for a typed PRNG key):
     the same values bit for bit (both branches are x), but under `vmap` each leaf is batched
     whenever `ref` is (XLA drops the select after batching).
 
@@ -56,6 +57,8 @@ def tie(tree, ref):
     loop's predicate (or its body) makes it depend on; a leaf that `ref` would not make
     batched is left as it is.
     """
+    if jnp.issubdtype(jnp.result_type(ref), jax.dtypes.prng_key):
+        ref = jax.random.key_data(ref)
     r = jnp.ravel(ref)[0]
     never = r != r
     return jax.tree_util.tree_map(lambda x: jnp.where(never, x, x), tree)

@@ -1466,6 +1466,8 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
         bg_vol,
         jnp.sum((reason[:n_bg] != OK) & (bg.kind != KIND_NONE)).astype(jnp.int32),
         jnp.sum(jnp.where(arb & is_trade, bg_filled, 0.0)),
+        # Scripted programs are the last rows of the background orders.
+        jnp.where(is_trade, bg_filled, 0.0)[n_bg - params.dims.n_programs :],
     )
     reason, filled, avg, unfilled = (x[n_bg:] for x in (reason, filled, avg, unfilled))
     state = _arrivals(state)
@@ -1552,6 +1554,7 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
         bg_volume=bg_stats[0],
         bg_rejects=bg_stats[1],
         arb_volume=bg_stats[2],
+        prog_filled=bg_stats[3],
         order_reason=reason,
         order_filled=filled,
         order_avg_px=avg,

@@ -430,6 +430,7 @@ class TickEvents:
     bg_volume: Array  # (M,) base units traded by background orders (scripted flows included)
     bg_rejects: Array  # () int32 background orders rejected (margin, balance, liquidity)
     arb_volume: Array  # () base units traded by basis and cross-venue arbitrageurs
+    prog_filled: Array  # (P,) base units each scripted program (population.programs row) traded
     order_reason: Array  # (K,) int32 reason of each external order (0 ok)
     order_filled: Array  # (K,) base units filled
     order_avg_px: Array  # (K,) average fill price (0 if none)

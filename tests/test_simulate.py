@@ -135,6 +135,68 @@ def test_python_m_jaxsim_still_runs(capsys, cli_run):
     assert "spot DD %" in out and "ledger   usdt" in out
 
 
+# The agent (100k USDT in calm) buys 0.5 BASE over the run, which it can pay for, and then
+# 1000 BASE, which it cannot (~1e8 USDT at 100k).
+_PROGRAMS = (
+    "[{account: agent, market: spot, side: buy, start_s: 0.0, duration_s: 1800.0, qty: 0.5},"
+    " {account: agent, market: spot, side: buy, start_s: 900.0, duration_s: 3600.0,"
+    " qty: 1000.0}]"
+)
+
+
+def test_program_delivery_reports_what_each_program_traded(capsys, tmp_path):
+    """Scheduled quantity within the horizon (60 ticks of 30 s), traded quantity per seed
+    (the events' prog_filled summed), and the CLI's warning for the program that fell short."""
+    ov = {"population.programs": sim.yaml.safe_load(_PROGRAMS)}
+    cfg, params = sim.load("calm", overrides=ov)
+    _, ev = sim.simulate("calm", seeds=SEEDS, n_ticks=TICKS, overrides=ov)
+    assert ev["prog_filled"].shape == (SEEDS, TICKS, params.dims.n_programs)
+    rows = sim.program_delivery(cfg, params, ev)
+    assert [(r["row"], r["account"], r["market"], r["side"]) for r in rows] == [
+        (0, "agent", "BASE/USDT", "buy"),
+        (1, "agent", "BASE/USDT", "buy"),
+    ]
+    # 0.5 over its 60 ticks; 1000 over 120 ticks of which ticks 30-59 are in the horizon.
+    assert rows[0]["scheduled"] == pytest.approx(0.5, rel=1e-5)
+    assert rows[1]["scheduled"] == pytest.approx(250.0, rel=1e-5)
+    np.testing.assert_allclose(rows[0]["delivered"], 0.5, rtol=1e-4)
+    # Each slice of the second (1000 / 120 = 8.3 BASE, ~833k USDT) costs more than the
+    # agent holds: every one is rejected whole.
+    np.testing.assert_array_equal(rows[1]["delivered"], 0.0)
+    np.testing.assert_allclose(
+        ev["prog_filled"][:, :, 2:], 0.0, err_msg="inactive rows trade nothing"
+    )
+    header, body = sim.delivery_table(rows)
+    assert header[0] == "scripted flow" and body[0][0] == "agent buy BASE/USDT"
+    assert body[0][3] == "100.00%" and body[1][3] == "0.00%"
+
+    rc = sim.main(
+        [
+            "--scenario",
+            "calm",
+            "--seeds",
+            str(SEEDS),
+            "--ticks",
+            str(TICKS),
+            "--out",
+            str(tmp_path),
+            "--no-plot",
+            "--no-csv",
+            "--set",
+            f"population.programs={_PROGRAMS}",
+        ]
+    )
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert "scripted flows" in cap.out and "agent buy BASE/USDT" in cap.out
+    assert "warning: agent's buy program on BASE/USDT traded" in cap.err
+    assert cap.err.count("warning:") == 1  # the first program traded all of its schedule
+    head, rows_csv = _read_csv(tmp_path / "summary.csv")
+    traded = np.array([float(r[head.index("program0_traded")]) for r in rows_csv])
+    np.testing.assert_allclose(traded, rows[0]["delivered"], rtol=1e-6)
+    assert "program1_traded" in head
+
+
 def test_bad_scenario_and_variant_exit_2(capsys):
     assert sim.main(["--scenario", "no_such_scenario", "--ticks", "5"]) == 2
     err = capsys.readouterr().err

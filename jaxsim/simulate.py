@@ -519,6 +519,23 @@ def dashboard(
     a.plot(h, g("oi_short"), color="tab:green", lw=1.1, ls="--", label="OI short")
     a.set_ylabel("BASE")
     a.set_title("(4) open interest")
+    # Scripted flows (right axis): what each program traded against its schedule.
+    pp = params.pop
+    progs = np.flatnonzero(np.asarray(pp.prog_active))
+    if len(progs) and "prog_filled" in ev:
+        ac = a.twinx()
+        tick = np.arange(1, len(h) + 1)
+        for c, i in enumerate(progs):
+            col = f"C{(c + 4) % 10}"
+            start, end = int(pp.prog_start[i]), int(pp.prog_end[i])
+            due = float(pp.prog_qty[i]) * np.clip(tick - start, 0, end - start)
+            side = "buy" if float(pp.prog_side[i]) > 0 else "sell"
+            name = f"flow {i} ({side} {MARKET_NAMES[int(pp.prog_market[i])]})"
+            ac.plot(h, np.cumsum(g("prog_filled")[:, i]), color=col, lw=1.0, label=f"{name} traded")
+            ac.plot(h, due, color=col, lw=0.8, ls=":", label=f"{name} scheduled")
+        ac.set_ylabel("scripted flows, cumulative base units")
+        ac.legend(loc="lower right", fontsize=7, framealpha=0.8)
+        a.set_title("(4) open interest; scripted flows traded / scheduled (right)")
 
     # (5) liquidations per tick (binned when long), forced reduce, cumulative
     a = ax[4]

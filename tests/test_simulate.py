@@ -180,7 +180,6 @@ def test_program_delivery_reports_what_each_program_traded(capsys, tmp_path):
             str(TICKS),
             "--out",
             str(tmp_path),
-            "--no-plot",
             "--no-csv",
             "--set",
             f"population.programs={_PROGRAMS}",
@@ -195,6 +194,7 @@ def test_program_delivery_reports_what_each_program_traded(capsys, tmp_path):
     traded = np.array([float(r[head.index("program0_traded")]) for r in rows_csv])
     np.testing.assert_allclose(traded, rows[0]["delivered"], rtol=1e-6)
     assert "program1_traded" in head
+    assert (tmp_path / "dashboard.png").stat().st_size > 0  # panel (4) draws the flows
 
 
 def test_bad_scenario_and_variant_exit_2(capsys):

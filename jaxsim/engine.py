@@ -1490,7 +1490,7 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
     dims = params.dims
     p = state.px
     pos = state.acct.pos
-    best_b, best_a, depth = [], [], []
+    best_b, best_a, depth, edge = [], [], [], []
     for m in range(N_MARKETS):
         px = _level_px(state, params, m)
         b, a = bk.best_prices(state.book.qty[m], px)
@@ -1498,6 +1498,11 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
         best_b.append(b)
         best_a.append(jnp.where(jnp.isfinite(a), a, 0.0))
         depth.append(bk.depth_within(state.book.qty[m], px, mid, DEPTH_BAND))
+        # This tick traded and its last trade is on the grid's outermost level: the order
+        # could not go further (a stale last price off a grid that has moved is not one).
+        lvl = jnp.round(p.last[m] / params.markets.tick_size[m]) - state.book.origin[m]
+        on_edge = (lvl == 0) | (lvl == dims.n_levels - 1)
+        edge.append(on_edge & (acc.volume[m] > 0))
     spot_mid = 0.5 * (best_b[SPOT] + best_a[SPOT])
     perp_mid = 0.5 * (best_b[PERP] + best_a[PERP])
     ok = (best_b[SPOT] > 0) & (best_a[SPOT] > 0) & (best_b[PERP] > 0) & (best_a[PERP] > 0)
@@ -1555,6 +1560,7 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
         bg_rejects=bg_stats[1],
         arb_volume=bg_stats[2],
         prog_filled=bg_stats[3],
+        grid_edge=jnp.stack(edge),
         order_reason=reason,
         order_filled=filled,
         order_avg_px=avg,

@@ -43,6 +43,11 @@ Metric names (units):
 - ``forced_reduce`` (USDT): notional cut by rule enforcement; ``collateral_sold_usdt``
   (USDT): proceeds of the engine's collateral sales; ``collateral_sold_stable``,
   ``collateral_sold_lst`` (units); ``fees`` (USDT); ``rules_changed``: schedule rows applied.
+- ``edge_spot``, ``edge_perp``, ``edge_stable``, ``edge_lst``: fraction of ticks in which
+  the book traded and its last trade is on its price grid's lowest or highest level, where
+  an order could not trade further (the grid follows the maker's quote centre, see
+  `engine._recentre`, so a price far from that centre can be held at the grid's edge).
+  Present when the events have ``grid_edge``.
 - Stylized facts of the log returns of the spot last price (or `facts_price`, e.g. the
   spot mid): ``kurt_1tick`` excess kurtosis at the tick frequency, ``kurt_agg`` at `agg_s`
   seconds (returns summed over blocks), ``acf_ret_1``..``acf_ret_5`` autocorrelation of
@@ -309,6 +314,10 @@ def episode_metrics(
     m["collateral_sold_lst"] = sold[..., 3].sum(-1)
     m["fees"] = f64("fees").sum(-1)
     m["rules_changed"] = f64("rules_changed").sum(-1)
+    if "grid_edge" in ev:  # (S, T, M): the last trade on its grid's outermost level
+        edge = f64("grid_edge")
+        for k, name in enumerate(("spot", "perp", "stable", "lst")):
+            m[f"edge_{name}"] = edge[..., k].mean(-1)
 
     r = log_returns(facts_series(ev, facts_price))
     m["frac_zero_ret"] = (r == 0).mean(-1) if r.shape[-1] else np.full(spot.shape[:-1], np.nan)

@@ -363,6 +363,10 @@ TABLE_ROWS = (
     ("acf(returns), lag 1", "acf_ret_1", "f3"),
     ("acf(|returns|), mean lags 1-10", "acf_absret_mean", "f3"),
     ("ticks with no spot trade", "frac_zero_ret", "pct"),
+    ("ticks with spot last at its grid's edge", "edge_spot", "pct"),
+    ("ticks with perp last at its grid's edge", "edge_perp", "pct"),
+    ("ticks with STABLE last at its grid's edge", "edge_stable", "pct"),
+    ("ticks with LST last at its grid's edge", "edge_lst", "pct"),
 )
 
 
@@ -776,6 +780,15 @@ def main(argv: list[str] | None = None) -> int:
     drift = max(float(np.max(per_seed[f"ledger_{k}"])) for k in LEDGER_ASSETS)
     rows.append(["ledger max |change| / total", f"{drift:.2e}", "", ""])
     print_table(title, header, rows)
+    for k, name in enumerate(MARKET_NAMES):
+        key = f"edge_{('spot', 'perp', 'stable', 'lst')[k]}"
+        if key in per_seed and np.max(per_seed[key]) > 0:
+            print(
+                f"warning: {name}'s last trade ended {100 * np.max(per_seed[key]):.1f}% of the "
+                "ticks (most in a seed) on its price grid's outermost level: orders could not "
+                "trade past it, so that book's price range was bounded by the grid there",
+                file=sys.stderr,
+            )
     flows = program_delivery(cfg, params, ev)
     if flows:
         print_table("scripted flows (base units)", *delivery_table(flows))

@@ -431,6 +431,7 @@ class TickEvents:
     bg_rejects: Array  # () int32 background orders rejected (margin, balance, liquidity)
     arb_volume: Array  # () base units traded by basis and cross-venue arbitrageurs
     prog_filled: Array  # (P,) base units each scripted program (population.programs row) traded
+    grid_edge: Array  # (M,) bool: the book traded and its last trade is on its grid's end level
     order_reason: Array  # (K,) int32 reason of each external order (0 ok)
     order_filled: Array  # (K,) base units filled
     order_avg_px: Array  # (K,) average fill price (0 if none)

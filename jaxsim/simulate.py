@@ -781,12 +781,12 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(["ledger max |change| / total", f"{drift:.2e}", "", ""])
     print_table(title, header, rows)
     for k, name in enumerate(MARKET_NAMES):
-        key = f"edge_{('spot', 'perp', 'stable', 'lst')[k]}"
+        key = f"edge_{_MKT[k]}"
         if key in per_seed and np.max(per_seed[key]) > 0:
             print(
-                f"warning: {name}'s last trade ended {100 * np.max(per_seed[key]):.1f}% of the "
-                "ticks (most in a seed) on its price grid's outermost level: orders could not "
-                "trade past it, so that book's price range was bounded by the grid there",
+                f"warning: {name} traded at its price grid's outermost level in "
+                f"{100 * np.max(per_seed[key]):.1f}% of the ticks (the most of any seed): orders "
+                "could not trade past it there, so the grid bounded that book's price",
                 file=sys.stderr,
             )
     flows = program_delivery(cfg, params, ev)

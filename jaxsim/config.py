@@ -678,11 +678,23 @@ def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParam
     pa, pm, ps = np.zeros(p, np.int32), np.zeros(p, np.int32), np.zeros(p)
     p0, p1, pq = np.zeros(p, np.int32), np.zeros(p, np.int32), np.zeros(p)
     pon = np.zeros(p, bool)
+    plim, pcarry = np.zeros(p), np.zeros(p, bool)
     for i, row in enumerate(progs):
         f = f"population.programs[{i}]"
         req = {"account", "market", "side", "start_s", "duration_s", "qty"}
-        if not isinstance(row, dict) or set(row) != req:
-            raise ConfigError(f"{f} must have exactly the keys {sorted(req)}")
+        opt = {"limit_pct", "carry"}
+        if not isinstance(row, dict) or not req <= set(row) or set(row) - req - opt:
+            raise ConfigError(
+                f"{f} must have the keys {sorted(req)} and optionally {sorted(opt)}"
+            )
+        # limit_pct: trade no worse than the market's reference (the venues' price; the
+        # index for the perp) by this percentage. carry: an unfilled part is sent again
+        # the next tick, until the window ends.
+        plim[i] = _num(row.get("limit_pct", 0.0), f"{f}.limit_pct", 0.0, 99.0) / 100.0
+        carry = row.get("carry", False)
+        if not isinstance(carry, bool):
+            raise ConfigError(f"{f}.carry must be true or false, got {carry!r}")
+        pcarry[i] = carry
         pa[i] = account(row, f)
         if row["market"] not in MARKET_KEYS:
             raise ConfigError(f"{f}.market '{row['market']}' not one of {list(MARKET_KEYS)}")
@@ -750,6 +762,8 @@ def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParam
         prog_end=p1,
         prog_qty=pq,
         prog_active=pon,
+        prog_limit=plim,
+        prog_carry=pcarry,
         lp_skew_bps=np.array(
             _keyed(mm.get("skew_bps", 0.0), MARKET_KEYS, "population.mm.skew_bps", lo=0.0)
         ),

@@ -963,14 +963,7 @@ def _prices_and_funding(state: SimState, params: Params):
 
 
 def _lp_center(state: SimState, params: Params, m, q_m: Array, px: Array) -> Array:
-    ref = jnp.stack(
-        [
-            state.px.ext[0].mean(),
-            state.px.index[0],
-            state.px.ext[1].mean(),
-            state.px.ext[2].mean(),
-        ]
-    )[m]
+    ref = popm.market_refs(state)[m]
     bid, ask = bk.best_prices(q_m, px)
     # With one side empty (swept) the last trade is the best estimate of the book's price.
     mid = jnp.where((bid > 0) & jnp.isfinite(ask), 0.5 * (bid + ask), state.px.last[m])
@@ -1470,6 +1463,7 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
         jnp.where(is_trade, bg_filled, 0.0)[n_bg - params.dims.n_programs :],
     )
     reason, filled, avg, unfilled = (x[n_bg:] for x in (reason, filled, avg, unfilled))
+    state = state.replace(pop=state.pop.replace(prog_done=state.pop.prog_done + bg_stats[3]))
     state = _arrivals(state)
     state, settled, paid = _prices_and_funding(state, params)
     state, acc = _liquidation_engine(state, params, acc)
@@ -1647,6 +1641,7 @@ def _reset(key: Array, params: Params) -> SimState:
         int_vol=jnp.zeros((N_MARKETS,), dtype),
         lp_peak=zp,
         lp_eq=zp,
+        prog_done=jnp.zeros((params.dims.n_programs,), dtype),
     )
     state = SimState(
         t=jnp.zeros((), jnp.int32),

@@ -47,7 +47,10 @@ Behaviours (one per account, parameters in `PopParams`, YAML under `population.c
   its collateral).
 
 Programs (`population.programs`): scripted market-order flows (a whale's block sale, ETF
-outflows, a manipulator's legs), `qty` base units spread evenly over their window.
+outflows, a manipulator's legs), `qty` base units spread evenly over their window. With
+`limit_pct` a program trades no worse than its market's reference price (`market_refs`) by
+that percentage; with `carry` the unfilled part of a slice is sent again the next tick (what
+is due by the end of the tick less what it traded), else it is dropped.
 
 The LP (system account) is the market-making cohort: see `engine._liquidity`, which skews its
 quote centre against its inventory (its deviation from its starting inventory, or for the
@@ -109,6 +112,13 @@ def n_background_orders(params: Params) -> int:
     return 2 * (params.dims.n_accounts - N_SYSTEM) + params.dims.n_programs
 
 
+def market_refs(state: SimState) -> Array:
+    """(M,) each market's outside reference price: the external venues' mean for spot,
+    STABLE and LST, the index for the perp (the LP's quote reference, a program's limit)."""
+    ext = state.px.ext
+    return jnp.stack([ext[0].mean(), state.px.index[0], ext[1].mean(), ext[2].mean()])
+
+
 def init_pop_state(state: SimState, params: Params, equity: Array, lp_equity: Array) -> PopState:
     """Population memory at reset."""
     mark = state.px.mark
@@ -125,6 +135,7 @@ def init_pop_state(state: SimState, params: Params, equity: Array, lp_equity: Ar
         int_vol=params.pop.int_vol_ref.astype(dtype),
         lp_peak=lp_equity,
         lp_eq=lp_equity,
+        prog_done=jnp.zeros_like(params.pop.prog_qty, dtype),
     )
 
 
@@ -394,7 +405,15 @@ def background_orders(
     # ---------------------------------------------------------------- scripted programs
     t = state.t
     on = pp.prog_active & (t >= pp.prog_start) & (t < pp.prog_end)
-    kp = jnp.where(on, KIND_MARKET, KIND_NONE)
+    # A carrying program sends what is due by the end of this tick less what it traded;
+    # the others send their slice and drop what does not fill.
+    due = pp.prog_qty * jnp.clip(t + 1 - pp.prog_start, 0, pp.prog_end - pp.prog_start)
+    q_prog = jnp.where(pp.prog_carry, jnp.maximum(due - state.pop.prog_done, 0.0), pp.prog_qty)
+    q_prog = jnp.where(on, q_prog, 0.0)
+    # A limited program trades no worse than its market's reference price by `limit`.
+    ref = market_refs(state)[pp.prog_market]
+    px_prog = jnp.where(pp.prog_limit > 0, ref * (1.0 + pp.prog_side * pp.prog_limit), 0.0)
+    kp = jnp.where(on & (q_prog > 0), KIND_MARKET, KIND_NONE)
 
     def cat(*xs):
         return jnp.concatenate([jnp.asarray(x) for x in xs])
@@ -404,8 +423,8 @@ def background_orders(
         market=cat(m1, m2, pp.prog_market).astype(jnp.int32),
         side=cat(s1, s2, pp.prog_side).astype(jnp.int32),
         kind=cat(k1, k2, kp).astype(jnp.int32),
-        qty=cat(q1, q2, jnp.where(on, pp.prog_qty, 0.0)).astype(dtype),
-        price=cat(p1, p2, jnp.zeros_like(pp.prog_qty)).astype(dtype),
+        qty=cat(q1, q2, q_prog).astype(dtype),
+        price=cat(p1, p2, px_prog).astype(dtype),
     )
     arb = cat(is_b | is_x, is_b | is_x, jnp.zeros_like(on))
     return orders, arb

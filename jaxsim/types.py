@@ -266,6 +266,8 @@ class PopParams:
     prog_end: Array  # (P,) int32 tick after the last
     prog_qty: Array  # (P,) base units per tick (market orders)
     prog_active: Array  # (P,) bool
+    prog_limit: Array  # (P,) price limit as a fraction off the market's reference (0 = none)
+    prog_carry: Array  # (P,) bool: a slice's unfilled part is carried to the next tick
     lp_skew_bps: Array  # (M,) LP quote-centre skew per unit of inventory deviation, bps
     lp_inv_unit: Array  # (M,) inventory deviation (base units) that moves the centre lp_skew_bps
     lp_perp_flat: Array  # () 1: perp skew against the LP's whole position; 0: against its start
@@ -373,6 +375,7 @@ class PopState:
     int_vol: Array  # (M,) EWMA realized vol per sqrt-second of internal last prices
     lp_peak: Array  # () running peak of the LP's marked equity, USDT
     lp_eq: Array  # () LP's marked equity, USDT
+    prog_done: Array  # (P,) base units each scripted program traded so far
 
 
 @struct.dataclass

@@ -177,6 +177,24 @@ def test_bad_perp_skew_reference():
     assert float(p.pop.lp_perp_flat) == 1.0
 
 
+def test_bad_program_rows():
+    """A program row has the six required keys and may add `limit_pct` (0-99) and `carry`
+    (a bool); anything else names the row and field."""
+    row = dict(account="agent", market="spot", side="sell", start_s=0.0, duration_s=60.0, qty=1.0)
+    f = "population.programs[0]"
+    _raises({"population.programs": [{**row, "limit": 1.0}]}, f, "limit_pct", "carry")
+    _raises({"population.programs": [{**row, "limit_pct": -1.0}]}, f"{f}.limit_pct")
+    _raises({"population.programs": [{**row, "limit_pct": 100.0}]}, f"{f}.limit_pct")
+    _raises({"population.programs": [{**row, "carry": "yes"}]}, f"{f}.carry", "yes")
+    no_qty = {k: v for k, v in row.items() if k != "qty"}
+    _raises({"population.programs": [no_qty]}, f, "qty")
+    p = load_scenario(
+        TESTBED, overrides={"population.programs": [{**row, "limit_pct": 2.5, "carry": True}]}
+    )
+    assert float(p.pop.prog_limit[0]) == pytest.approx(0.025) and bool(p.pop.prog_carry[0])
+    assert float(p.pop.prog_limit[1]) == 0.0 and not bool(p.pop.prog_carry[1])
+
+
 def test_bad_spot_retail_cohort():
     """A retail cohort trades the perp (default) or spot; on spot it is long only and
     unlevered (it buys with the USDT it holds)."""

@@ -684,9 +684,7 @@ def _build_population(pop: dict, users: list, dims: Dims, dt: float) -> PopParam
         req = {"account", "market", "side", "start_s", "duration_s", "qty"}
         opt = {"limit_pct", "carry"}
         if not isinstance(row, dict) or not req <= set(row) or set(row) - req - opt:
-            raise ConfigError(
-                f"{f} must have the keys {sorted(req)} and optionally {sorted(opt)}"
-            )
+            raise ConfigError(f"{f} must have the keys {sorted(req)} and optionally {sorted(opt)}")
         # limit_pct: trade no worse than the market's reference (the venues' price; the
         # index for the perp) by this percentage. carry: an unfilled part is sent again
         # the next tick, until the window ends.

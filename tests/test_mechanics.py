@@ -704,8 +704,7 @@ def test_program_carry_sends_the_unfilled_schedule_again(sim):
     p = make(users, **{"population.programs": progs})
     assert bool(p.pop.prog_carry[0]) and not bool(p.pop.prog_carry[1])
     buy = [
-        {"account": a, "market": SPOT, "side": 1, "kind": KIND_MARKET, "qty": 1.0}
-        for a in (0, 1)
+        {"account": a, "market": SPOT, "side": 1, "kind": KIND_MARKET, "qty": 1.0} for a in (0, 1)
     ]
     states, evs, st0 = sim.run(p, 6, orders_at={2: buy})
     done = np.array([np.asarray(ev.prog_filled)[:2] for ev in evs])

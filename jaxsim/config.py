@@ -152,6 +152,10 @@ def scenario_config(
 # ------------------------------------------------------------------ checks
 
 
+def _impact_halflife(e) -> float:
+    return _num(e["venue_impact_halflife_h"], "exogenous.venue_impact_halflife_h", 0.0)
+
+
 def _num(
     v: Any,
     field: str,
@@ -885,6 +889,14 @@ def build_params(cfg: dict, dtype=None) -> Params:
             _keyed(e["jump_std_pct"], INDEX_KEYS, "exogenous.jump_std_pct", lo=0.0, hi=50.0)
         )
         / 100.0,
+        venue_impact=np.asarray(
+            _num(e["venue_impact_bps_per_musdt"], "exogenous.venue_impact_bps_per_musdt", 0.0, 1e4)
+            * 1e-4
+            / 1e6
+        ),
+        venue_impact_decay_per_s=np.asarray(
+            math.log(2.0) / (3600.0 * hl) if (hl := _impact_halflife(e)) > 0 else 0.0
+        ),
     )
 
     mk = cfg["markets"]

@@ -115,6 +115,7 @@ class _Acc:
     bad_debt: Array
     forced: Array
     rules_changed: Array
+    flow: Array  # () signed taker notional on the BASE books (buys +)
 
 
 def _acc_zero(dtype, n_accounts: int) -> _Acc:
@@ -134,6 +135,7 @@ def _acc_zero(dtype, n_accounts: int) -> _Acc:
         bad_debt=z,
         forced=z,
         rules_changed=jnp.zeros((), jnp.int32),
+        flow=z,
     )
 
 
@@ -397,6 +399,7 @@ def _take_on(state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate=Non
         volume=acc.volume.at[m].add(filled),
         fees=acc.fees + fee_t + fee_m.sum(),
         fees_acct=acc.fees_acct + fee_m + taker * fee_t,
+        flow=acc.flow + jnp.where((m == SPOT) | is_perp, side * notional, 0.0),
     )
     state = state.replace(acct=acct, px=state.px.replace(last=last))
     return state, acc, q_m, ah_m, filled, notional
@@ -811,6 +814,11 @@ def _exogenous(key, state: SimState, params: Params) -> SimState:
     # BASE: GBM. STABLE: mean-reverting to its redemption price 1. LST: BASE times the
     # redemption rate times a mean-reverting premium.
     d_base = -0.5 * sig[0] ** 2 * dt + sig[0] * jnp.sqrt(dt) * z[0]
+    # The wider market absorbs the net flow traded here last tick (0 unless configured):
+    # a log offset that decays (transient impact) or stays (half-life 0).
+    imp = state.px.impact
+    imp_new = imp * jnp.exp(-exo.venue_impact_decay_per_s * dt) + exo.venue_impact * state.px.flow
+    d_base = d_base + imp_new - imp
     new_base = logp[0] + d_base + shock_drift[0]
     kappa = jnp.minimum(exo.stable_reversion_per_s * dt, 1.0)
     new_stable = logp[1] * (1 - kappa) + sig[1] * jnp.sqrt(dt) * z[1] + shock_drift[1]
@@ -826,7 +834,7 @@ def _exogenous(key, state: SimState, params: Params) -> SimState:
     alpha = jnp.minimum(dt / VOL_EWMA_S, 1.0)
     var = (1 - alpha) * state.px.vol**2 + alpha * r**2 / dt
     return state.replace(
-        px=state.px.replace(ext=ext, ext_common=common, vol=jnp.sqrt(var)),
+        px=state.px.replace(ext=ext, ext_common=common, vol=jnp.sqrt(var), impact=imp_new),
         pop=state.pop.replace(sv=sv),
     )
 
@@ -1462,12 +1470,15 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
         # Scripted programs are the last rows of the background orders.
         jnp.where(is_trade, bg_filled, 0.0)[n_bg - params.dims.n_programs :],
     )
+    # Arbitrage trades offset on other venues (or on the other BASE book): not the market's.
+    on_base = (bg.market == SPOT) | (bg.market == PERP)
+    arb_flow = jnp.sum(jnp.where(arb & is_trade & on_base, bg.side * bg_filled * avg[:n_bg], 0.0))
     reason, filled, avg, unfilled = (x[n_bg:] for x in (reason, filled, avg, unfilled))
     state = state.replace(pop=state.pop.replace(prog_done=state.pop.prog_done + bg_stats[3]))
     state = _arrivals(state)
     state, settled, paid = _prices_and_funding(state, params)
     state, acc = _liquidation_engine(state, params, acc)
-    state = state.replace(t=state.t + 1)
+    state = state.replace(t=state.t + 1, px=state.px.replace(flow=acc.flow - arb_flow))
     state = popm.update_memory(
         state,
         params,
@@ -1555,6 +1566,7 @@ def _events(state, params, acc, fund0, settled, paid, reason, filled, avg, unfil
         arb_volume=bg_stats[2],
         prog_filled=bg_stats[3],
         grid_edge=jnp.stack(edge),
+        venue_impact=state.px.impact,
         order_reason=reason,
         order_filled=filled,
         order_avg_px=avg,
@@ -1628,6 +1640,8 @@ def _reset(key: Array, params: Params) -> SimState:
         last_funding_rate=z,
         next_funding_s=params.rules.funding_interval_s,
         vol=params.exo.vol_ref.astype(dtype),
+        flow=z,
+        impact=z,
     )
     zp = jnp.zeros((), dtype)
     pop0 = PopState(

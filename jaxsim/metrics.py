@@ -48,6 +48,10 @@ Metric names (units):
   an order could not trade further (the grid follows the maker's quote centre, see
   `engine._recentre`, so a price far from that centre can be held at the grid's edge).
   Present when the events have ``grid_edge``.
+- ``venue_impact_low``, ``venue_impact_end``: the venues' BASE price move caused by the
+  flow traded on this exchange (``exogenous.venue_impact_bps_per_musdt``), as a fraction:
+  its lowest and its last value (0 when the venues ignore this exchange). Present when the
+  events have ``venue_impact``.
 - Stylized facts of the log returns of the spot last price (or `facts_price`, e.g. the
   spot mid): ``kurt_1tick`` excess kurtosis at the tick frequency, ``kurt_agg`` at `agg_s`
   seconds (returns summed over blocks), ``acf_ret_1``..``acf_ret_5`` autocorrelation of
@@ -318,6 +322,11 @@ def episode_metrics(
         edge = f64("grid_edge")
         for k, name in enumerate(("spot", "perp", "stable", "lst")):
             m[f"edge_{name}"] = edge[..., k].mean(-1)
+
+    if "venue_impact" in ev:  # (S, T): log offset of the venues' BASE from the flow here
+        imp = f64("venue_impact")
+        m["venue_impact_low"] = np.expm1(imp.min(-1))
+        m["venue_impact_end"] = np.expm1(imp[..., -1])
 
     r = log_returns(facts_series(ev, facts_price))
     m["frac_zero_ret"] = (r == 0).mean(-1) if r.shape[-1] else np.full(spot.shape[:-1], np.nan)

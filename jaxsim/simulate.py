@@ -367,6 +367,7 @@ TABLE_ROWS = (
     ("ticks with perp last at its grid's edge", "edge_perp", "pct"),
     ("ticks with STABLE last at its grid's edge", "edge_stable", "pct"),
     ("ticks with LST last at its grid's edge", "edge_lst", "pct"),
+    ("venues moved by the flow here, low", "venue_impact_low", "pct"),
 )
 
 

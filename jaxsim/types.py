@@ -221,6 +221,8 @@ class ExoParams:
     sv_reversion_per_s: Array  # () mean reversion of the log volatility factor
     jump_rate_per_s: Array  # (3,) Poisson intensity of price jumps
     jump_std: Array  # (3,) std of a jump's log return (mean zero)
+    venue_impact: Array  # () log move of the venues' BASE per USDT of net taker flow here
+    venue_impact_decay_per_s: Array  # () decay rate of that move (0 = permanent)
 
 
 # Background behaviours (PopParams.kind), one per account.
@@ -359,6 +361,8 @@ class PriceState:
     last_funding_rate: Array  # () rate paid at the last settlement
     next_funding_s: Array  # () time of the next settlement, seconds
     vol: Array  # (3,) EWMA realized vol per sqrt-second of the external prices
+    flow: Array  # () last tick's net taker notional on the BASE books, arbitrage left out (buys +)
+    impact: Array  # () log offset of the venues' BASE price from that flow (decaying)
 
 
 @struct.dataclass
@@ -435,6 +439,7 @@ class TickEvents:
     arb_volume: Array  # () base units traded by basis and cross-venue arbitrageurs
     prog_filled: Array  # (P,) base units each scripted program (population.programs row) traded
     grid_edge: Array  # (M,) bool: the book traded and its last trade is on its grid's end level
+    venue_impact: Array  # () log offset of the venues' BASE price caused by the flow traded here
     order_reason: Array  # (K,) int32 reason of each external order (0 ok)
     order_filled: Array  # (K,) base units filled
     order_avg_px: Array  # (K,) average fill price (0 if none)

@@ -349,6 +349,18 @@ def test_grid_edge_fractions():
     assert "edge_spot" not in mt.episode_metrics(_events())
 
 
+def test_venue_impact_metrics():
+    """venue_impact_low / _end: the venues' move caused by the flow here, exp(offset) - 1
+    at its lowest and at the end; absent from events without the field."""
+    imp = np.zeros((2, 4))
+    imp[0] = [0.0, -0.02, -0.05, -0.03]
+    imp[1] = [0.0, 0.01, 0.02, 0.0]
+    m = mt.episode_metrics(_events(t=4, venue_impact=imp))
+    np.testing.assert_allclose(m["venue_impact_low"], [np.expm1(-0.05), 0.0])
+    np.testing.assert_allclose(m["venue_impact_end"], [np.expm1(-0.03), 0.0])
+    assert "venue_impact_low" not in mt.episode_metrics(_events())
+
+
 def test_excess_kurtosis_known_samples():
     assert mt.excess_kurtosis([-1, -1, 1, 1]) == pytest.approx(-2.0)
     assert mt.excess_kurtosis([0, 0, 0, 0, 0, 0, 0, 0, 1, -1]) == pytest.approx(2.0)

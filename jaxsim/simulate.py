@@ -285,6 +285,8 @@ def program_delivery(
                 "side": "buy" if float(pp.prog_side[i]) > 0 else "sell",
                 "scheduled": float(pp.prog_qty[i]) * max(end - start, 0),
                 "delivered": filled[:, :, i].sum(1),
+                "limit_pct": 100.0 * float(pp.prog_limit[i]),
+                "carry": bool(pp.prog_carry[i]),
             }
         )
     return out
@@ -795,11 +797,19 @@ def main(argv: list[str] | None = None) -> int:
         print_table("scripted flows (base units)", *delivery_table(flows))
         for r in flows:
             if np.min(r["delivered"]) < DELIVERED_SHARE * r["scheduled"]:
+                why = "within the price band"
+                if r["limit_pct"] > 0:
+                    why += f" and its {r['limit_pct']:.4g}% limit"
+                rest = (
+                    "what did not fill was carried to the next tick until the window ended"
+                    if r["carry"]
+                    else "the rest is not carried over"
+                )
                 print(
                     f"warning: {r['account']}'s {r['side']} program on {r['market']} traded "
                     f"{np.min(r['delivered']):.4g} of its {r['scheduled']:.4g} in at least one "
-                    "seed: each tick's slice trades what the book holds within the price band "
-                    "and what the account can pay or margin, and the rest is not carried over",
+                    f"seed: each tick's slice trades what the book holds {why} and what the "
+                    f"account can pay or margin, and {rest}",
                     file=sys.stderr,
                 )
             per_seed[f"program{r['row']}_traded"] = r["delivered"]

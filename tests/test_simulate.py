@@ -140,7 +140,9 @@ def test_python_m_jaxsim_still_runs(capsys, cli_run):
 _PROGRAMS = (
     "[{account: agent, market: spot, side: buy, start_s: 0.0, duration_s: 1800.0, qty: 0.5},"
     " {account: agent, market: spot, side: buy, start_s: 900.0, duration_s: 3600.0,"
-    " qty: 1000.0}]"
+    " qty: 1000.0},"
+    " {account: agent, market: spot, side: sell, start_s: 0.0, duration_s: 1800.0,"
+    " qty: 5.0, limit_pct: 1.0, carry: true}]"
 )
 
 
@@ -155,6 +157,7 @@ def test_program_delivery_reports_what_each_program_traded(capsys, tmp_path):
     assert [(r["row"], r["account"], r["market"], r["side"]) for r in rows] == [
         (0, "agent", "BASE/USDT", "buy"),
         (1, "agent", "BASE/USDT", "buy"),
+        (2, "agent", "BASE/USDT", "sell"),
     ]
     # 0.5 over its 60 ticks; 1000 over 120 ticks of which ticks 30-59 are in the horizon.
     assert rows[0]["scheduled"] == pytest.approx(0.5, rel=1e-5)
@@ -163,8 +166,13 @@ def test_program_delivery_reports_what_each_program_traded(capsys, tmp_path):
     # Each slice of the second (1000 / 120 = 8.3 BASE, ~833k USDT) costs more than the
     # agent holds: every one is rejected whole.
     np.testing.assert_array_equal(rows[1]["delivered"], 0.0)
+    # The third sells BASE the agent does not hold: rejected every tick, carried and
+    # rejected again (the whole schedule due by then).
+    np.testing.assert_array_equal(rows[2]["delivered"], 0.0)
+    assert rows[2]["carry"] and rows[2]["limit_pct"] == pytest.approx(1.0)
+    assert not rows[0]["carry"] and rows[0]["limit_pct"] == 0.0
     np.testing.assert_allclose(
-        ev["prog_filled"][:, :, 2:], 0.0, err_msg="inactive rows trade nothing"
+        ev["prog_filled"][:, :, 3:], 0.0, err_msg="inactive rows trade nothing"
     )
     header, body = sim.delivery_table(rows)
     assert header[0] == "scripted flow" and body[0][0] == "agent buy BASE/USDT"
@@ -189,7 +197,10 @@ def test_program_delivery_reports_what_each_program_traded(capsys, tmp_path):
     cap = capsys.readouterr()
     assert "scripted flows" in cap.out and "agent buy BASE/USDT" in cap.out
     assert "warning: agent's buy program on BASE/USDT traded" in cap.err
-    assert cap.err.count(" program on ") == 1  # the first program traded all of its schedule
+    assert cap.err.count(" program on ") == 2  # the first program traded all of its schedule
+    assert "warning: agent's sell program on BASE/USDT traded 0 of its 5" in cap.err
+    assert "its 1% limit" in cap.err and "carried to the next tick" in cap.err
+    assert cap.err.count("the rest is not carried over") == 1
     head, rows_csv = _read_csv(tmp_path / "summary.csv")
     traded = np.array([float(r[head.index("program0_traded")]) for r in rows_csv])
     np.testing.assert_allclose(traded, rows[0]["delivered"], rtol=1e-6)

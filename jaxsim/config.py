@@ -890,7 +890,7 @@ def build_params(cfg: dict, dtype=None) -> Params:
         )
         / 100.0,
         venue_impact=np.asarray(
-            _num(e["venue_impact_bps_per_musdt"], "exogenous.venue_impact_bps_per_musdt", 0.0, 1e4)
+            _num(e["venue_impact_bps_per_musdt"], "exogenous.venue_impact_bps_per_musdt", 0.0, 1e3)
             * 1e-4
             / 1e6
         ),

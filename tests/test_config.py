@@ -164,6 +164,9 @@ def test_tick_grid_covering_under_one_percent():
         ("exogenous.vol_annual.base", -0.1),
         ("dims.cascade_rounds", 0),
         ("rules.price_band.perp", 1.5),
+        ("exogenous.venue_impact_bps_per_musdt", -1.0),
+        ("exogenous.venue_impact_bps_per_musdt", 2000.0),
+        ("exogenous.venue_impact_halflife_h", -1.0),
     ],
 )
 def test_out_of_range_scalars(key, value):

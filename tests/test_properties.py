@@ -158,9 +158,12 @@ def _assert_finite(tree, what):
     shock=st.floats(-0.35, 0.3),
     shock_asset=st.integers(0, 2),
     seed=st.integers(0, 2**31 - 1),
+    impact=st.sampled_from([0.0, 1000.0]),  # venues' move, bps per 1M USDT (the config's max)
 )
-def test_conservation_oi_and_finiteness(run, params, rows, shock, shock_asset, seed):
+def test_conservation_oi_and_finiteness(run, params, rows, shock, shock_asset, seed, impact):
     p = _with_shock(params, shock, start_tick=3, asset=shock_asset)
+    lam = jnp.asarray(impact * 1e-10, p.exo.venue_impact.dtype)
+    p = p.replace(exo=p.exo.replace(venue_impact=lam))
     s0, s1, ev = run(jax.random.PRNGKey(seed), p, _orders(rows, p))
     a0, a1 = jaxsim.audit(s0, p), jaxsim.audit(s1, p)
     gross = np.maximum(_gross(s0, p), _gross(s1, p))

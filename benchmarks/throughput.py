@@ -479,8 +479,19 @@ def bench_train(args) -> list[dict]:
 
 def bench_phases(args, mem_limit) -> list[dict]:
     """Time each phase of `jaxsim.step` separately (vmapped over --dims-batch envs)."""
-    from jaxsim import engine as E
     from jaxsim import population as popm
+    from jaxsim.mechanisms import (
+        accounts,
+        collateral,
+        exogenous,
+        funding,
+        index_mark,
+        liquidation,
+        liquidity,
+        orders,
+        schedule,
+        tick_acc,
+    )
 
     params = jaxsim.load_scenario(args.scenario)
     b = args.dims_batch
@@ -489,17 +500,17 @@ def bench_phases(args, mem_limit) -> list[dict]:
     warm = jax.jit(jax.vmap(lambda k: jaxsim.rollout(k, params, 20)[0]))
     states = jax.block_until_ready(warm(keys))
     dtype = params.dt.dtype
-    acc0 = lambda: E._acc_zero(dtype, params.dims.n_accounts)
+    acc0 = lambda: tick_acc.zero(dtype, params.dims.n_accounts)
 
     def pre_orders(k, s):
-        s = E._reprice(E._exogenous(k, s, params), params)
-        s, _ = E._apply_schedule(s, params, acc0())
-        return E._liquidity(s, params)
+        s = index_mark.reprice(exogenous.move_venues(k, s, params), params)
+        s, _ = schedule.apply_due(s, params, acc0())
+        return liquidity.requote(s, params)
 
     def bg(k, s):
-        eq = E._equity(s)
+        eq = accounts.equity(s)
         s = popm.external_moves(s, params, eq)
-        o, _ = popm.background_orders(k, s, params, eq, E._level_px)
+        o, _ = popm.background_orders(k, s, params, eq, accounts.level_px)
         allo = jax.tree_util.tree_map(
             lambda x, y: jnp.concatenate([x, y]), o, jaxsim.no_orders(params)
         )
@@ -508,26 +519,38 @@ def bench_phases(args, mem_limit) -> list[dict]:
     # Inputs of the later phases, computed once.
     s_pre = jax.block_until_ready(jax.jit(jax.vmap(pre_orders))(keys, states))
     s_bg, orders = jax.block_until_ready(jax.jit(jax.vmap(bg))(keys, s_pre))
-    s_mat = jax.jit(jax.vmap(lambda s, o: E._process_orders(s, params, o, acc0())[0]))(s_bg, orders)
-    s_px = jax.jit(jax.vmap(lambda s: E._prices_and_funding(E._arrivals(s), params)[0]))(s_mat)
+    s_mat = jax.jit(jax.vmap(lambda s, o: orders.process(s, params, o, acc0())[0]))(s_bg, orders)
+    s_px = jax.jit(
+        jax.vmap(
+            lambda s: funding.sample_and_settle(
+                index_mark.reprice(collateral.arrivals(s), params), params
+            )[0]
+        )
+    )(s_mat)
     n_orders = np.asarray(orders.kind != 0).sum(1)
 
     phases = [
         (
             "exogenous prices + reprice",
-            lambda k, s: E._reprice(E._exogenous(k, s, params), params),
+            lambda k, s: index_mark.reprice(exogenous.move_venues(k, s, params), params),
             (keys, states),
         ),
-        ("rule schedule", lambda s: E._apply_schedule(s, params, acc0())[0], (states,)),
-        ("LP liquidity refill", lambda s: E._liquidity(s, params), (states,)),
+        ("rule schedule", lambda s: schedule.apply_due(s, params, acc0())[0], (states,)),
+        ("LP liquidity refill", lambda s: liquidity.requote(s, params), (states,)),
         ("background traders decide", lambda k, s: bg(k, s)[1], (keys, s_pre)),
         (
             f"order matching ({n_orders.mean():.0f} orders/env, max {n_orders.max()})",
-            lambda s, o: E._process_orders(s, params, o, acc0())[0],
+            lambda s, o: orders.process(s, params, o, acc0())[0],
             (s_bg, orders),
         ),
-        ("prices + funding", lambda s: E._prices_and_funding(E._arrivals(s), params)[0], (s_mat,)),
-        ("liquidation engine", lambda s: E._liquidation_engine(s, params, acc0())[0], (s_px,)),
+        (
+            "prices + funding",
+            lambda s: funding.sample_and_settle(
+                index_mark.reprice(collateral.arrivals(s), params), params
+            )[0],
+            (s_mat,),
+        ),
+        ("liquidation engine", lambda s: liquidation.run(s, params, acc0())[0], (s_px,)),
         (
             "whole step",
             lambda k, s: jaxsim.step(k, s, jaxsim.no_orders(params), params)[0],

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from envs.core import EnvParams, EnvState, RoleEnv, book_view, order_rows, settings_struct
-from jaxsim.engine import asset_prices
+from jaxsim.mechanisms.accounts import asset_prices
 from jaxsim.types import (
     BASE,
     KIND_MARKET,

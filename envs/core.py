@@ -22,7 +22,7 @@ scenario, for the single-agent roles). Background traders and scripted flows run
 which each learner uses `orders_per_agent`; unused rows are empty).
 
 Marked equity (the reward's measure, in USDT at index prices): wallet balances minus debts
-+ perp uPnL at mark (this is `jaxsim.engine._equity` for a cross account) + isolated margin
++ perp uPnL at mark (this is `jaxsim.mechanisms.accounts.equity` for a cross account) + isolated margin
 + balances on external venues + transfers in flight + what resting spot orders reserve.
 Moving assets between venues or resting a spot order therefore changes no equity.
 
@@ -47,8 +47,10 @@ from envs import spaces
 from jaxsim import book as bk
 from jaxsim import margin as mg
 from jaxsim.config import build_params, scenario_config
-from jaxsim.engine import _margin_balances, _needs_liquidation, asset_prices, tie_to_key
-from jaxsim.engine import marked_equity as engine_marked_equity
+from jaxsim.engine import tie_to_key
+from jaxsim.mechanisms.accounts import asset_prices, margin_balances
+from jaxsim.mechanisms.accounts import marked_equity as engine_marked_equity
+from jaxsim.mechanisms.margin_checks import needs_liquidation
 from jaxsim.ops import tie
 from jaxsim.types import (
     ASK,
@@ -483,7 +485,7 @@ def own_features(state: EnvState, params: EnvParams, accounts: Array) -> dict[st
     eq0 = state.equity0
     pos = a.pos[accounts]
     notional = jnp.abs(pos) * mark
-    mb = _margin_balances(sim)[accounts]
+    mb = margin_balances(sim)[accounts]
     mm = mg.maint_margin(notional, sim.rules)
     net = (a.bal - a.debt)[accounts] * px
     exposure = (pos != 0) | (a.debt[accounts].sum(-1) > 0) | (a.bal[accounts, USDT] < 0)
@@ -554,9 +556,9 @@ def was_liquidated(
     flag = getattr(events, "liq_mask", None)
     if flag is not None:
         return jnp.asarray(flag)[accounts].astype(bool)
-    now = _needs_liquidation(sim, sp)[accounts]
+    now = needs_liquidation(sim, sp)[accounts]
     hypo = prev.replace(px=sim.px, rules=sim.rules)
-    before = _needs_liquidation(hypo, sp)[accounts] & (events.liq_accounts > 0)
+    before = needs_liquidation(hypo, sp)[accounts] & (events.liq_accounts > 0)
     return now | before
 
 

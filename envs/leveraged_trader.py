@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from envs.core import LEV_SCALE, EnvParams, EnvState, RoleEnv, order_rows, settings_struct
 from jaxsim import margin as mg
-from jaxsim.engine import _margin_balances, asset_prices
+from jaxsim.mechanisms.accounts import asset_prices, margin_balances
 from jaxsim.types import (
     KIND_MARKET,
     KIND_NONE,
@@ -123,7 +123,7 @@ class LeveragedTrader(RoleEnv):
             KIND_SET_LEVERAGE,
             KIND_NONE,
         )
-        mb = _margin_balances(sim)[account]
+        mb = margin_balances(sim)[account]
         tgt = a[0] * lev * jnp.maximum(mb, 0.0) * (1.0 - s.margin_buffer) / mark
         d = tgt - pos
         perp_side = jnp.where(d > 0, 1, -1)
@@ -188,7 +188,7 @@ class LeveragedTrader(RoleEnv):
         acct = sim.acct
         mark = sim.px.mark
         notional = jnp.abs(acct.pos[account]) * mark
-        mb = _margin_balances(sim)[account]
+        mb = margin_balances(sim)[account]
         px = asset_prices(sim.px)
         val = (acct.bal[account] - acct.debt[account]) * px
         wallet = jnp.maximum(jnp.sum(val), 1e-12)

@@ -16,7 +16,7 @@ from envs.core import (
     order_rows,
     settings_struct,
 )
-from jaxsim.engine import own_orders
+from jaxsim.mechanisms.accounts import own_orders
 from jaxsim.types import (
     ASK,
     BASE,

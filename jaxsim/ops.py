@@ -74,3 +74,24 @@ def while_loop(cond_fun, body_fun, init, ref):
     tied = tie(init, ref)
     out = jax.lax.while_loop(cond_fun, body_fun, tied)
     return jax.tree_util.tree_map(lambda o, t, x: x if o is t else o, out, tied, init)
+
+
+def first_k(mask: Array, k: int) -> tuple[Array, Array]:
+    """Indices of the first k True entries of mask (account order) and their validity."""
+    order = compact(mask)[0][:k]
+    return order, mask[order]
+
+
+def once(pred, fn, carry):
+    """`fn(carry)` if `pred` else `carry`, as a while loop of at most one iteration.
+
+    Under vmap a `lax.cond` with a batched predicate computes both branches and selects;
+    a while loop runs only while some env of the batch still needs it, so a batch in
+    which no env needs `fn` skips it.
+    """
+
+    def body(c):
+        return jnp.bool_(False), fn(c[1])
+
+    pred = jnp.asarray(pred)
+    return while_loop(lambda c: c[0], body, (pred, carry), pred)[1]

@@ -22,7 +22,8 @@ from conftest import TESTBED
 
 import jaxsim
 from jaxsim import margin as mg
-from jaxsim.engine import asset_prices
+from jaxsim.mechanisms import accounts
+from jaxsim.mechanisms.accounts import asset_prices
 from jaxsim.types import (
     BASE,
     BID,
@@ -449,7 +450,7 @@ def test_schedule_steps_on_one_field_each_take_effect(sim):
 def _perp_depth_2pct(st, p) -> float:
     """USDT resting on the perp book within 2% of its mid, from the state's arrays."""
     q = np.asarray(st.book.qty[PERP], np.float64).sum(-1)  # (2, G)
-    px = np.asarray(jaxsim.engine._level_px(st, p, PERP), np.float64)
+    px = np.asarray(accounts.level_px(st, p, PERP), np.float64)
     bid = px[q[0] > 0].max()
     ask = px[q[1] > 0].min()
     mid = 0.5 * (bid + ask)
@@ -573,7 +574,7 @@ def test_fifo_queue_priority(sim):
     assert pos(st, 2) == pytest.approx(-0.4, abs=POS_TOL)
     assert float(ev.order_avg_px[0]) == pytest.approx(px, abs=0.05)
     lvl = int(round(px / 50.0)) - int(st.book.origin[PERP])
-    q = np.asarray(jaxsim.engine.book_by_account(st, p)[0][PERP, BID, lvl])
+    q = np.asarray(accounts.book_by_account(st, p)[0][PERP, BID, lvl])
     assert q[1] == pytest.approx(0.0, abs=POS_TOL) and q[0] == pytest.approx(0.2, abs=POS_TOL)
     assert_conserved(p, st0, st)
     # Fees per account (maker 0.02%, taker 0.05%): the makers pay on their own fills, the
@@ -623,7 +624,7 @@ def test_maker_slots_are_taken_and_freed(sim):
         [OK, OK, REJ_QUEUE_FULL],
         [OK, OK],
     ]
-    own = lambda st, a: np.asarray(jaxsim.engine.own_orders(st, a, PERP)[BID])
+    own = lambda st, a: np.asarray(accounts.own_orders(st, a, PERP)[BID])
     assert own(states[0], 3).sum() == 0.0  # the rejected order rests nowhere
     assert float(evs[1].order_filled[0]) == pytest.approx(0.05, abs=POS_TOL)
     assert own(states[1], 3).sum() == 0.0 and pos(states[1], 3) == pytest.approx(0.05, abs=POS_TOL)
@@ -635,7 +636,7 @@ def test_maker_slots_are_taken_and_freed(sim):
     assert float(evs[3].order_filled[0]) == pytest.approx(0.1, abs=POS_TOL)
     assert pos(states[3], 0) == pytest.approx(0.1, abs=POS_TOL)
     assert owners(states[3]) == sorted([p.dims.lp, 2, 3, 4])
-    qty, _ = jaxsim.engine.book_by_account(states[3], p)
+    qty, _ = accounts.book_by_account(states[3], p)
     per_acct = np.asarray(qty[PERP, BID]).sum(0)
     np.testing.assert_allclose(per_acct[[0, 1, 2, 3, 4]], [0.0, 0.0, 0.1, 0.1, 0.1], atol=POS_TOL)
     assert_conserved(p, st0, states[-1])
@@ -669,7 +670,7 @@ def test_cancel_refunds_spot_reserves(sim):
     # Both sides at once.
     assert usdt(states[3], 0) == 50250.0 and base(states[3]) == 1.0
     assert usdt(states[4], 0) == 100000.0 and base(states[4]) == 2.0
-    assert float(np.asarray(jaxsim.engine.own_orders(states[4], 0, SPOT)).sum()) == 0.0
+    assert float(np.asarray(accounts.own_orders(states[4], 0, SPOT)).sum()) == 0.0
     assert_conserved(p, st0, states[-1])
 
 
@@ -981,8 +982,8 @@ def test_bidding_arb_rests_a_bid_and_brings_its_capital_on_a_discount(sim):
     )
     dump = {"account": 1, "market": STABLE, "side": -1, "kind": KIND_MARKET, "qty": 300000.0}
     states, evs, st0 = sim.run(p, 14, orders_at={3: [dump]})
-    bids = lambda st: np.asarray(jaxsim.engine.own_orders(st, 0, STABLE)[BID])
-    lvl = lambda st: np.asarray(jaxsim.engine._level_px(st, p, STABLE))
+    bids = lambda st: np.asarray(accounts.own_orders(st, 0, STABLE)[BID])
+    lvl = lambda st: np.asarray(accounts.level_px(st, p, STABLE))
     reserved = lambda st: float(np.sum(bids(st) * lvl(st)))
     ext = lambda st: float(st.acct.ext_bal[0, USDT])
     in_transit = lambda st: float(np.sum(st.acct.transit_amt[0]))
@@ -1042,8 +1043,8 @@ def test_spot_retail_buys_bids_and_sells_what_it_holds(sim):
         {"account": "holder", "bias": 0.0, "lev_target": 1.0, **common},
     ]
     p = make(users, **{"population.cohorts": cohorts})
-    lvl = lambda st: np.asarray(jaxsim.engine._level_px(st, p, SPOT))
-    bids = lambda st, a: np.asarray(jaxsim.engine.own_orders(st, a, SPOT)[BID])
+    lvl = lambda st: np.asarray(accounts.level_px(st, p, SPOT))
+    bids = lambda st, a: np.asarray(accounts.own_orders(st, a, SPOT)[BID])
     states, evs, st0 = sim.run(p, 4)
     base = lambda st, a: float(st.acct.bal[a, BASE])
     # Chaser: half the gap each tick, by market order, paid from its USDT. (Targets are

@@ -435,7 +435,7 @@ def test_regression_filled_limit_rests_no_dust():
     state = state.replace(book=book)
     px = (int(state.book.origin[PERP]) + 10) * 50.0
     f32 = jnp.float32
-    orders = Orders(
+    order_rows = Orders(
         account=jnp.zeros(4, jnp.int32),
         market=jnp.array([PERP, 0, 0, 0], jnp.int32),
         side=jnp.array([-1, 0, 0, 0], jnp.int32),
@@ -444,11 +444,11 @@ def test_regression_filled_limit_rests_no_dust():
         price=jnp.array([px, 0, 0, 0], f32),
     )
     # Only the order matters here: run the trade phase alone (no LP refill, no price move).
-    from jaxsim import engine as eng
+    from jaxsim.mechanisms import accounts, orders, tick_acc
 
     trade = jax.jit(
-        lambda st, o, pp: eng._book_order(st, pp, eng._acc_zero(f32, pp.dims.n_accounts), o)
+        lambda st, o, pp: orders.book_order(st, pp, tick_acc.zero(f32, pp.dims.n_accounts), o)
     )
-    new, _, (reason, filled, _, _) = trade(state, jax.tree.map(lambda x: x[0], orders), p)
-    assert int(reason) == 0 and float(filled) == pytest.approx(2.206, rel=1e-6)
-    assert float(eng.own_orders(new, 0, PERP)[ASK].sum()) == 0.0  # nothing may rest
+    new, _, res = trade(state, jax.tree.map(lambda x: x[0], order_rows), p)
+    assert int(res.reason) == 0 and float(res.filled) == pytest.approx(2.206, rel=1e-6)
+    assert float(accounts.own_orders(new, 0, PERP)[ASK].sum()) == 0.0  # nothing may rest

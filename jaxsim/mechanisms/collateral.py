@@ -1,0 +1,140 @@
+"""Collateral operations: transfers between the exchange and external venues, borrowing
+and repaying against collateral, and the collateral sales of a liquidation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsim.mechanisms import accounts, margin_checks
+from jaxsim.mechanisms.tick_acc import OrderResults
+from jaxsim.types import (
+    BASE,
+    CROSS,
+    KIND_TRANSFER_IN,
+    LST,
+    N_ASSETS,
+    OK,
+    REJ_BALANCE,
+    REJ_INVALID,
+    REJ_MARGIN,
+    SPOT,
+    STABLE,
+    STABLE_SPOT,
+    SimState,
+)
+
+Array = jax.Array
+
+
+# Collateral the engine sells to cover a negative USDT balance, in this order.
+COLLATERAL_SALE_ORDER = (STABLE, LST, BASE)
+
+
+ASSET_MARKET = {BASE: SPOT, STABLE: STABLE_SPOT, LST: 3}
+
+
+SALE_ASSET_ARR = jnp.array(COLLATERAL_SALE_ORDER, dtype=jnp.int32)
+
+
+SALE_MARKET_ARR = jnp.array([ASSET_MARKET[x] for x in COLLATERAL_SALE_ORDER], dtype=jnp.int32)
+
+
+def op_transfer(state, params, acc, o):
+    """Transfer in (external wallet to exchange) or out, by the order's kind: one branch
+    for both directions, so the compiled program holds a single copy."""
+    a, asset, qty = o.account, o.market, o.qty
+    to_exchange = o.kind == KIND_TRANSFER_IN
+    acct = state.acct
+    dtype = acct.bal.dtype
+    src = jnp.where(to_exchange, acct.ext_bal, acct.bal)
+    slot_free = acct.transit_amt[a] <= 0
+    has_slot = slot_free.any()
+    slot = jnp.argmax(slot_free)
+    enough = src[a, asset] >= qty
+    reason = jnp.where(~has_slot, REJ_INVALID, jnp.where(enough, OK, REJ_BALANCE))
+    # Leaving the exchange must not break the account's initial margin (cross).
+    px = accounts.asset_prices(state.px)
+    mb_after = accounts.margin_balance_of(state, a) - qty * px[asset] * (
+        1 - state.rules.haircut[asset]
+    )
+    short = (acct.mode[a] == CROSS) & (mb_after < margin_checks.im_total_of(state, params, a))
+    reason = jnp.where((reason == OK) & short & ~to_exchange, REJ_MARGIN, reason)
+    ok = reason == OK
+    amt = jnp.where(ok, qty, 0.0)
+    delay = jnp.ceil(state.rules.withdrawal_delay_s / params.dt - 1e-6).astype(jnp.int32)
+    src = src.at[a, asset].add(-amt)
+    acct = acct.replace(
+        ext_bal=jnp.where(to_exchange, src, acct.ext_bal),
+        bal=jnp.where(to_exchange, acct.bal, src),
+    )
+    acct = acct.replace(
+        transit_amt=acct.transit_amt.at[a, slot].set(jnp.where(ok, amt, acct.transit_amt[a, slot])),
+        transit_asset=acct.transit_asset.at[a, slot].set(
+            jnp.where(ok, asset, acct.transit_asset[a, slot])
+        ),
+        transit_due=acct.transit_due.at[a, slot].set(
+            jnp.where(ok, state.t + delay, acct.transit_due[a, slot])
+        ),
+        transit_in=acct.transit_in.at[a, slot].set(
+            jnp.where(ok, to_exchange, acct.transit_in[a, slot])
+        ),
+    )
+    z = jnp.zeros((), dtype)
+    return state.replace(acct=acct), acc, OrderResults(reason, amt, z, qty - amt)
+
+
+def op_borrow(state, params, acc, o):
+    a, asset, qty = o.account, o.market, o.qty
+    acct = state.acct
+    px = accounts.asset_prices(state.px)
+    # Borrowed units count as haircut collateral while the debt counts in full.
+    mb_after = accounts.margin_balance_of(state, a) - qty * px[asset] * state.rules.haircut[asset]
+    reason = jnp.where(
+        acct.mode[a] != CROSS,
+        REJ_INVALID,
+        jnp.where(mb_after < margin_checks.im_total_of(state, params, a), REJ_MARGIN, OK),
+    )
+    amt = jnp.where(reason == OK, qty, 0.0)
+    lender = params.dims.outside
+    bal = acct.bal.at[a, asset].add(amt).at[lender, asset].add(-amt)
+    debt = acct.debt.at[a, asset].add(amt)
+    z = jnp.zeros((), acct.bal.dtype)
+    return (
+        state.replace(acct=acct.replace(bal=bal, debt=debt)),
+        acc,
+        OrderResults(reason, amt, z, qty - amt),
+    )
+
+
+def op_repay(state, params, acc, o):
+    a, asset, qty = o.account, o.market, o.qty
+    acct = state.acct
+    ok = (acct.bal[a, asset] >= qty) & (acct.debt[a, asset] >= qty * (1 - 1e-7))
+    amt = jnp.where(ok, jnp.minimum(qty, acct.debt[a, asset]), 0.0)
+    lender = params.dims.outside
+    bal = acct.bal.at[a, asset].add(-amt).at[lender, asset].add(amt)
+    debt = acct.debt.at[a, asset].add(-amt)
+    z = jnp.zeros((), acct.bal.dtype)
+    reason = jnp.where(ok, OK, REJ_BALANCE)
+    return (
+        state.replace(acct=acct.replace(bal=bal, debt=debt)),
+        acc,
+        OrderResults(reason, amt, z, qty - amt),
+    )
+
+
+def arrivals(state: SimState) -> SimState:
+    acct = state.acct
+    due = (acct.transit_amt > 0) & (acct.transit_due <= state.t)
+    oh = jax.nn.one_hot(acct.transit_asset, N_ASSETS, dtype=acct.bal.dtype)  # (A, X, 4)
+    amt = jnp.where(due, acct.transit_amt, 0.0)[..., None] * oh
+    to_ex = jnp.sum(jnp.where(acct.transit_in[..., None], amt, 0.0), axis=1)
+    to_ext = jnp.sum(jnp.where(acct.transit_in[..., None], 0.0, amt), axis=1)
+    return state.replace(
+        acct=acct.replace(
+            bal=acct.bal + to_ex,
+            ext_bal=acct.ext_bal + to_ext,
+            transit_amt=jnp.where(due, 0.0, acct.transit_amt),
+        )
+    )

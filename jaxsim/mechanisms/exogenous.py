@@ -1,0 +1,76 @@
+"""External venues: their prices move by GBM with stochastic volatility, jumps, scripted
+shocks and the impact of the flow traded here."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsim.types import (
+    Params,
+    SimState,
+)
+
+Array = jax.Array
+
+
+VOL_EWMA_S = 300.0  # time constant of the realized-vol estimate used by the LP
+
+
+def move_venues(key, state: SimState, params: Params) -> SimState:
+    exo, dt = params.exo, params.dt
+    k1, k2 = jax.random.split(key)
+    dtype = state.px.ext.dtype
+    z = jax.random.normal(k1, (3,), dtype)
+    t = state.t
+    shock_on = (
+        exo.shock_active
+        & (t >= exo.shock_start_tick)
+        & (t < exo.shock_start_tick + exo.shock_ticks)
+    )
+    shock_drift = (
+        jnp.zeros((3,), dtype)
+        .at[exo.shock_asset]
+        .add(jnp.where(shock_on, exo.shock_log_return / jnp.maximum(exo.shock_ticks, 1), 0.0))
+    )
+    # Stochastic volatility (log factor, mean-reverting) and Poisson jumps; their draws use
+    # keys of their own so switching them off leaves the diffusion's path unchanged.
+    k_sv, k_jump, k_jsize = (jax.random.fold_in(key, i) for i in (1, 2, 3))
+    kappa_sv = jnp.minimum(exo.sv_reversion_per_s * dt, 1.0)
+    sv = state.pop.sv * (1 - kappa_sv) + exo.vol_of_vol_per_sqrt_s * jnp.sqrt(
+        dt
+    ) * jax.random.normal(k_sv, (3,), dtype)
+    jump = jnp.where(
+        jax.random.uniform(k_jump, (3,), dtype) < exo.jump_rate_per_s * dt,
+        exo.jump_std * jax.random.normal(k_jsize, (3,), dtype),
+        0.0,
+    )
+    shock_drift = shock_drift + jump
+    sig = exo.vol_per_sqrt_s * jnp.exp(sv)
+    logp = jnp.log(state.px.ext_common)
+    # BASE: GBM. STABLE: mean-reverting to its redemption price 1. LST: BASE times the
+    # redemption rate times a mean-reverting premium.
+    d_base = -0.5 * sig[0] ** 2 * dt + sig[0] * jnp.sqrt(dt) * z[0]
+    # The wider market absorbs the net flow traded here last tick (0 unless configured):
+    # a log offset that decays (transient impact) or stays (half-life 0).
+    imp = state.px.impact
+    imp_new = imp * jnp.exp(-exo.venue_impact_decay_per_s * dt) + exo.venue_impact * state.px.flow
+    d_base = d_base + imp_new - imp
+    new_base = logp[0] + d_base + shock_drift[0]
+    kappa = jnp.minimum(exo.stable_reversion_per_s * dt, 1.0)
+    new_stable = logp[1] * (1 - kappa) + sig[1] * jnp.sqrt(dt) * z[1] + shock_drift[1]
+    lst_prem = logp[2] - logp[0] - jnp.log(exo.lst_rate)
+    new_lst_prem = lst_prem * (1 - kappa) + sig[2] * jnp.sqrt(dt) * z[2] + shock_drift[2]
+    new_lst = new_base + jnp.log(exo.lst_rate) + new_lst_prem
+    new_log = jnp.stack([new_base, new_stable, new_lst])
+    common = jnp.exp(new_log)
+    v = params.dims.n_venues
+    noise = exo.venue_dispersion * jax.random.normal(k2, (3, v), dtype)
+    ext = common[:, None] * (1.0 + noise)
+    r = new_log - logp
+    alpha = jnp.minimum(dt / VOL_EWMA_S, 1.0)
+    var = (1 - alpha) * state.px.vol**2 + alpha * r**2 / dt
+    return state.replace(
+        px=state.px.replace(ext=ext, ext_common=common, vol=jnp.sqrt(var), impact=imp_new),
+        pop=state.pop.replace(sv=sv),
+    )

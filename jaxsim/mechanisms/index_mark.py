@@ -1,0 +1,81 @@
+"""Index and mark prices from the venues and the books (MECHANICS 2, 8)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsim import book as bk
+from jaxsim import prices as pr
+from jaxsim.mechanisms import accounts
+from jaxsim.types import (
+    INDEX_INTERNAL_MARKET,
+    PERP,
+    Params,
+    SimState,
+)
+
+Array = jax.Array
+
+
+def internal_px(state: SimState, params: Params, m) -> Array:
+    return state.px.last[m]
+
+
+def perp_mid(state: SimState, params: Params) -> Array:
+    px = accounts.level_px(state, params, PERP)
+    bid, ask = bk.best_prices(state.book.qty[PERP], px)
+    ok = (bid > 0) & jnp.isfinite(ask)
+    return jnp.where(ok, 0.5 * (bid + ask), state.px.last[PERP])
+
+
+def index_prices(state: SimState, params: Params) -> Array:
+    rules = state.rules
+    ext = state.px.ext
+    internal = jnp.stack([internal_px(state, params, m) for m in INDEX_INTERNAL_MARKET])
+    # Redemption legs: BASE has none (its weight must be 0), STABLE redeems at 1,
+    # LST at lst_rate BASE valued at the BASE index computed first.
+    base_c = jnp.concatenate([ext[0], internal[:1], state.px.ext_common[:1]])
+    base_idx = pr.index_price(
+        base_c, rules.index_weights[0], rules.index_clip[0], rules.price_floor[0]
+    )
+    stab_c = jnp.concatenate([ext[1], internal[1:2], jnp.ones((1,), ext.dtype)])
+    lst_c = jnp.concatenate([ext[2], internal[2:3], (params.exo.lst_rate * base_idx)[None]])
+    rest = pr.index_price(
+        jnp.stack([stab_c, lst_c]),
+        rules.index_weights[1:],
+        rules.index_clip[1:],
+        rules.price_floor[1:],
+    )
+    return jnp.concatenate([base_idx[None], rest])
+
+
+def basis_ma(state: SimState, params: Params) -> Array:
+    w = params.dims.basis_window
+    n_win = jnp.clip(jnp.round(params.basis_window_s / params.dt), 1, w).astype(jnp.int32)
+    n_have = jnp.minimum(state.px.basis_count, n_win)
+    # Positions of the newest n_have samples in the ring buffer.
+    newest = (state.px.basis_count - 1) % w
+    age = (newest - jnp.arange(w)) % w
+    use = age < n_have
+    return jnp.sum(jnp.where(use, state.px.basis_buf, 0.0)) / jnp.maximum(n_have, 1)
+
+
+def time_to_funding(state: SimState, params: Params) -> Array:
+    return jnp.maximum(state.px.next_funding_s - state.t * params.dt, 0.0)
+
+
+def reprice(state: SimState, params: Params) -> SimState:
+    """Index and mark from the current books (used at step 6 and between cascade rounds)."""
+    index = index_prices(state, params)
+    px = state.px.replace(index=index)
+    state = state.replace(px=px)
+    mark = pr.mark_price(
+        index[0],
+        state.px.last[PERP],
+        basis_ma(state, params),
+        state.px.funding_rate,
+        time_to_funding(state, params),
+        state.rules.funding_interval_s,
+    )
+    return state.replace(px=state.px.replace(mark=mark))

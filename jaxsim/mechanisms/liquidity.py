@@ -1,0 +1,139 @@
+"""The liquidity provider: re-centres each market's grid and re-quotes its depth profile."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsim import book as bk
+from jaxsim import population as popm
+from jaxsim.mechanisms import accounts
+from jaxsim.types import (
+    ASK,
+    BASE,
+    BID,
+    LP_SLOT,
+    LST,
+    MARKET_ASSET,
+    N_MARKETS,
+    PERP,
+    STABLE,
+    USDT,
+    Params,
+    SimState,
+)
+
+Array = jax.Array
+
+
+def lp_center(state: SimState, params: Params, m, q_m: Array, px: Array) -> Array:
+    ref = popm.market_refs(state)[m]
+    bid, ask = bk.best_prices(q_m, px)
+    # With one side empty (swept) the last trade is the best estimate of the book's price.
+    mid = jnp.where((bid > 0) & jnp.isfinite(ask), 0.5 * (bid + ask), state.px.last[m])
+    w = params.markets.lp_ref_weight[m]
+    return w * ref + (1 - w) * mid
+
+
+def recentre(state: SimState, params: Params, m, q_m, ah_m, origin, bal, center):
+    """Shift market m's grid (slice q_m, ah_m, origin) back around `center` once it drifted
+    a quarter of the grid away; dropped spot orders refund their reserves into `bal`.
+    Returns (q_m, ah_m, origin, bal)."""
+    g = params.dims.n_levels
+    tick = params.markets.tick_size[m]
+    c_lvl = center / tick - origin
+    off = c_lvl - g / 2
+    k = jnp.where(jnp.abs(off) > g / 4, jnp.round(off), 0.0).astype(jnp.int32)
+    px_old = bk.level_prices(origin, tick, g)
+    q_m, ah_m, dropped = bk.shift(q_m, ah_m, k)
+    # Spot orders held reserves (bids USDT, asks the asset); perp orders held none.
+    is_spot = m != PERP
+    n = params.dims.n_accounts
+    refund = accounts.per_account(state.book, jnp.einsum("gq,g->q", dropped[BID], px_old), n)
+    bal = bal.at[:, USDT].add(jnp.where(is_spot, refund, 0.0))
+    refund_asset = accounts.per_account(state.book, dropped[ASK].sum(0), n)
+    bal = bal.at[:, accounts.MARKET_ASSET_ARR[m]].add(jnp.where(is_spot, refund_asset, 0.0))
+    return q_m, ah_m, origin + k, bal
+
+
+# Volatility row (of the external venues' BASE, STABLE, LST) each market's maker watches.
+_VOL_ROW = jnp.array([(BASE, STABLE, LST).index(x) for x in MARKET_ASSET], jnp.int32)
+
+
+def requote(state: SimState, params: Params) -> SimState:
+    """The LP re-centres each grid and re-quotes its depth, market by market (a loop over
+    the markets, so the compiled program holds one copy of the market's update)."""
+
+    def one_market(m, state):
+        return requote_market(state, params, m)
+
+    return jax.lax.fori_loop(0, N_MARKETS, one_market, state)
+
+
+def requote_market(state: SimState, params: Params, m) -> SimState:
+    mp, dims, pp = params.markets, params.dims, params.pop
+    lp = dims.lp
+    bal = state.acct.bal
+    is_spot = m != PERP
+    asset = accounts.MARKET_ASSET_ARR[m]
+    q_m, ah_m, origin = state.book.qty[m], state.book.ahead[m], state.book.origin[m]
+    tick = mp.tick_size[m]
+    center = lp_center(state, params, m, q_m, bk.level_prices(origin, tick, dims.n_levels))
+    # Inventory skew: quote lower when long against the starting inventory, higher when short.
+    # Perp: against the starting position, or (perp_skew_vs: flat) against all of it: a
+    # maker short the crowd's longs quotes the perp up to buy its inventory back.
+    dev_perp = state.acct.pos[lp] - (1.0 - pp.lp_perp_flat) * params.accounts.pos[lp]
+    held = bal[lp, asset] + q_m[ASK, :, LP_SLOT].sum()
+    dev = jnp.where(is_spot, held - params.accounts.bal[lp, asset], dev_perp)
+    skew = jnp.clip(dev / pp.lp_inv_unit[m], -5.0, 5.0) * pp.lp_skew_bps[m] * 1e-4
+    center = center * (1.0 - skew)
+    q_m, ah_m, origin, bal = recentre(state, params, m, q_m, ah_m, origin, bal, center)
+    px = bk.level_prices(origin, tick, dims.n_levels)
+    dist_bps = jnp.abs(px - center) / center * 1e4
+    row = _VOL_ROW[m]
+    # Volatility the market maker sees: the external venues' and its own book's.
+    int_ref = pp.int_vol_ref[m]
+    vol_ratio = jnp.maximum(
+        state.px.vol[row] / params.exo.vol_ref[row],
+        jnp.where(int_ref > 0, state.pop.int_vol[m] / jnp.maximum(int_ref, 1e-30), 0.0),
+    )
+    excess_vol = jnp.maximum(vol_ratio - 1.0, 0.0)
+    # Losses: depth shrinks with the LP's drawdown from its equity peak.
+    loss = jnp.maximum(state.pop.lp_peak - state.pop.lp_eq, 0.0) / pp.lp_loss_ref
+    scale = 1.0 / (1.0 + mp.lp_vol_withdraw[m] * excess_vol) / (1.0 + pp.lp_loss_withdraw * loss)
+    prof = mp.lp_depth[m] * jnp.exp(-dist_bps / mp.lp_decay_bps[m]) * scale
+    gap = mp.lp_half_spread_ticks[m] * tick * (1.0 + pp.lp_widen[m] * excess_vol)
+    tgt_bid = jnp.where(px <= center - gap + 1e-9 * center, prof, 0.0)
+    tgt_ask = jnp.where(px >= center + gap - 1e-9 * center, prof, 0.0)
+    # Pull excess at once (makers withdraw fast), refill at the resilience rate. A level
+    # is either shrunk or grown, never both (no dust top-up of a level just shrunk).
+    fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
+    tgt = jnp.stack([tgt_bid, tgt_ask])
+    own = q_m[:, :, LP_SLOT]
+    cut = jnp.maximum(own - tgt, 0.0)
+    kept = own - cut
+    add = jnp.where(cut > 0, 0.0, jnp.maximum(tgt - kept, 0.0) * fill)
+    # Never cross the book left after the cuts: bids below its best ask, asks above its
+    # best bid.
+    bid, ask = bk.best_prices(q_m.at[:, :, LP_SLOT].set(kept), px)
+    add = jnp.where(jnp.stack([px < ask, px > bid]), add, 0.0)
+    # Spot: cut orders refund their reserves; new ones are paid from what the LP holds.
+    bal_s = bal.at[lp, USDT].add(jnp.sum(cut[BID] * px)).at[lp, asset].add(cut[ASK].sum())
+    cost = jnp.sum(add[BID] * px)
+    add_bid = add[BID] * jnp.minimum(
+        1.0, jnp.maximum(bal_s[lp, USDT], 0.0) / jnp.maximum(cost, 1e-30)
+    )
+    need = add[ASK].sum()
+    add_ask = add[ASK] * jnp.minimum(
+        1.0, jnp.maximum(bal_s[lp, asset], 0.0) / jnp.maximum(need, 1e-30)
+    )
+    bal_s = bal_s.at[lp, USDT].add(-jnp.sum(add_bid * px)).at[lp, asset].add(-add_ask.sum())
+    add = jnp.where(is_spot, jnp.stack([add_bid, add_ask]), add)
+    bal = jnp.where(is_spot, bal_s, bal)
+    q_m, ah_m = bk.requote(q_m, ah_m, LP_SLOT, cut, add)
+    book = state.book.replace(
+        qty=state.book.qty.at[m].set(q_m),
+        ahead=state.book.ahead.at[m].set(ah_m),
+        origin=state.book.origin.at[m].set(origin),
+    )
+    return state.replace(book=book, acct=state.acct.replace(bal=bal))

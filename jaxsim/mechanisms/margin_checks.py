@@ -1,0 +1,97 @@
+"""Margin checks on positions: initial margin in use, the largest notional the rules
+allow, rule breaches and the maintenance check."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsim import margin as mg
+from jaxsim.mechanisms import accounts
+from jaxsim.ops import sum_last
+from jaxsim.types import (
+    CROSS,
+    OK,
+    REJ_LEVERAGE,
+    REJ_MARGIN,
+    REJ_POSITION_LIMIT,
+    USDT,
+    Params,
+    SimState,
+)
+
+Array = jax.Array
+
+
+def im_total_of(state: SimState, params: Params, a) -> Array:
+    """Initial margin of account a's position and resting perp orders at its leverage."""
+    acct = state.acct
+    notional = jnp.abs(acct.pos[a]) * state.px.mark + accounts.open_order_notional_of(
+        state, params, a
+    )
+    return notional / jnp.maximum(acct.lev[a], 1.0)
+
+
+def breaching(state: SimState, params: Params) -> Array:
+    """(A,) user accounts whose position is above what the rules in force allow them."""
+    acct = state.acct
+    n = jnp.abs(acct.pos) * state.px.mark
+    n_allowed = max_allowed_notional(accounts.margin_balances(state), state.rules)
+    return (n > n_allowed * (1 + 1e-6)) & ~accounts.system_mask(params) & (acct.pos != 0)
+
+
+def max_allowed_notional(mb: Array, rules) -> Array:
+    """Largest notional N with N <= position limit and N / max_lev(N) <= MB, per account."""
+    floor = rules.tier_floor
+    upper = jnp.concatenate([floor[1:], jnp.full((1,), jnp.inf, floor.dtype)])
+    cap = jnp.maximum(mb, 0.0)[:, None] * rules.tier_max_lev[None, :]  # (A, T)
+    in_tier = jnp.minimum(cap, upper[None, :] * (1 - 1e-7))
+    ok = cap >= floor[None, :]
+    best = jnp.max(jnp.where(ok, in_tier, 0.0), axis=-1)
+    return jnp.minimum(best, rules.position_limit)
+
+
+def needs_liquidation(state: SimState, params: Params) -> Array:
+    """(A,) margin balance below maintenance at mark, for accounts with any exposure."""
+    acct = state.acct
+    mb = accounts.margin_balances(state)
+    mm = mg.maint_margin(jnp.abs(acct.pos) * state.px.mark, state.rules)
+    exposure = (acct.pos != 0) | (sum_last(acct.debt) > 0) | (acct.bal[:, USDT] < 0)
+    return (mb < mm) & exposure & ~accounts.system_mask(params)
+
+
+def perp_order_check(
+    state: SimState, params: Params, a, side, qty, f_dry, n_dry, rest_notional, q_m, px
+) -> Array:
+    """Reason code of a perp order of account a that increases its position: the position
+    limit in force (scaled to the perp book's depth `q_m` at prices `px` where the rules
+    say so), the tier's max leverage and the initial margin of the new position and all
+    resting orders, after the walk's fill (`f_dry` at notional `n_dry`) and taker fee.
+    Orders that do not increase the position pass (OK)."""
+    acct, rules, mark = state.acct, state.rules, state.px.mark
+    pos = acct.pos[a]
+    new_pos = pos + side * qty
+    n_new = jnp.abs(new_pos) * mark
+    increasing = jnp.abs(new_pos) > jnp.abs(pos)
+    lev = acct.lev[a]
+    mb = accounts.margin_balance_of(state, a)
+    avg_dry = n_dry / jnp.maximum(f_dry, 1e-30)
+    impact = side * f_dry * (mark - avg_dry) - n_dry * rules.taker_fee
+    orders_im = (accounts.open_order_notional_of(state, params, a) + rest_notional) / lev
+    im_new = n_new / lev
+    free_cross = mb + impact - im_new - orders_im
+    wallet = mg.collateral_value(
+        acct.bal[a], acct.debt[a], accounts.asset_prices(state.px), rules.haircut
+    )
+    iso_eq = acct.iso_margin[a] + pos * (mark - acct.entry[a]) + impact
+    free_iso = wallet - jnp.maximum(im_new - iso_eq, 0.0) - orders_im
+    free = jnp.where(acct.mode[a] == CROSS, free_cross, free_iso)
+    limit_now = mg.position_limit_in_force(rules, q_m, px)
+    reason = jnp.where(
+        n_new > limit_now,
+        REJ_POSITION_LIMIT,
+        jnp.where(
+            lev > mg.max_leverage(n_new, rules), REJ_LEVERAGE, jnp.where(free < 0, REJ_MARGIN, OK)
+        ),
+    )
+    return jnp.where(increasing, reason, OK)

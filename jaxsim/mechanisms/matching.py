@@ -1,0 +1,197 @@
+"""Taking liquidity and cancelling: the book walk, maker credit by FIFO queue position,
+spot and perp settlement, fees."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsim import book as bk
+from jaxsim import margin as mg
+from jaxsim.mechanisms import accounts, tick_acc
+from jaxsim.ops import sum_last
+from jaxsim.types import (
+    ASK,
+    BID,
+    ISOLATED,
+    N_ASSETS,
+    N_MARKETS,
+    PERP,
+    SPOT,
+    USDT,
+    AccountState,
+    Params,
+    SimState,
+)
+
+Array = jax.Array
+
+
+def settle_perp(acct: AccountState, dq: Array, px: Array) -> AccountState:
+    """Apply perp fills dq (A,) at prices px (A,) to positions, entries and margins."""
+    pos0 = acct.pos
+    new_pos, new_entry, realized = mg.apply_perp_fill(pos0, acct.entry, dq, px)
+    same = pos0 * dq >= 0
+    closed = jnp.where(same, 0.0, jnp.minimum(jnp.abs(dq), jnp.abs(pos0)))
+    flipped = (~same) & (jnp.abs(dq) > jnp.abs(pos0))
+    increase = jnp.where(
+        flipped, jnp.abs(new_pos), jnp.maximum(jnp.abs(new_pos) - jnp.abs(pos0), 0.0)
+    )
+    iso = acct.mode == ISOLATED
+    # Isolated: realized PnL lands in the position's margin, a closed fraction of that
+    # margin returns to the wallet, and initial margin for any increase leaves the wallet.
+    m1 = acct.iso_margin + realized
+    frac = jnp.where(jnp.abs(pos0) > 0, closed / jnp.maximum(jnp.abs(pos0), 1e-30), 0.0)
+    frac = jnp.where(new_pos == 0, 1.0, frac)
+    release = jnp.maximum(m1, 0.0) * frac
+    add_im = increase * px / jnp.maximum(acct.lev, 1.0)
+    iso_new = m1 - release + add_im
+    usdt_delta = jnp.where(iso, release - add_im, realized)
+    touched = dq != 0
+    return acct.replace(
+        pos=jnp.where(touched, new_pos, pos0),
+        entry=jnp.where(touched, new_entry, acct.entry),
+        iso_margin=jnp.where(iso & touched, iso_new, acct.iso_margin),
+        bal=acct.bal.at[:, USDT].add(jnp.where(touched, usdt_delta, 0.0)),
+    )
+
+
+def market_book(state: SimState, m) -> tuple[Array, Array]:
+    """(qty, ahead) of market m's book, each (2, G, Q)."""
+    return state.book.qty[m], state.book.ahead[m]
+
+
+def set_market_book(state: SimState, m, q_m: Array, ah_m: Array) -> SimState:
+    book = state.book.replace(
+        qty=state.book.qty.at[m].set(q_m), ahead=state.book.ahead.at[m].set(ah_m)
+    )
+    return state.replace(book=book)
+
+
+def set_side(x: Array, s, v: Array) -> Array:
+    """x (2, ...) with side s replaced by v."""
+    return jnp.where((jnp.arange(2) == s).reshape((2,) + (1,) * v.ndim), v[None], x)
+
+
+def take(
+    state: SimState, params: Params, acc: tick_acc.TickAcc, a, m, side, qty, limit, fee_rate=None
+):
+    """Account `a` takes `qty` on market `m` (side +1 buy / -1 sell) up to `limit`.
+
+    Walks the book, credits makers by FIFO queue position, settles balances or perp
+    positions and fees. No checks: callers decide whether the order is allowed.
+    Returns (state, acc, filled qty, filled notional).
+    """
+    q_m, ah_m = market_book(state, m)
+    state, acc, q_m, ah_m, filled, notional = take_on(
+        state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate
+    )
+    return set_market_book(state, m, q_m, ah_m), acc, filled, notional
+
+
+def take_on(state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate=None):
+    """`take` on market m's book given as the slice (q_m, ah_m) (2, G, Q): the state's
+    accounts, last price and `acc` are settled, its book is left alone and the new slice
+    returned. Returns (state, acc, q_m, ah_m, filled qty, filled notional)."""
+    dims = params.dims
+    n = dims.n_accounts
+    dtype = state.acct.bal.dtype
+    px = accounts.level_px(state, params, m)
+    hit = jnp.where(side > 0, ASK, BID)
+    fill_lvl = bk.walk(sum_last(q_m[hit]), px, side, qty, limit)
+    q_side, ah_side, f = bk.consume(q_m[hit], ah_m[hit], fill_lvl)
+    fill_lvl = sum_last(f)  # what makers actually gave (equal to the walk up to rounding)
+    q_m, ah_m = set_side(q_m, hit, q_side), set_side(ah_m, hit, ah_side)
+    filled = fill_lvl.sum()
+    notional = jnp.sum(fill_lvl * px)
+    maker_q = accounts.per_account(state.book, f.sum(0), n)
+    maker_n = accounts.per_account(state.book, jnp.einsum("gq,g->q", f, px), n)
+    rules = state.rules
+    t_fee_rate = rules.taker_fee if fee_rate is None else fee_rate
+    fee_t = notional * t_fee_rate
+    fee_m = maker_n * rules.maker_fee
+    taker = accounts.onehot(a, n, dtype)
+    acct = state.acct
+    bal = acct.bal
+
+    is_perp = m == PERP
+    asset = accounts.MARKET_ASSET_ARR[m]
+    asset_oh = (jnp.arange(N_ASSETS) == asset).astype(dtype)
+    usdt_oh = (jnp.arange(N_ASSETS) == USDT).astype(dtype)
+    buy = side > 0
+    # Spot: taker buy receives the asset and pays USDT; makers (asks) receive USDT
+    # (their asset was reserved in the book). Taker sell is the mirror image.
+    spot_taker = jnp.where(
+        buy, filled * asset_oh - notional * usdt_oh, -filled * asset_oh + notional * usdt_oh
+    )
+    spot_maker = jnp.where(
+        buy, maker_n[:, None] * usdt_oh[None, :], maker_q[:, None] * asset_oh[None, :]
+    )
+    spot_bal = bal + taker[:, None] * spot_taker[None, :] + spot_maker
+    bal = jnp.where(is_perp, bal, spot_bal)
+    bal = bal.at[:, USDT].add(-fee_m - taker * fee_t)
+    bal = bal.at[dims.fees, USDT].add(fee_t + fee_m.sum())
+    acct = acct.replace(bal=bal)
+
+    # Perp: makers first (each at its own average price), then the taker.
+    maker_px = maker_n / jnp.maximum(maker_q, 1e-30)
+    acct_p = settle_perp(acct, jnp.where(is_perp, -side * maker_q, 0.0), maker_px)
+    avg = notional / jnp.maximum(filled, 1e-30)
+    acct_p = settle_perp(
+        acct_p, jnp.where(is_perp, side * filled * taker, 0.0), jnp.full((n,), avg, dtype)
+    )
+    acct = jax.tree_util.tree_map(lambda x, y: jnp.where(is_perp, y, x), acct, acct_p)
+
+    last_fill_px = jnp.where(
+        buy,
+        jnp.max(jnp.where(fill_lvl > 0, px, -jnp.inf)),
+        jnp.min(jnp.where(fill_lvl > 0, px, jnp.inf)),
+    )
+    last = state.px.last.at[m].set(jnp.where(filled > 0, last_fill_px, state.px.last[m]))
+    acc = acc.replace(
+        volume=acc.volume.at[m].add(filled),
+        fees=acc.fees + fee_t + fee_m.sum(),
+        fees_acct=acc.fees_acct + fee_m + taker * fee_t,
+        flow=acc.flow + jnp.where((m == SPOT) | is_perp, side * notional, 0.0),
+    )
+    state = state.replace(acct=acct, px=state.px.replace(last=last))
+    return state, acc, q_m, ah_m, filled, notional
+
+
+def cancel(state: SimState, params: Params, a, m, sides_mask: Array, frac=1.0):
+    """Cancel `frac` of account a's orders on market m for the sides in sides_mask (2,)."""
+    q_m, ah_m = market_book(state, m)
+    state, q_m, ah_m = cancel_on(state, params, q_m, ah_m, a, m, sides_mask, frac)
+    return set_market_book(state, m, q_m, ah_m)
+
+
+def cancel_on(state, params, q_m, ah_m, a, m, sides_mask, frac=1.0):
+    """`cancel` on market m's book slice (q_m, ah_m): refunds settled in the state, the
+    new slice returned. Returns (state, q_m, ah_m)."""
+    px = accounts.level_px(state, params, m)
+    has, slot = accounts.slot_of(state.book, a)
+    outs_q, outs_a, cancelled = [], [], []
+    for s in (BID, ASK):
+        sizes = jnp.where(has, q_m[s, :, slot] * frac * sides_mask[s], 0.0)
+        q_s, a_s, c = bk.cancel_levels(q_m[s], ah_m[s], slot, sizes)
+        outs_q.append(q_s)
+        outs_a.append(a_s)
+        cancelled.append(c)
+    # Refund spot reserves: bids held USDT, asks held the asset.
+    is_spot = m != PERP
+    refund_usdt = jnp.where(is_spot, jnp.sum(cancelled[BID] * px), 0.0)
+    refund_asset = jnp.where(is_spot, jnp.sum(cancelled[ASK]), 0.0)
+    bal = state.acct.bal.at[a, USDT].add(refund_usdt)
+    bal = bal.at[a, accounts.MARKET_ASSET_ARR[m]].add(refund_asset)
+    return state.replace(acct=state.acct.replace(bal=bal)), jnp.stack(outs_q), jnp.stack(outs_a)
+
+
+def cancel_all(state: SimState, params: Params, a, on=True) -> SimState:
+    """Cancel all of account a's resting orders when `on` (a traced bool)."""
+    both = jnp.ones((2,))
+    frac = jnp.asarray(on, state.acct.bal.dtype)
+    # A loop over the markets rather than one cancel per market: the compiled program
+    # holds a single copy of it.
+    return jax.lax.fori_loop(
+        0, N_MARKETS, lambda m, st: cancel(st, params, a, m, both, frac), state
+    )

@@ -488,9 +488,11 @@ def bench_phases(args, mem_limit) -> list[dict]:
         index_mark,
         liquidation,
         liquidity,
-        orders,
         schedule,
         tick_acc,
+    )
+    from jaxsim.mechanisms import (
+        orders as order_entry,
     )
 
     params = jaxsim.load_scenario(args.scenario)
@@ -519,7 +521,9 @@ def bench_phases(args, mem_limit) -> list[dict]:
     # Inputs of the later phases, computed once.
     s_pre = jax.block_until_ready(jax.jit(jax.vmap(pre_orders))(keys, states))
     s_bg, orders = jax.block_until_ready(jax.jit(jax.vmap(bg))(keys, s_pre))
-    s_mat = jax.jit(jax.vmap(lambda s, o: orders.process(s, params, o, acc0())[0]))(s_bg, orders)
+    s_mat = jax.jit(jax.vmap(lambda s, o: order_entry.process(s, params, o, acc0())[0]))(
+        s_bg, orders
+    )
     s_px = jax.jit(
         jax.vmap(
             lambda s: funding.sample_and_settle(
@@ -540,7 +544,7 @@ def bench_phases(args, mem_limit) -> list[dict]:
         ("background traders decide", lambda k, s: bg(k, s)[1], (keys, s_pre)),
         (
             f"order matching ({n_orders.mean():.0f} orders/env, max {n_orders.max()})",
-            lambda s, o: orders.process(s, params, o, acc0())[0],
+            lambda s, o: order_entry.process(s, params, o, acc0())[0],
             (s_bg, orders),
         ),
         (

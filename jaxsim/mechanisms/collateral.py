@@ -6,10 +6,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsim.mechanisms import accounts, margin_checks
+from jaxsim import book as bk
+from jaxsim.mechanisms import accounts, margin_checks, matching, tick_acc
 from jaxsim.mechanisms.tick_acc import OrderResults
+from jaxsim.ops import sum_last
 from jaxsim.types import (
     BASE,
+    BID,
     CROSS,
     KIND_TRANSFER_IN,
     LST,
@@ -21,6 +24,8 @@ from jaxsim.types import (
     SPOT,
     STABLE,
     STABLE_SPOT,
+    USDT,
+    Params,
     SimState,
 )
 
@@ -138,3 +143,49 @@ def arrivals(state: SimState) -> SimState:
             transit_amt=jnp.where(due, 0.0, acct.transit_amt),
         )
     )
+
+
+def liquidation_sales(
+    state: SimState, params: Params, acc: tick_acc.TickAcc, a, cross_liq
+) -> tuple[SimState, tick_acc.TickAcc]:
+    """A cross liquidation's collateral (when `cross_liq`): debts repaid from same-asset
+    balances; collateral sold into its own spot book (STABLE, LST, BASE in turn) to cover
+    the USDT deficit plus the debts still unpaid (valued at index); those debts then
+    settled with the lender in USDT at index."""
+    outside = params.dims.outside
+    acct = state.acct
+    rep = jnp.where(cross_liq, jnp.minimum(jnp.maximum(acct.bal[a], 0.0), acct.debt[a]), 0.0)
+    acct = acct.replace(
+        bal=acct.bal.at[a].add(-rep).at[outside].add(rep), debt=acct.debt.at[a].add(-rep)
+    )
+    state = state.replace(acct=acct)
+    px_a = accounts.asset_prices(state.px)
+    unpaid = jnp.where(cross_liq, acct.debt[a], 0.0)
+    unpaid_usdt = jnp.sum(unpaid * px_a)
+    taker_fee = state.rules.taker_fee
+
+    # One book walk in a loop over the collateral assets rather than one per asset: the
+    # compiled program holds a single copy of it.
+    def sell(j, c):
+        state, acc = c
+        asset = SALE_ASSET_ARR[j]
+        m = SALE_MARKET_ARR[j]
+        deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
+        px = accounts.level_px(state, params, m)
+        tot = sum_last(state.book.qty[m, BID])
+        need = bk.walk_for_quote(tot, px, deficit * (1 + taker_fee), 0.0).sum()
+        qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))
+        state, acc, sold, proceeds = matching.take(state, params, acc, a, m, -1, qty, 0.0)
+        acc = acc.replace(
+            coll_sold=acc.coll_sold.at[asset].add(sold),
+            coll_sold_usdt=acc.coll_sold_usdt + proceeds,
+        )
+        return state, acc
+
+    state, acc = jax.lax.fori_loop(0, len(COLLATERAL_SALE_ORDER), sell, (state, acc))
+    acct = state.acct
+    acct = acct.replace(
+        bal=acct.bal.at[a, USDT].add(-unpaid_usdt).at[outside, USDT].add(unpaid_usdt),
+        debt=acct.debt.at[a].add(-unpaid),
+    )
+    return state.replace(acct=acct), acc

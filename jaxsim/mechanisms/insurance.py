@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from jaxsim.mechanisms import collateral, matching, tick_acc
+from jaxsim import margin as mg
+from jaxsim.mechanisms import accounts, collateral, matching, tick_acc
 from jaxsim.types import (
     PERP,
+    USDT,
     Params,
     SimState,
 )
@@ -17,6 +20,8 @@ Array = jax.Array
 
 
 def unwind(state: SimState, acc: tick_acc.TickAcc, params: Params):
+    """The fund sells `if_unwind_per_s` of its perp position (within the price band around
+    mark) and of the collateral it took from bankrupt accounts (into their spot books)."""
     ins = params.dims.insurance
     pos = state.acct.pos[ins]
     frac = jnp.minimum(state.rules.if_unwind_per_s * params.dt, 1.0)
@@ -43,3 +48,95 @@ def unwind(state: SimState, acc: tick_acc.TickAcc, params: Params):
         return state, acc
 
     return jax.lax.fori_loop(0, 1 + len(collateral.COLLATERAL_SALE_ORDER), sell, (state, acc))
+
+
+@struct.dataclass
+class Absorbed:
+    """How a liquidation's remainder (what the book did not absorb) was placed."""
+
+    fund_qty: Array  # () taken over by the fund within its position cap
+    adl_qty: Array  # () sent to ADL (ADL on, beyond the fund's cap)
+    adl_total: Array  # () of that, closed against opposite positions
+    adl_count: Array  # () int32 counterparties deleveraged
+    left_qty: Array  # () ADL could not place: stays with the fund
+
+
+def absorb(state: SimState, params: Params, a, s, rem, p_bk) -> tuple[SimState, Absorbed]:
+    """Place `rem` of account a's position (side s) at its bankruptcy price `p_bk`:
+    the insurance fund takes it over within its position cap (all of it with ADL off);
+    with ADL on, the rest closes opposite positions ranked by PnL% x effective leverage
+    (MECHANICS 4.4); whatever ADL cannot place stays with the fund."""
+    dims, rules = params.dims, state.rules
+    n = dims.n_accounts
+    dtype = state.acct.bal.dtype
+    mark = state.px.mark
+    ins = dims.insurance
+    acct = state.acct
+    fund = acct.bal[ins, USDT]
+    cap_q = rules.if_position_cap * jnp.maximum(fund, 0.0) / jnp.maximum(mark, accounts.TINY)
+    room = jnp.maximum(cap_q - s * acct.pos[ins], 0.0)
+    x_if = jnp.where(rules.adl_on > 0, jnp.minimum(rem, room), rem)
+    x_adl = rem - x_if
+    dq = jnp.zeros((n,), dtype).at[a].add(-s * x_if).at[ins].add(s * x_if)
+    acct = matching.settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
+    state = state.replace(acct=acct)
+    take = _adl_takes(state, params, a, s, x_adl)
+    adl_total = take.sum()
+    dq = s * take
+    dq = dq.at[a].add(-s * adl_total)
+    acct = matching.settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
+    left = x_adl - adl_total
+    dq = jnp.zeros((n,), dtype).at[a].add(-s * left).at[ins].add(s * left)
+    acct = matching.settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
+    placed = Absorbed(
+        fund_qty=x_if,
+        adl_qty=x_adl,
+        adl_total=adl_total,
+        adl_count=jnp.sum(take > 0).astype(jnp.int32),
+        left_qty=left,
+    )
+    return state.replace(acct=acct), placed
+
+
+def _adl_takes(state: SimState, params: Params, a, s, x_adl) -> Array:
+    """(A,) quantity ADL closes of each opposite position (side -s), highest ADL score
+    first, `x_adl` in all at most. Users and the LP can be deleveraged; the outside world,
+    the fund and the fee account cannot."""
+    n = params.dims.n_accounts
+    acct = state.acct
+    eq_all = accounts.margin_balances(state)
+    score = mg.adl_score(acct.pos, acct.entry, state.px.mark, eq_all)
+    idx = jnp.arange(n)
+    eligible = (jnp.sign(acct.pos) == -s) & (idx != a) & (idx <= params.dims.lp)
+    score = jnp.where(eligible, score, -jnp.inf)
+    order = jnp.argsort(-score)
+    size_sorted = jnp.where(eligible, jnp.abs(acct.pos), 0.0)[order]
+    before = jnp.cumsum(size_sorted) - size_sorted
+    take_sorted = jnp.clip(x_adl - before, 0.0, size_sorted)
+    return jnp.zeros((n,), acct.bal.dtype).at[order].set(take_sorted)
+
+
+def cover_bust(state: SimState, params: Params, a, cross_liq) -> tuple[SimState, Array]:
+    """Account a's position is closed and its USDT still negative (the books could not
+    absorb its collateral): the fund resets the negative wallet and takes collateral worth
+    the deficit at index in exchange (MECHANICS 4.1 step 4: leftover collateral goes to
+    the fund). Returns (state, the fund's newly negative USDT: bad debt)."""
+    ins = params.dims.insurance
+    acct = state.acct
+    px_a = accounts.asset_prices(state.px)
+    bust = cross_liq & (acct.pos[a] == 0) & (acct.bal[a, USDT] < 0)
+    hole = jnp.where(bust, -acct.bal[a, USDT], 0.0)
+    bal = acct.bal
+    owed = hole
+    for asset in collateral.COLLATERAL_SALE_ORDER:
+        units = jnp.minimum(
+            jnp.maximum(bal[a, asset], 0.0), owed / jnp.maximum(px_a[asset], accounts.TINY)
+        )
+        units = jnp.where(bust, units, 0.0)
+        bal = bal.at[a, asset].add(-units).at[ins, asset].add(units)
+        owed = jnp.maximum(owed - units * px_a[asset], 0.0)
+    fund0 = acct.bal[ins, USDT]
+    acct = acct.replace(bal=bal.at[a, USDT].add(hole).at[ins, USDT].add(-hole))
+    fund1 = acct.bal[ins, USDT]
+    bad = jnp.maximum(-fund1, 0.0) - jnp.maximum(-fund0, 0.0)
+    return state.replace(acct=acct), bad

@@ -6,7 +6,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsim import book as bk
 from jaxsim import margin as mg
 from jaxsim import ops
 from jaxsim.mechanisms import (
@@ -18,10 +17,8 @@ from jaxsim.mechanisms import (
     matching,
     tick_acc,
 )
-from jaxsim.ops import sum_last
 from jaxsim.ops import while_loop as tied_while_loop
 from jaxsim.types import (
-    BID,
     ISOLATED,
     PERP,
     POLICY_LIQUIDATE,
@@ -33,80 +30,84 @@ from jaxsim.types import (
 Array = jax.Array
 
 
-def liquidate_account(state: SimState, params: Params, acc: tick_acc.TickAcc, a, forced, active):
-    dims = params.dims
-    n = dims.n_accounts
-    dtype = state.acct.bal.dtype
-    rules = state.rules
-    mark = state.px.mark
+def liquidate_account(
+    state: SimState, params: Params, acc: tick_acc.TickAcc, a, forced, active
+) -> tuple[SimState, tick_acc.TickAcc]:
+    """Liquidate account `a` if it is (still) under maintenance, or `forced` by a rule
+    change, while `active` (MECHANICS 4.1):
+
+    1. cancel its orders;
+    2. IOC at the bankruptcy price into the perp book, no trading fee (partial by tiers:
+       cut back to the top of the next lower tier where the rules allow it);
+    3. what the book did not absorb: insurance-fund takeover within its cap, then ADL;
+    4. clearance fee to the fund; a closed isolated position returns its margin;
+    5. cross: debts repaid, collateral sold into its own spot books; a hole left after
+       that is the fund's, against the collateral left.
+    """
     # Re-checked at the account's turn: earlier liquidations this round moved prices.
     liq = active & (
         margin_checks.needs_liquidation(state, params)[a] | (forced & (state.acct.pos[a] != 0))
     )
     state = matching.cancel_all(state, params, a, liq)
-    acct = state.acct
-    pos = acct.pos[a]
+    pos = state.acct.pos[a]
     s = jnp.sign(pos)
-    equity = accounts.equity(state)
-    p_bk = mg.bankruptcy_price(pos, mark, equity[a])
-    # Partial liquidation by tiers: cut back to the top of the next lower tier.
+    p_bk = mg.bankruptcy_price(pos, state.px.mark, accounts.equity(state)[a])
+    cut = _liquidation_cut(state, a, forced, liq)
+    lim = jnp.where(s > 0, jnp.maximum(p_bk, 0.0), jnp.where(p_bk > 0, p_bk, jnp.inf))
+    # No trading fee on the IOC: the clearance fee replaces it.
+    state, acc, f_fill, n_fill = matching.take(
+        state, params, acc, a, PERP, -s, cut, lim, fee_rate=0.0
+    )
+    rem = jnp.maximum(cut - f_fill, 0.0)
+    state, absorbed = insurance.absorb(state, params, a, s, rem, p_bk)
+    liq_notional = n_fill + (absorbed.fund_qty + absorbed.adl_qty) * p_bk
+    state = _clearance_fee(state, params, a, liq, liq_notional)
+    cross_liq = liq & (state.acct.mode[a] != ISOLATED)
+    state, acc = collateral.liquidation_sales(state, params, acc, a, cross_liq)
+    state, bad = insurance.cover_bust(state, params, a, cross_liq)
+
+    liq_n = jnp.where(liq, liq_notional, 0.0)
+    acc = acc.replace(
+        liq_long=acc.liq_long + jnp.where(s > 0, liq_n, 0.0),
+        liq_short=acc.liq_short + jnp.where(s < 0, liq_n, 0.0),
+        liq_mask=acc.liq_mask.at[a].set(acc.liq_mask[a] | liq),
+        takeover=acc.takeover + absorbed.fund_qty * p_bk + absorbed.left_qty * p_bk,
+        adl_count=acc.adl_count + absorbed.adl_count,
+        adl_notional=acc.adl_notional + absorbed.adl_total * p_bk,
+        bad_debt=acc.bad_debt + jnp.maximum(bad, 0.0),
+    )
+    return state, acc
+
+
+def _liquidation_cut(state: SimState, a, forced, liq) -> Array:
+    """Quantity of account a's position to close: all of it, or with partial liquidation
+    (and not forced) down to the top of the next lower tier; 0 when not liquidated."""
+    rules = state.rules
+    mark = state.px.mark
+    pos = state.acct.pos[a]
     notional = jnp.abs(pos) * mark
     k = mg.tier_index(notional, rules.tier_floor)
     partial = (rules.partial_liquidation > 0) & (k > 0) & ~forced
     target_n = rules.tier_floor[k] * (1 - 1e-6)
     cut = jnp.where(partial, jnp.abs(pos) - target_n / mark, jnp.abs(pos))
-    cut = jnp.where(liq, jnp.clip(cut, 0.0, jnp.abs(pos)), 0.0)
-    # IOC at the bankruptcy price into the perp book, no trading fee (the clearance fee
-    # below replaces it).
-    lim = jnp.where(s > 0, jnp.maximum(p_bk, 0.0), jnp.where(p_bk > 0, p_bk, jnp.inf))
-    state, acc, f_fill, n_fill = matching.take(
-        state, params, acc, a, PERP, -s, cut, lim, fee_rate=0.0
-    )
-    rem = jnp.maximum(cut - f_fill, 0.0)
+    return jnp.where(liq, jnp.clip(cut, 0.0, jnp.abs(pos)), 0.0)
 
-    # Insurance-fund takeover at the bankruptcy price, within its position cap; ADL for
-    # the rest when enabled.
-    ins = dims.insurance
+
+def _clearance_fee(state: SimState, params: Params, a, liq, liq_notional) -> SimState:
+    """Clearance fee on the liquidated notional to the fund, never more than the equity
+    left; then a closed isolated position returns its margin (a negative one is paid by
+    the fund)."""
+    ins = params.dims.insurance
     acct = state.acct
-    fund = acct.bal[ins, USDT]
-    cap_q = rules.if_position_cap * jnp.maximum(fund, 0.0) / jnp.maximum(mark, accounts.TINY)
-    room = jnp.maximum(cap_q - s * acct.pos[ins], 0.0)
-    x_if = jnp.where(rules.adl_on > 0, jnp.minimum(rem, room), rem)
-    x_adl = rem - x_if
-    dq = jnp.zeros((n,), dtype).at[a].add(-s * x_if).at[ins].add(s * x_if)
-    acct = matching.settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
-    # ADL: opposite positions ranked by PnL% x effective leverage, closed at p_bk.
-    state = state.replace(acct=acct)
-    eq_all = accounts.margin_balances(state)
-    score = mg.adl_score(acct.pos, acct.entry, mark, eq_all)
-    # Users and the LP can be deleveraged; the outside world, fund and fee account cannot.
-    eligible = (jnp.sign(acct.pos) == -s) & (jnp.arange(n) != a) & (jnp.arange(n) <= dims.lp)
-    score = jnp.where(eligible, score, -jnp.inf)
-    order = jnp.argsort(-score)
-    size_sorted = jnp.where(eligible, jnp.abs(acct.pos), 0.0)[order]
-    before = jnp.cumsum(size_sorted) - size_sorted
-    take_sorted = jnp.clip(x_adl - before, 0.0, size_sorted)
-    take = jnp.zeros((n,), dtype).at[order].set(take_sorted)
-    adl_total = take.sum()
-    dq = s * take
-    dq = dq.at[a].add(-s * adl_total)
-    acct = matching.settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
-    # Whatever ADL could not place stays with the fund.
-    left = x_adl - adl_total
-    dq = jnp.zeros((n,), dtype).at[a].add(-s * left).at[ins].add(s * left)
-    acct = matching.settle_perp(acct, dq, jnp.full((n,), p_bk, dtype))
-    state = state.replace(acct=acct)
-
-    # Clearance fee to the fund, never more than the equity left.
-    liq_notional = n_fill + (x_if + x_adl) * p_bk
     eq_after = accounts.equity(state)[a]
-    fee = jnp.where(liq, jnp.minimum(rules.liq_fee * liq_notional, jnp.maximum(eq_after, 0.0)), 0.0)
+    fee = jnp.where(
+        liq, jnp.minimum(state.rules.liq_fee * liq_notional, jnp.maximum(eq_after, 0.0)), 0.0
+    )
     iso = acct.mode[a] == ISOLATED
     acct = acct.replace(
         bal=acct.bal.at[a, USDT].add(jnp.where(iso, 0.0, -fee)).at[ins, USDT].add(fee),
         iso_margin=acct.iso_margin.at[a].add(jnp.where(iso, -fee, 0.0)),
     )
-    # A closed isolated position returns its margin; a negative one is paid by the fund.
     closed_iso = iso & (acct.pos[a] == 0) & liq
     im = acct.iso_margin[a]
     acct = acct.replace(
@@ -116,77 +117,7 @@ def liquidate_account(state: SimState, params: Params, acc: tick_acc.TickAcc, a,
         .add(jnp.where(closed_iso, jnp.minimum(im, 0.0), 0.0)),
         iso_margin=acct.iso_margin.at[a].set(jnp.where(closed_iso, 0.0, im)),
     )
-    state = state.replace(acct=acct)
-
-    # Cross: repay debts from same-asset balances; then sell collateral into its own spot
-    # book to cover the USDT deficit plus the debts still unpaid (valued at index); then
-    # settle those debts with the lender (non-USDT ones in USDT at index).
-    cross_liq = liq & ~iso
-    acct = state.acct
-    rep = jnp.where(cross_liq, jnp.minimum(jnp.maximum(acct.bal[a], 0.0), acct.debt[a]), 0.0)
-    acct = acct.replace(
-        bal=acct.bal.at[a].add(-rep).at[dims.outside].add(rep), debt=acct.debt.at[a].add(-rep)
-    )
-    state = state.replace(acct=acct)
-    px_a = accounts.asset_prices(state.px)
-    unpaid = jnp.where(cross_liq, acct.debt[a], 0.0)
-    unpaid_usdt = jnp.sum(unpaid * px_a)
-
-    # One book walk in a loop over the collateral assets rather than one per asset: the
-    # compiled program holds a single copy of it.
-    def sell(j, c):
-        state, acc = c
-        asset = collateral.SALE_ASSET_ARR[j]
-        m = collateral.SALE_MARKET_ARR[j]
-        deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
-        px = accounts.level_px(state, params, m)
-        tot = sum_last(state.book.qty[m, BID])
-        need = bk.walk_for_quote(tot, px, deficit * (1 + rules.taker_fee), 0.0).sum()
-        qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))
-        state, acc, sold, proceeds = matching.take(state, params, acc, a, m, -1, qty, 0.0)
-        acc = acc.replace(
-            coll_sold=acc.coll_sold.at[asset].add(sold),
-            coll_sold_usdt=acc.coll_sold_usdt + proceeds,
-        )
-        return state, acc
-
-    state, acc = jax.lax.fori_loop(0, len(collateral.COLLATERAL_SALE_ORDER), sell, (state, acc))
-    acct = state.acct
-    acct = acct.replace(
-        bal=acct.bal.at[a, USDT].add(-unpaid_usdt).at[dims.outside, USDT].add(unpaid_usdt),
-        debt=acct.debt.at[a].add(-unpaid),
-    )
-    # Position closed and USDT still negative (the books could not absorb the collateral):
-    # the fund resets the negative wallet and takes collateral worth the deficit at index
-    # in exchange (MECHANICS 4.1 step 4: leftover collateral goes to the fund).
-    bust = cross_liq & (acct.pos[a] == 0) & (acct.bal[a, USDT] < 0)
-    hole = jnp.where(bust, -acct.bal[a, USDT], 0.0)
-    bal = acct.bal
-    owed = hole
-    for asset in collateral.COLLATERAL_SALE_ORDER:
-        units = jnp.minimum(
-            jnp.maximum(bal[a, asset], 0.0), owed / jnp.maximum(px_a[asset], accounts.TINY)
-        )
-        units = jnp.where(bust, units, 0.0)
-        bal = bal.at[a, asset].add(-units).at[ins, asset].add(units)
-        owed = jnp.maximum(owed - units * px_a[asset], 0.0)
-    fund0 = acct.bal[ins, USDT]
-    acct = acct.replace(bal=bal.at[a, USDT].add(hole).at[ins, USDT].add(-hole))
-    fund1 = acct.bal[ins, USDT]
-    bad = jnp.maximum(-fund1, 0.0) - jnp.maximum(-fund0, 0.0)
-    state = state.replace(acct=acct)
-
-    liq_n = jnp.where(liq, n_fill + (x_if + x_adl) * p_bk, 0.0)
-    acc = acc.replace(
-        liq_long=acc.liq_long + jnp.where(s > 0, liq_n, 0.0),
-        liq_short=acc.liq_short + jnp.where(s < 0, liq_n, 0.0),
-        liq_mask=acc.liq_mask.at[a].set(acc.liq_mask[a] | liq),
-        takeover=acc.takeover + x_if * p_bk + left * p_bk,
-        adl_count=acc.adl_count + jnp.sum(take > 0).astype(jnp.int32),
-        adl_notional=acc.adl_notional + adl_total * p_bk,
-        bad_debt=acc.bad_debt + jnp.maximum(bad, 0.0),
-    )
-    return state, acc
+    return state.replace(acct=acct)
 
 
 def run(state: SimState, params: Params, acc: tick_acc.TickAcc):

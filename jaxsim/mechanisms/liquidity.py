@@ -71,44 +71,20 @@ def requote(state: SimState, params: Params) -> SimState:
 
 
 def requote_market(state: SimState, params: Params, m) -> SimState:
-    mp, dims, pp = params.markets, params.dims, params.pop
-    lp = dims.lp
+    """Market m: the LP's quote centre (skewed against its inventory), the grid re-centred
+    on it, and the LP's resting depth moved toward its target profile."""
+    mp, dims = params.markets, params.dims
     bal = state.acct.bal
-    is_spot = m != PERP
-    asset = accounts.MARKET_ASSET_ARR[m]
     q_m, ah_m, origin = state.book.qty[m], state.book.ahead[m], state.book.origin[m]
     tick = mp.tick_size[m]
     center = lp_center(state, params, m, q_m, bk.level_prices(origin, tick, dims.n_levels))
-    # Inventory skew: quote lower when long against the starting inventory, higher when short.
-    # Perp: against the starting position, or (perp_skew_vs: flat) against all of it: a
-    # maker short the crowd's longs quotes the perp up to buy its inventory back.
-    dev_perp = state.acct.pos[lp] - (1.0 - pp.lp_perp_flat) * params.accounts.pos[lp]
-    held = bal[lp, asset] + q_m[ASK, :, LP_SLOT].sum()
-    dev = jnp.where(is_spot, held - params.accounts.bal[lp, asset], dev_perp)
-    skew = jnp.clip(dev / pp.lp_inv_unit[m], -5.0, 5.0) * pp.lp_skew_bps[m] * 1e-4
-    center = center * (1.0 - skew)
+    center = center * (1.0 - _inventory_skew(state, params, m, q_m))
     q_m, ah_m, origin, bal = recentre(state, params, m, q_m, ah_m, origin, bal, center)
     px = bk.level_prices(origin, tick, dims.n_levels)
-    dist_bps = jnp.abs(px - center) / center * 1e4
-    row = _VOL_ROW[m]
-    # Volatility the market maker sees: the external venues' and its own book's.
-    int_ref = pp.int_vol_ref[m]
-    vol_ratio = jnp.maximum(
-        state.px.vol[row] / params.exo.vol_ref[row],
-        jnp.where(int_ref > 0, state.pop.int_vol[m] / jnp.maximum(int_ref, 1e-30), 0.0),
-    )
-    excess_vol = jnp.maximum(vol_ratio - 1.0, 0.0)
-    # Losses: depth shrinks with the LP's drawdown from its equity peak.
-    loss = jnp.maximum(state.pop.lp_peak - state.pop.lp_eq, 0.0) / pp.lp_loss_ref
-    scale = 1.0 / (1.0 + mp.lp_vol_withdraw[m] * excess_vol) / (1.0 + pp.lp_loss_withdraw * loss)
-    prof = mp.lp_depth[m] * jnp.exp(-dist_bps / mp.lp_decay_bps[m]) * scale
-    gap = mp.lp_half_spread_ticks[m] * tick * (1.0 + pp.lp_widen[m] * excess_vol)
-    tgt_bid = jnp.where(px <= center - gap + 1e-9 * center, prof, 0.0)
-    tgt_ask = jnp.where(px >= center + gap - 1e-9 * center, prof, 0.0)
+    tgt = _target_profile(state, params, m, px, center)
     # Pull excess at once (makers withdraw fast), refill at the resilience rate. A level
     # is either shrunk or grown, never both (no dust top-up of a level just shrunk).
     fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
-    tgt = jnp.stack([tgt_bid, tgt_ask])
     own = q_m[:, :, LP_SLOT]
     cut = jnp.maximum(own - tgt, 0.0)
     kept = own - cut
@@ -117,7 +93,57 @@ def requote_market(state: SimState, params: Params, m) -> SimState:
     # best bid.
     bid, ask = bk.best_prices(q_m.at[:, :, LP_SLOT].set(kept), px)
     add = jnp.where(jnp.stack([px < ask, px > bid]), add, 0.0)
-    # Spot: cut orders refund their reserves; new ones are paid from what the LP holds.
+    add, bal = _pay_spot_quotes(params, m, px, cut, add, bal)
+    q_m, ah_m = bk.requote(q_m, ah_m, LP_SLOT, cut, add)
+    book = state.book.replace(
+        qty=state.book.qty.at[m].set(q_m),
+        ahead=state.book.ahead.at[m].set(ah_m),
+        origin=state.book.origin.at[m].set(origin),
+    )
+    return state.replace(book=book, acct=state.acct.replace(bal=bal))
+
+
+def _inventory_skew(state: SimState, params: Params, m, q_m) -> Array:
+    """Fraction by which the LP moves its quote centre down: positive when long against
+    its starting inventory (quote lower), negative when short. Perp: against the starting
+    position, or (perp_skew_vs: flat) against all of it: a maker short the crowd's longs
+    quotes the perp up to buy its inventory back."""
+    pp, lp = params.pop, params.dims.lp
+    asset = accounts.MARKET_ASSET_ARR[m]
+    dev_perp = state.acct.pos[lp] - (1.0 - pp.lp_perp_flat) * params.accounts.pos[lp]
+    held = state.acct.bal[lp, asset] + q_m[ASK, :, LP_SLOT].sum()
+    dev = jnp.where(m != PERP, held - params.accounts.bal[lp, asset], dev_perp)
+    return jnp.clip(dev / pp.lp_inv_unit[m], -5.0, 5.0) * pp.lp_skew_bps[m] * 1e-4
+
+
+def _target_profile(state: SimState, params: Params, m, px, center) -> Array:
+    """(2, G) the LP's target depth per level, bids then asks: decaying away from the
+    centre, outside a half-spread that widens with excess volatility, scaled down by
+    excess volatility (the venues' and its own book's) and by its drawdown."""
+    mp, pp = params.markets, params.pop
+    dist_bps = jnp.abs(px - center) / center * 1e4
+    row = _VOL_ROW[m]
+    int_ref = pp.int_vol_ref[m]
+    vol_ratio = jnp.maximum(
+        state.px.vol[row] / params.exo.vol_ref[row],
+        jnp.where(int_ref > 0, state.pop.int_vol[m] / jnp.maximum(int_ref, 1e-30), 0.0),
+    )
+    excess_vol = jnp.maximum(vol_ratio - 1.0, 0.0)
+    loss = jnp.maximum(state.pop.lp_peak - state.pop.lp_eq, 0.0) / pp.lp_loss_ref
+    scale = 1.0 / (1.0 + mp.lp_vol_withdraw[m] * excess_vol) / (1.0 + pp.lp_loss_withdraw * loss)
+    prof = mp.lp_depth[m] * jnp.exp(-dist_bps / mp.lp_decay_bps[m]) * scale
+    gap = mp.lp_half_spread_ticks[m] * mp.tick_size[m] * (1.0 + pp.lp_widen[m] * excess_vol)
+    tgt_bid = jnp.where(px <= center - gap + 1e-9 * center, prof, 0.0)
+    tgt_ask = jnp.where(px >= center + gap - 1e-9 * center, prof, 0.0)
+    return jnp.stack([tgt_bid, tgt_ask])
+
+
+def _pay_spot_quotes(params: Params, m, px, cut, add, bal):
+    """Spot: cut orders refund their reserves; new ones are paid from what the LP holds
+    (scaled down to what it can pay). Returns (add (2, G), balances); perp unchanged."""
+    lp = params.dims.lp
+    is_spot = m != PERP
+    asset = accounts.MARKET_ASSET_ARR[m]
     bal_s = bal.at[lp, USDT].add(jnp.sum(cut[BID] * px)).at[lp, asset].add(cut[ASK].sum())
     cost = jnp.sum(add[BID] * px)
     add_bid = add[BID] * jnp.minimum(
@@ -129,11 +155,4 @@ def requote_market(state: SimState, params: Params, m) -> SimState:
     )
     bal_s = bal_s.at[lp, USDT].add(-jnp.sum(add_bid * px)).at[lp, asset].add(-add_ask.sum())
     add = jnp.where(is_spot, jnp.stack([add_bid, add_ask]), add)
-    bal = jnp.where(is_spot, bal_s, bal)
-    q_m, ah_m = bk.requote(q_m, ah_m, LP_SLOT, cut, add)
-    book = state.book.replace(
-        qty=state.book.qty.at[m].set(q_m),
-        ahead=state.book.ahead.at[m].set(ah_m),
-        origin=state.book.origin.at[m].set(origin),
-    )
-    return state.replace(book=book, acct=state.acct.replace(bal=bal))
+    return add, jnp.where(is_spot, bal_s, bal)

@@ -93,9 +93,7 @@ def take_on(state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate=None
     """`take` on market m's book given as the slice (q_m, ah_m) (2, G, Q): the state's
     accounts, last price and `acc` are settled, its book is left alone and the new slice
     returned. Returns (state, acc, q_m, ah_m, filled qty, filled notional)."""
-    dims = params.dims
-    n = dims.n_accounts
-    dtype = state.acct.bal.dtype
+    n = params.dims.n_accounts
     px = accounts.level_px(state, params, m)
     hit = jnp.where(side > 0, ASK, BID)
     fill_lvl = bk.walk(sum_last(q_m[hit]), px, side, qty, limit)
@@ -110,40 +108,15 @@ def take_on(state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate=None
     t_fee_rate = rules.taker_fee if fee_rate is None else fee_rate
     fee_t = notional * t_fee_rate
     fee_m = maker_n * rules.maker_fee
-    taker = accounts.onehot(a, n, dtype)
-    acct = state.acct
-    bal = acct.bal
-
+    taker = accounts.onehot(a, n, state.acct.bal.dtype)
+    acct = _settle_fill(state.acct, params, taker, m, side, filled, notional, maker_q, maker_n)
+    acct = acct.replace(bal=_pay_fees(acct.bal, params, taker, fee_t, fee_m))
+    acct_p = _settle_perp_fill(acct, taker, side, filled, notional, maker_q, maker_n)
     is_perp = m == PERP
-    asset = accounts.MARKET_ASSET_ARR[m]
-    asset_oh = (jnp.arange(N_ASSETS) == asset).astype(dtype)
-    usdt_oh = (jnp.arange(N_ASSETS) == USDT).astype(dtype)
-    buy = side > 0
-    # Spot: taker buy receives the asset and pays USDT; makers (asks) receive USDT
-    # (their asset was reserved in the book). Taker sell is the mirror image.
-    spot_taker = jnp.where(
-        buy, filled * asset_oh - notional * usdt_oh, -filled * asset_oh + notional * usdt_oh
-    )
-    spot_maker = jnp.where(
-        buy, maker_n[:, None] * usdt_oh[None, :], maker_q[:, None] * asset_oh[None, :]
-    )
-    spot_bal = bal + taker[:, None] * spot_taker[None, :] + spot_maker
-    bal = jnp.where(is_perp, bal, spot_bal)
-    bal = bal.at[:, USDT].add(-fee_m - taker * fee_t)
-    bal = bal.at[dims.fees, USDT].add(fee_t + fee_m.sum())
-    acct = acct.replace(bal=bal)
-
-    # Perp: makers first (each at its own average price), then the taker.
-    maker_px = maker_n / jnp.maximum(maker_q, 1e-30)
-    acct_p = settle_perp(acct, jnp.where(is_perp, -side * maker_q, 0.0), maker_px)
-    avg = notional / jnp.maximum(filled, 1e-30)
-    acct_p = settle_perp(
-        acct_p, jnp.where(is_perp, side * filled * taker, 0.0), jnp.full((n,), avg, dtype)
-    )
     acct = jax.tree_util.tree_map(lambda x, y: jnp.where(is_perp, y, x), acct, acct_p)
 
     last_fill_px = jnp.where(
-        buy,
+        side > 0,
         jnp.max(jnp.where(fill_lvl > 0, px, -jnp.inf)),
         jnp.min(jnp.where(fill_lvl > 0, px, jnp.inf)),
     )
@@ -156,6 +129,44 @@ def take_on(state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate=None
     )
     state = state.replace(acct=acct, px=state.px.replace(last=last))
     return state, acc, q_m, ah_m, filled, notional
+
+
+def _settle_fill(acct, params, taker, m, side, filled, notional, maker_q, maker_n):
+    """Spot balances after a fill on market m (perp balances unchanged here): a taker buy
+    receives the asset and pays USDT, makers (asks) receive USDT (their asset was
+    reserved in the book); a taker sell is the mirror image. `taker` (A,) one-hot,
+    `maker_q` / `maker_n` (A,) each maker's quantity and notional."""
+    dtype = acct.bal.dtype
+    bal = acct.bal
+    asset = accounts.MARKET_ASSET_ARR[m]
+    asset_oh = (jnp.arange(N_ASSETS) == asset).astype(dtype)
+    usdt_oh = (jnp.arange(N_ASSETS) == USDT).astype(dtype)
+    buy = side > 0
+    spot_taker = jnp.where(
+        buy, filled * asset_oh - notional * usdt_oh, -filled * asset_oh + notional * usdt_oh
+    )
+    spot_maker = jnp.where(
+        buy, maker_n[:, None] * usdt_oh[None, :], maker_q[:, None] * asset_oh[None, :]
+    )
+    spot_bal = bal + taker[:, None] * spot_taker[None, :] + spot_maker
+    return acct.replace(bal=jnp.where(m == PERP, bal, spot_bal))
+
+
+def _pay_fees(bal, params, taker, fee_t, fee_m):
+    """Balances (A, 4) after the taker's fee `fee_t` () and the makers' fees `fee_m` (A,)
+    (negative: a rebate) move to the fee account in USDT."""
+    bal = bal.at[:, USDT].add(-fee_m - taker * fee_t)
+    return bal.at[params.dims.fees, USDT].add(fee_t + fee_m.sum())
+
+
+def _settle_perp_fill(acct, taker, side, filled, notional, maker_q, maker_n):
+    """Perp positions after a fill: makers first (each at its own average price), then
+    the taker at the fill's average price."""
+    n = taker.shape[0]
+    maker_px = maker_n / jnp.maximum(maker_q, 1e-30)
+    acct_p = settle_perp(acct, -side * maker_q, maker_px)
+    avg = notional / jnp.maximum(filled, 1e-30)
+    return settle_perp(acct_p, side * filled * taker, jnp.full((n,), avg, acct.bal.dtype))
 
 
 def cancel(state: SimState, params: Params, a, m, sides_mask: Array, frac=1.0):

@@ -170,6 +170,7 @@ def reset(key: Array, params: Params) -> SimState:
 
 
 def _reset(key: Array, params: Params) -> SimState:
+    """The traced body of `reset`."""
     dims = params.dims
     dtype = params.dt.dtype
     p0 = params.exo.price0

@@ -79,7 +79,8 @@ def build(
     background: Background,
 ) -> TickEvents:
     """The tick's events; `fund0` is the insurance fund's USDT at the tick's start and
-    `orders` the external (learning agents') order rows' results."""
+    `orders` the external (learning agents') order rows' results. Long because it names
+    every TickEvents field, one line each."""
     p = state.px
     pos = state.acct.pos
     books = _books(state, params, acc)

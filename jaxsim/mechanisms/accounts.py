@@ -39,10 +39,12 @@ def asset_prices(px: PriceState) -> Array:
 
 
 def level_px(state: SimState, params: Params, m) -> Array:
+    """Prices (G,) of market m's grid levels."""
     return bk.level_prices(state.book.origin[m], params.markets.tick_size[m], params.dims.n_levels)
 
 
 def margin_balances(state: SimState) -> Array:
+    """(A,) margin balance of every account at index prices and mark (haircuts applied)."""
     a, r = state.acct, state.rules
     return mg.margin_balance(
         a.bal,
@@ -107,11 +109,13 @@ def open_order_notional_of(state: SimState, params: Params, a) -> Array:
 
 
 def system_mask(params: Params) -> Array:
+    """(A,) True for the system accounts (LP, insurance fund, fee account, outside world)."""
     n = params.dims.n_accounts
     return jnp.arange(n) >= n - N_SYSTEM
 
 
 def onehot(a, n, dtype) -> Array:
+    """(n,) one-hot of index a in dtype."""
     return (jnp.arange(n) == a).astype(dtype)
 
 

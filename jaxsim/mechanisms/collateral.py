@@ -90,6 +90,9 @@ def op_transfer(state, params, acc, o):
 
 
 def op_borrow(state, params, acc, o):
+    """Borrow o.qty of asset o.market from the lender (cross accounts): the borrowed units
+    count as haircut collateral, the debt in full; rejected when initial margin would
+    not be covered."""
     a, asset, qty = o.account, o.market, o.qty
     acct = state.acct
     px = accounts.asset_prices(state.px)
@@ -113,6 +116,7 @@ def op_borrow(state, params, acc, o):
 
 
 def op_repay(state, params, acc, o):
+    """Repay o.qty of the account's debt in asset o.market from its balance of it."""
     a, asset, qty = o.account, o.market, o.qty
     acct = state.acct
     ok = (acct.bal[a, asset] >= qty) & (acct.debt[a, asset] >= qty * (1 - 1e-7))
@@ -130,6 +134,8 @@ def op_repay(state, params, acc, o):
 
 
 def arrivals(state: SimState) -> SimState:
+    """Transfers whose withdrawal delay has passed land on the exchange or the external
+    wallet."""
     acct = state.acct
     due = (acct.transit_amt > 0) & (acct.transit_due <= state.t)
     oh = jax.nn.one_hot(acct.transit_asset, N_ASSETS, dtype=acct.bal.dtype)  # (A, X, 4)

@@ -18,6 +18,10 @@ VOL_EWMA_S = 300.0  # time constant of the realized-vol estimate used by the LP
 
 
 def move_venues(key, state: SimState, params: Params) -> SimState:
+    """One tick of the external venues: BASE by GBM (plus the venue impact of the flow
+    traded here), STABLE mean-reverting to 1, LST as BASE x redemption rate x a
+    mean-reverting premium; stochastic volatility, Poisson jumps and scripted shocks on
+    top; per-venue dispersion; the realized-volatility EWMA the LP watches."""
     exo, dt = params.exo, params.dt
     k1, k2 = jax.random.split(key)
     dtype = state.px.ext.dtype

@@ -19,10 +19,12 @@ Array = jax.Array
 
 
 def internal_px(state: SimState, params: Params, m) -> Array:
+    """The internal leg of market m's index: its last trade price."""
     return state.px.last[m]
 
 
 def perp_mid(state: SimState, params: Params) -> Array:
+    """Mid of the perp book, or its last price while a side is empty."""
     px = accounts.level_px(state, params, PERP)
     bid, ask = bk.best_prices(state.book.qty[PERP], px)
     ok = (bid > 0) & jnp.isfinite(ask)
@@ -30,6 +32,8 @@ def perp_mid(state: SimState, params: Params) -> Array:
 
 
 def index_prices(state: SimState, params: Params) -> Array:
+    """(3,) index of BASE, STABLE and LST: the venues, the internal book and the
+    redemption leg, weighted, clipped and floored per the rules (MECHANICS 2)."""
     rules = state.rules
     ext = state.px.ext
     internal = jnp.stack([internal_px(state, params, m) for m in INDEX_INTERNAL_MARKET])
@@ -51,6 +55,7 @@ def index_prices(state: SimState, params: Params) -> Array:
 
 
 def basis_ma(state: SimState, params: Params) -> Array:
+    """Average of the newest basis samples within `basis_window_s` (the mark's basis term)."""
     w = params.dims.basis_window
     n_win = jnp.clip(jnp.round(params.basis_window_s / params.dt), 1, w).astype(jnp.int32)
     n_have = jnp.minimum(state.px.basis_count, n_win)
@@ -62,6 +67,7 @@ def basis_ma(state: SimState, params: Params) -> Array:
 
 
 def time_to_funding(state: SimState, params: Params) -> Array:
+    """Seconds to the next funding settlement."""
     return jnp.maximum(state.px.next_funding_s - state.t * params.dt, 0.0)
 
 

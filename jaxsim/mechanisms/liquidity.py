@@ -27,6 +27,8 @@ Array = jax.Array
 
 
 def lp_center(state: SimState, params: Params, m, q_m: Array, px: Array) -> Array:
+    """The LP's unskewed quote centre for market m: `lp_ref_weight` of the market's
+    reference price and the rest of the book's mid (last price while a side is empty)."""
     ref = popm.market_refs(state)[m]
     bid, ask = bk.best_prices(q_m, px)
     # With one side empty (swept) the last trade is the best estimate of the book's price.

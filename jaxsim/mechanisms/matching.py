@@ -62,6 +62,7 @@ def market_book(state: SimState, m) -> tuple[Array, Array]:
 
 
 def set_market_book(state: SimState, m, q_m: Array, ah_m: Array) -> SimState:
+    """The state with market m's book slice (qty, ahead) replaced."""
     book = state.book.replace(
         qty=state.book.qty.at[m].set(q_m), ahead=state.book.ahead.at[m].set(ah_m)
     )

@@ -1452,7 +1452,7 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
     # learning agents' after them.
     equity = _equity(state)
     state = popm.external_moves(state, params, equity)
-    bg, arb = popm.background_orders(k_pop, state, params, equity, _level_px)
+    bg, arb = popm.background_orders(k_pop, state, params, equity)
     n_bg = bg.kind.shape[0]
     all_orders = jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), bg, orders)
     state, acc, (reason, filled, avg, unfilled) = _process_orders(state, params, all_orders, acc)
@@ -1483,7 +1483,7 @@ def step(key: Array, state: SimState, orders: Orders, params: Params):
         state,
         params,
         acc.liq_long + acc.liq_short,
-        popm.lp_equity(state, params, asset_prices(state.px), _level_px),
+        popm.lp_equity(state, params, asset_prices(state.px)),
     )
     events = _events(
         state, params, acc, fund0, settled, paid, reason, filled, avg, unfilled, bg_stats
@@ -1672,7 +1672,7 @@ def _reset(key: Array, params: Params) -> SimState:
         markets=params.markets.replace(lp_resilience_per_s=jnp.full((N_MARKETS,), 1e9, dtype))
     )
     state = _liquidity(state, full)
-    lp_eq = popm.lp_equity(state, params, asset_prices(state.px), _level_px)
+    lp_eq = popm.lp_equity(state, params, asset_prices(state.px))
     return state.replace(pop=popm.init_pop_state(state, params, _equity(state), lp_eq))
 
 

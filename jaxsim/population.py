@@ -169,11 +169,16 @@ def momentum(state: SimState, params: Params) -> Array:
     return jnp.clip(m, -MOMENTUM_CLIP, MOMENTUM_CLIP)
 
 
-def _mids(state: SimState, params: Params, level_px) -> tuple[Array, Array, Array]:
+def level_prices(state: SimState, params: Params, m) -> Array:
+    """(G,) market m's level prices: its book's grid from the origin, G = dims.n_levels."""
+    return bk.level_prices(state.book.origin[m], params.markets.tick_size[m], params.dims.n_levels)
+
+
+def _mids(state: SimState, params: Params) -> tuple[Array, Array, Array]:
     """Best bid, best ask and mid of every market (mid falls back to last)."""
     bids, asks, mids = [], [], []
     for m in range(N_MARKETS):
-        px = level_px(state, params, m)
+        px = level_prices(state, params, m)
         b, a = bk.best_prices(state.book.qty[m], px)
         ok = (b > 0) & jnp.isfinite(a)
         bids.append(b)
@@ -183,13 +188,12 @@ def _mids(state: SimState, params: Params, level_px) -> tuple[Array, Array, Arra
 
 
 def background_orders(
-    key: Array, state: SimState, params: Params, equity: Array, level_px
+    key: Array, state: SimState, params: Params, equity: Array
 ) -> tuple[Orders, Array]:
     """Orders of the background population for this tick.
 
     Returns (Orders of shape (2 * n_user + n_programs,), arb mask of the same shape).
-    `equity` is each account's unhaircut equity in USDT; `level_px(state, params, m)` gives
-    a market's grid prices.
+    `equity` is each account's unhaircut equity in USDT.
     """
     dims, pp = params.dims, params.pop
     n_user = dims.n_accounts - N_SYSTEM
@@ -203,8 +207,8 @@ def background_orders(
     ext = acct.ext_bal[:n_user]
     eq = jnp.maximum(equity[:n_user], 0.0)
     mark = state.px.mark
-    grids = [level_px(state, params, m) for m in range(N_MARKETS)]
-    bids, asks, mids = _mids(state, params, level_px)
+    grids = [level_prices(state, params, m) for m in range(N_MARKETS)]
+    bids, asks, mids = _mids(state, params)
     act = jax.random.uniform(k_act, (n_user,), dtype) < pp.act_prob[:n_user]
     z = jax.random.normal(k_noise, (n_user,), dtype)
 
@@ -222,7 +226,7 @@ def background_orders(
     f = jnp.clip(f, jnp.where(side > 0, 0.0, -1.0), jnp.where(side < 0, 0.0, 1.0))
     # Nobody plans a position the rules in force would reject outright.
     limit_now = mg.position_limit_in_force(
-        state.rules, state.book.qty[PERP], level_px(state, params, PERP)
+        state.rules, state.book.qty[PERP], level_prices(state, params, PERP)
     )
     cap_q = 0.95 * limit_now / mark
     # A spot cohort's position is the BASE it holds, valued at the spot mid (no leverage);
@@ -493,7 +497,7 @@ def external_moves(state: SimState, params: Params, equity: Array) -> SimState:
     return state.replace(acct=acct.replace(bal=bal, ext_bal=ext))
 
 
-def lp_equity(state: SimState, params: Params, asset_px: Array, level_px) -> Array:
+def lp_equity(state: SimState, params: Params, asset_px: Array) -> Array:
     """The LP's marked equity in USDT (free balances, resting spot reserves and perp uPnL)
     minus the value of holding its starting inventory: its market-making PnL."""
     lp = params.dims.lp
@@ -503,7 +507,7 @@ def lp_equity(state: SimState, params: Params, asset_px: Array, level_px) -> Arr
     for m in range(N_MARKETS):
         if m == PERP:
             continue
-        px = level_px(state, params, m)
+        px = level_prices(state, params, m)
         reserved = reserved + jnp.sum(state.book.qty[m, BID, :, LP_SLOT] * px)
         reserved = reserved + state.book.qty[m, ASK, :, LP_SLOT].sum() * asset_px[MARKET_ASSET[m]]
     upnl = acct.pos[lp] * (state.px.mark - acct.entry[lp])

@@ -512,7 +512,7 @@ def bench_phases(args, mem_limit) -> list[dict]:
     def bg(k, s):
         eq = accounts.equity(s)
         s = popm.external_moves(s, params, eq)
-        o, _ = popm.background_orders(k, s, params, eq, accounts.level_px)
+        o, _ = popm.background_orders(k, s, params, eq)
         allo = jax.tree_util.tree_map(
             lambda x, y: jnp.concatenate([x, y]), o, jaxsim.no_orders(params)
         )

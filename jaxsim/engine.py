@@ -119,7 +119,7 @@ def _background_orders(key: Array, state: SimState, params: Params):
     (state, orders (K_bg,), arbitrage-row mask (K_bg,))."""
     equity = accounts.equity(state)
     state = popm.external_moves(state, params, equity)
-    bg, arb = popm.background_orders(key, state, params, equity, accounts.level_px)
+    bg, arb = popm.background_orders(key, state, params, equity)
     return state, bg, arb
 
 
@@ -150,7 +150,7 @@ def _end_tick(state: SimState, params: Params, acc, background) -> SimState:
     """Advance the clock, keep the tick's net flow on the BASE books for the venues'
     impact next tick, and update the population's memory."""
     state = state.replace(t=state.t + 1, px=state.px.replace(flow=acc.flow - background.arb_flow))
-    lp_eq = popm.lp_equity(state, params, accounts.asset_prices(state.px), accounts.level_px)
+    lp_eq = popm.lp_equity(state, params, accounts.asset_prices(state.px))
     return popm.update_memory(state, params, acc.liq_long + acc.liq_short, lp_eq)
 
 
@@ -190,7 +190,7 @@ def _reset(key: Array, params: Params) -> SimState:
         markets=params.markets.replace(lp_resilience_per_s=jnp.full((N_MARKETS,), 1e9, dtype))
     )
     state = liquidity.requote(state, full)
-    lp_eq = popm.lp_equity(state, params, accounts.asset_prices(state.px), accounts.level_px)
+    lp_eq = popm.lp_equity(state, params, accounts.asset_prices(state.px))
     return state.replace(pop=popm.init_pop_state(state, params, accounts.equity(state), lp_eq))
 
 
@@ -340,7 +340,7 @@ def audit(state: SimState, params: Params) -> dict[str, Array]:
     dims = params.dims
     spot_ms = [m for m in range(N_MARKETS) if m != PERP]
     bid_usdt = sum(
-        jnp.sum(state.book.qty[m, BID].sum(-1) * accounts.level_px(state, params, m))
+        jnp.sum(state.book.qty[m, BID].sum(-1) * accounts.level_prices(state, params, m))
         for m in spot_ms
     )
     transit = (

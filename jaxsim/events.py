@@ -33,7 +33,7 @@ def _books(state: SimState, params: Params, acc: TickAcc) -> dict[str, Array]:
     p = state.px
     best_b, best_a, depth, edge = [], [], [], []
     for m in range(N_MARKETS):
-        px = accounts.level_px(state, params, m)
+        px = accounts.level_prices(state, params, m)
         b, a = bk.best_prices(state.book.qty[m], px)
         mid = jnp.where((b > 0) & jnp.isfinite(a), 0.5 * (b + a), p.last[m])
         best_b.append(b)

@@ -450,7 +450,7 @@ def test_schedule_steps_on_one_field_each_take_effect(sim):
 def _perp_depth_2pct(st, p) -> float:
     """USDT resting on the perp book within 2% of its mid, from the state's arrays."""
     q = np.asarray(st.book.qty[PERP], np.float64).sum(-1)  # (2, G)
-    px = np.asarray(accounts.level_px(st, p, PERP), np.float64)
+    px = np.asarray(accounts.level_prices(st, p, PERP), np.float64)
     bid = px[q[0] > 0].max()
     ask = px[q[1] > 0].min()
     mid = 0.5 * (bid + ask)
@@ -983,7 +983,7 @@ def test_bidding_arb_rests_a_bid_and_brings_its_capital_on_a_discount(sim):
     dump = {"account": 1, "market": STABLE, "side": -1, "kind": KIND_MARKET, "qty": 300000.0}
     states, evs, st0 = sim.run(p, 14, orders_at={3: [dump]})
     bids = lambda st: np.asarray(accounts.own_orders(st, 0, STABLE)[BID])
-    lvl = lambda st: np.asarray(accounts.level_px(st, p, STABLE))
+    lvl = lambda st: np.asarray(accounts.level_prices(st, p, STABLE))
     reserved = lambda st: float(np.sum(bids(st) * lvl(st)))
     ext = lambda st: float(st.acct.ext_bal[0, USDT])
     in_transit = lambda st: float(np.sum(st.acct.transit_amt[0]))
@@ -1043,7 +1043,7 @@ def test_spot_retail_buys_bids_and_sells_what_it_holds(sim):
         {"account": "holder", "bias": 0.0, "lev_target": 1.0, **common},
     ]
     p = make(users, **{"population.cohorts": cohorts})
-    lvl = lambda st: np.asarray(accounts.level_px(st, p, SPOT))
+    lvl = lambda st: np.asarray(accounts.level_prices(st, p, SPOT))
     bids = lambda st, a: np.asarray(accounts.own_orders(st, a, SPOT)[BID])
     states, evs, st0 = sim.run(p, 4)
     base = lambda st, a: float(st.acct.bal[a, BASE])

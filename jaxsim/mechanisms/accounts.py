@@ -38,7 +38,7 @@ def asset_prices(px: PriceState) -> Array:
     return jnp.concatenate([jnp.ones((1,), px.index.dtype), px.index])
 
 
-def level_px(state: SimState, params: Params, m) -> Array:
+def level_prices(state: SimState, params: Params, m) -> Array:
     """Prices (G,) of market m's grid levels."""
     return bk.level_prices(state.book.origin[m], params.markets.tick_size[m], params.dims.n_levels)
 
@@ -95,7 +95,7 @@ def marked_equity(state: SimState, params: Params) -> Array:
     transit = sum_last(jnp.where(a.transit_amt > 0, a.transit_amt, 0.0) * px[a.transit_asset])
     reserved = 0.0
     for m in SPOT_MARKETS:
-        lvl = level_px(state, params, m)
+        lvl = level_prices(state, params, m)
         reserved = reserved + jnp.einsum("gq,g->q", state.book.qty[m, BID], lvl)
         reserved = reserved + state.book.qty[m, ASK].sum(0) * px[MARKET_ASSET[m]]
     reserved = per_account(state.book, reserved, params.dims.n_accounts)
@@ -105,7 +105,7 @@ def marked_equity(state: SimState, params: Params) -> Array:
 def open_order_notional_of(state: SimState, params: Params, a) -> Array:
     """Notional of account a's resting perp orders."""
     own = own_orders(state, a, PERP)
-    return jnp.sum((own[BID] + own[ASK]) * level_px(state, params, PERP))
+    return jnp.sum((own[BID] + own[ASK]) * level_prices(state, params, PERP))
 
 
 def system_mask(params: Params) -> Array:

@@ -177,7 +177,7 @@ def liquidation_sales(
         asset = SALE_ASSET_ARR[j]
         m = SALE_MARKET_ARR[j]
         deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
-        px = accounts.level_px(state, params, m)
+        px = accounts.level_prices(state, params, m)
         tot = sum_last(state.book.qty[m, BID])
         need = bk.walk_for_quote(tot, px, deficit * (1 + taker_fee), 0.0).sum()
         qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))

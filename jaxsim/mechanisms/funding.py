@@ -26,7 +26,7 @@ Array = jax.Array
 def impact_premium(state: SimState, params: Params, index_base) -> Array:
     """Premium index of the perp book's impact bid/ask against the BASE index (MECHANICS 1.2)."""
     rules = state.rules
-    px = accounts.level_px(state, params, PERP)
+    px = accounts.level_prices(state, params, PERP)
     tot = sum_last(state.book.qty[PERP])
     imn = rules.imn_quote * rules.tier_max_lev[0]
     impact_bid = bk.impact_price(tot[BID], px, -1, imn)

@@ -25,7 +25,7 @@ def internal_px(state: SimState, params: Params, m) -> Array:
 
 def perp_mid(state: SimState, params: Params) -> Array:
     """Mid of the perp book, or its last price while a side is empty."""
-    px = accounts.level_px(state, params, PERP)
+    px = accounts.level_prices(state, params, PERP)
     bid, ask = bk.best_prices(state.book.qty[PERP], px)
     ok = (bid > 0) & jnp.isfinite(ask)
     return jnp.where(ok, 0.5 * (bid + ask), state.px.last[PERP])

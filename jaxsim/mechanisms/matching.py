@@ -95,7 +95,7 @@ def take_on(state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate=None
     accounts, last price and `acc` are settled, its book is left alone and the new slice
     returned. Returns (state, acc, q_m, ah_m, filled qty, filled notional)."""
     n = params.dims.n_accounts
-    px = accounts.level_px(state, params, m)
+    px = accounts.level_prices(state, params, m)
     hit = jnp.where(side > 0, ASK, BID)
     fill_lvl = bk.walk(sum_last(q_m[hit]), px, side, qty, limit)
     q_side, ah_side, f = bk.consume(q_m[hit], ah_m[hit], fill_lvl)
@@ -180,7 +180,7 @@ def cancel(state: SimState, params: Params, a, m, sides_mask: Array, frac=1.0):
 def cancel_on(state, params, q_m, ah_m, a, m, sides_mask, frac=1.0):
     """`cancel` on market m's book slice (q_m, ah_m): refunds settled in the state, the
     new slice returned. Returns (state, q_m, ah_m)."""
-    px = accounts.level_px(state, params, m)
+    px = accounts.level_prices(state, params, m)
     has, slot = accounts.slot_of(state.book, a)
     outs_q, outs_a, cancelled = [], [], []
     for s in (BID, ASK):

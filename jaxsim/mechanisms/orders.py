@@ -92,7 +92,7 @@ def book_order(state: SimState, params: Params, acc: tick_acc.TickAcc, o) -> tup
     # Cancel: side +1 bids, -1 asks, 0 both (nothing for a trade).
     sides = jnp.stack([(o.side >= 0), (o.side <= 0)]) & is_cancel
     state, q_m, ah_m = matching.cancel_on(state, params, q_m, ah_m, a, m, sides.astype(qty.dtype))
-    px = accounts.level_px(state, params, m)
+    px = accounts.level_prices(state, params, m)
     level, px_lim, limit, price_reason = _limit_price(state, params, o, is_limit)
 
     hit = jnp.where(side > 0, ASK, BID)

@@ -1,0 +1,100 @@
+"""One tick's snapshot as every behaviour reads it, per user account.
+
+Shapes: U = dims.n_accounts - N_SYSTEM user accounts (the system accounts never carry a
+behaviour), M = N_MARKETS, G = dims.n_levels, AS = 4 assets.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxsim import margin as mg
+from jaxsim.population.market import (
+    MARKET_ASSET_ARR,
+    external_price,
+    level_prices,
+    own_bids,
+    quotes,
+)
+from jaxsim.types import N_MARKETS, N_SYSTEM, PERP, Params, SimState
+
+Array = jax.Array
+
+
+class View(NamedTuple):
+    """The snapshot the behaviours share (built once a tick by `view`)."""
+
+    n_user: int  # U
+    ids: Array  # (U,) account ids 0..U-1
+    kind: Array  # (U,) behaviour (types.BEH_*)
+    pos: Array  # (U,) perp position, base units
+    bal: Array  # (U, AS) exchange balances
+    ext: Array  # (U, AS) balances held on the external venues
+    eq: Array  # (U,) unhaircut equity in USDT, floored at 0
+    mark: Array  # () perp mark price
+    act: Array  # (U,) bool: the account acts this tick (probability act_prob)
+    z: Array  # (U,) standard normal noise
+    grids: list  # M arrays (G,): each market's level prices
+    bids: Array  # (M,) best bid (0 if none)
+    asks: Array  # (M,) best ask (0 if none)
+    mids: Array  # (M,) mid (the last price while a side is empty)
+    cap_q: Array  # () largest perp position (base units) the rules in force allow, less 5%
+    top_own: Array  # (U,) top price of the account's resting bids on its own market
+    resv: Array  # (U,) USDT its resting bids on its own market reserve
+    # Its own market column (PopParams.market: an arbitrageur's or looper's book).
+    xm: Array  # (U,) its market
+    asset: Array  # (U,) that market's asset
+    pe: Array  # (U,) the external venues' price of that asset
+    held: Array  # (U,) the asset held on the exchange
+    held_ext: Array  # (U,) the asset held on the external venues
+    ask_x: Array  # (U,) its market's best ask (0 if none)
+    bid_x: Array  # (U,) its market's best bid (0 if none)
+
+
+def view(key: Array, state: SimState, params: Params, equity: Array) -> View:
+    """This tick's `View`. `equity`: (A,) each account's unhaircut equity in USDT; `key`
+    draws who acts and the signal noise."""
+    pp = params.pop
+    n_user = params.dims.n_accounts - N_SYSTEM
+    dtype = state.acct.bal.dtype
+    acct = state.acct
+    k_act, k_noise = jax.random.split(key)
+    ids = jnp.arange(n_user)
+    bal = acct.bal[:n_user]
+    ext = acct.ext_bal[:n_user]
+    grids = [level_prices(state, params, m) for m in range(N_MARKETS)]
+    bids, asks, mids = quotes(state, params)
+    # Nobody plans a position the rules in force would reject outright.
+    limit_now = mg.position_limit_in_force(state.rules, state.book.qty[PERP], grids[PERP])
+    top_own, resv = own_bids(state, grids, pp.market[:n_user], ids)
+    xm = pp.market[:n_user]
+    asset = MARKET_ASSET_ARR[xm]
+    return View(
+        n_user=n_user,
+        ids=ids,
+        kind=pp.kind[:n_user],
+        pos=acct.pos[:n_user],
+        bal=bal,
+        ext=ext,
+        eq=jnp.maximum(equity[:n_user], 0.0),
+        mark=state.px.mark,
+        act=jax.random.uniform(k_act, (n_user,), dtype) < pp.act_prob[:n_user],
+        z=jax.random.normal(k_noise, (n_user,), dtype),
+        grids=grids,
+        bids=bids,
+        asks=asks,
+        mids=mids,
+        cap_q=0.95 * limit_now / state.px.mark,
+        top_own=top_own,
+        resv=resv,
+        xm=xm,
+        asset=asset,
+        pe=external_price(state, xm),
+        held=jnp.take_along_axis(bal, asset[:, None], 1)[:, 0],
+        held_ext=jnp.take_along_axis(ext, asset[:, None], 1)[:, 0],
+        ask_x=asks[xm],
+        bid_x=bids[xm],
+    )

@@ -2,7 +2,7 @@
 
 Inputs are the per-tick fields of `jaxsim.types.TickEvents` as NumPy arrays with a leading
 seed axis and a tick axis, shape ``(S, T, ...)`` — a dict (as returned by
-`jaxsim.simulate.simulate`) or a `TickEvents` of arrays. Every primitive works along the
+`jaxsim.tools.simulate.simulate`) or a `TickEvents` of arrays. Every primitive works along the
 last axis (ticks) and broadcasts over the leading ones, so it also accepts a single series.
 
 `episode_metrics(events)` returns ``{name: array of shape (S,)}``; `summarize` reduces it

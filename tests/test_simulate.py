@@ -1,7 +1,7 @@
-"""`python -m jaxsim.simulate` (CLI and API) and the episode metrics of `jaxsim.metrics`.
+"""`python -m jaxsim.tools.simulate` (CLI and API) and the episode metrics of `jaxsim.metrics`.
 
 The batched rollout (calm, 2 seeds x 60 ticks) compiles once for the module: the CLI run,
-the API run and `python -m jaxsim` share the jitted function and its shapes. The metric
+the API run and `python -m jaxsim.tools` share the jitted function and its shapes. The metric
 tests use small hand-made arrays with known answers.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxsim import metrics as mt
-from jaxsim import simulate as sim
+from jaxsim.tools import simulate as sim
 from jaxsim.config import ConfigError
 
 SEEDS, TICKS = 2, 60
@@ -128,7 +128,7 @@ def test_api_metrics_shapes_and_ledger(api_run):
 
 
 def test_python_m_jaxsim_still_runs(capsys, cli_run):
-    from jaxsim.__main__ import main
+    from jaxsim.tools.__main__ import main
 
     main(["--scenario", "calm", "--ticks", str(TICKS), "--seeds", str(SEEDS)])
     out = capsys.readouterr().out
@@ -223,7 +223,7 @@ def test_bad_scenario_and_variant_exit_2(capsys):
 
 def test_bad_scenario_process_exit_code():
     r = subprocess.run(
-        [sys.executable, "-m", "jaxsim.simulate", "--scenario", "no_such_scenario"],
+        [sys.executable, "-m", "jaxsim.tools.simulate", "--scenario", "no_such_scenario"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""`python -m jaxsim.sweep`: grid building, the sharded batched run, outputs, bad configs.
+"""`python -m jaxsim.tools.sweep`: grid building, the sharded batched run, outputs, bad configs.
 
 One tiny sweep (collateral_depeg, a 2 x 2 grid (paired maker/taker fees x BASE
 volatility) x 3 seeds, 30 ticks) runs twice: in this
@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxsim import sweep as sw
+from jaxsim.tools import sweep as sw
 from jaxsim.config import ConfigError, scenario_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def runs(tiny_file, tmp_path_factory):
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
     env = {**os.environ, "XLA_FLAGS": flags.strip()}
     env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "jaxsim.sweep", str(tiny_file), "--out", str(out4)]
+    cmd = [sys.executable, "-m", "jaxsim.tools.sweep", str(tiny_file), "--out", str(out4)]
     cmd += ["--chunk", "8", "--no-progress"]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -1,6 +1,6 @@
 """Run a scenario batched over seeds: summary table, tick-event CSV, per-seed metrics, dashboard.
 
-    python -m jaxsim.simulate --scenario NAME [--variant V] [--seeds N] [--ticks T | --hours H]
+    python -m jaxsim.tools.simulate --scenario NAME [--variant V] [--seeds N] [--ticks T | --hours H]
                               [--out DIR] [--set key=value ...] [--plot-seed K]
 
 Writes ``DIR/events.csv`` (one row per seed x tick, one column per scalar event field; vector
@@ -710,7 +710,7 @@ def _choices_text() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m jaxsim.simulate",
+        prog="python -m jaxsim.tools.simulate",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,8 +1,8 @@
-"""`python -m jaxsim --scenario calm --ticks 2000 --seeds 4`: run a scenario, print a summary.
+"""`python -m jaxsim.tools --scenario calm --ticks 2000 --seeds 4`: run a scenario, print a summary.
 
 Runs the exchange alone (no learning agent) batched over seeds and prints per-seed
 drawdowns, liquidations, insurance-fund change, ADL count and the ledger check.
-`python -m jaxsim.simulate` runs the same batch and adds the full metrics table, the
+`python -m jaxsim.tools.simulate` runs the same batch and adds the full metrics table, the
 tick-event CSV and the dashboard.
 """
 
@@ -15,11 +15,11 @@ import numpy as np
 
 import jaxsim
 from jaxsim.metrics import max_drawdown
-from jaxsim.simulate import run_batch
+from jaxsim.tools.simulate import run_batch
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m jaxsim", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m jaxsim.tools", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--scenario", default="calm", help=f"one of {jaxsim.list_scenarios()} or a YAML path"
     )

@@ -1,6 +1,6 @@
 """Rule sweeps: a grid of rule parameters x seeds run as one batched, sharded program.
 
-    python -m jaxsim.sweep configs/sweeps/NAME.yaml [--out DIR] [--seeds N] [--ticks T | --hours H]
+    python -m jaxsim.tools.sweep configs/sweeps/NAME.yaml [--out DIR] [--seeds N] [--ticks T | --hours H]
                            [--chunk N] [--devices N] [--set key=value ...] [--x64]
                            [--cache DIR] [--no-plot] [--no-progress] [--replot]
 
@@ -41,7 +41,7 @@ same compiled program. A tqdm progress bar is fed from inside the program (a hos
 every 2% of the ticks).
 
 Reproducibility: a grid point's seed row uses the keys and metric definitions of
-`python -m jaxsim.simulate` for the same config and seed, and a run is deterministic for a
+`python -m jaxsim.tools.simulate` for the same config and seed, and a run is deterministic for a
 given device count and chunk size. Different programs (simulate's, or this one at another
 per-device batch size or device count) fuse differently and so round float32 reductions
 differently (~1e-7 relative); that stays invisible in a quiet market, but a liquidation
@@ -82,7 +82,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxsim.config import ConfigError, build_params, scenario_config
 from jaxsim.engine import no_orders, reset, step, tie_to_key
-from jaxsim.simulate import parse_overrides
+from jaxsim.tools.simulate import parse_overrides
 from jaxsim.types import USDT, Params
 
 Array = jax.Array
@@ -338,7 +338,7 @@ def episode_reduce(
     """Reset, run `n_ticks` ticks with no external orders and return the episode metrics.
 
     The same keys as `jaxsim.rollout(key, params, n_ticks)` (so the same market path as
-    `jaxsim.simulate` for that key), but the tick events are folded into running
+    `jaxsim.tools.simulate` for that key), but the tick events are folded into running
     reductions inside the scan instead of being stacked. `window`: ticks in one hour (for
     ``liq_peak_1h``), a static int. `progress(i)`: optional host callback, called with the
     tick index every ``max(1, n_ticks // 50)`` ticks.
@@ -702,7 +702,7 @@ class SweepResult:
 
 
 def seed_keys(seeds: int, seed: int = 0) -> np.ndarray:
-    """Per-seed keys, the same as `jaxsim.simulate.seed_keys`."""
+    """Per-seed keys, the same as `jaxsim.tools.simulate.seed_keys`."""
     return np.asarray(jax.random.split(jax.random.PRNGKey(seed), seeds))
 
 
@@ -1093,7 +1093,7 @@ def _print_table(title: str, header: list[str], rows: list[list[str]], file=None
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m jaxsim.sweep",
+        prog="python -m jaxsim.tools.sweep",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

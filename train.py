@@ -214,7 +214,7 @@ def _eval_settings(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
 
 
 def scenario_dashboards(configs, seeds: int = 1, seed: int = 0) -> dict[str, tuple]:
-    """Events of each base scenario without the agent, for `jaxsim.tools.simulate.dashboard`.
+    """Events of each base scenario without the agent, for `jaxsim.tools.plots.dashboard`.
 
     One compiled rollout serves every scenario (shared name, common length; each is
     trimmed to its own horizon).

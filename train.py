@@ -214,13 +214,13 @@ def _eval_settings(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
 
 
 def scenario_dashboards(configs, seeds: int = 1, seed: int = 0) -> dict[str, tuple]:
-    """Events of each base scenario without the agent, for `jaxsim.simulate.dashboard`.
+    """Events of each base scenario without the agent, for `jaxsim.tools.plots.dashboard`.
 
     One compiled rollout serves every scenario (shared name, common length; each is
     trimmed to its own horizon).
     """
     import jaxsim
-    from jaxsim.simulate import run_batch
+    from jaxsim.tools.simulate import run_batch
 
     base = [c for c in configs if c.variant is None]
     if not base:

@@ -9,7 +9,7 @@ policy on every scenario / variant / seed) and writes:
 - `plots/equity_<scenario>.png`: per variant, each policy's equity curve (mean over seeds,
   band = min..max) above the perp mark price of the same episodes;
 - `plots/dashboard_<scenario>.png`: the scenario's eight-panel dashboard
-  (`jaxsim.simulate.dashboard`) when `dashboards` gives the events;
+  (`jaxsim.tools.plots.dashboard`) when `dashboards` gives the events;
 - `report.md`: headline, metric definitions and one table per scenario.
 """
 
@@ -300,7 +300,7 @@ def write_report(
         trained: name of the trained policy (highlighted, compared in the headline).
         intro: markdown lines after the title (run description).
         dashboards: scenario -> (events dict (S, T, ...), jaxsim Params) for
-            `jaxsim.simulate.dashboard`.
+            `jaxsim.tools.plots.dashboard`.
         plots: write PNG plots (needs matplotlib).
 
     Returns:
@@ -326,7 +326,7 @@ def write_report(
     equity_plots: dict[str, str] = {}
     dashboard_plots: dict[str, str] = {}
     if plots:
-        from jaxsim.simulate import dashboard
+        from jaxsim.tools.plots import dashboard
 
         for s in scenarios:
             rel = f"{PLOTS}/equity_{_safe(s)}.png"

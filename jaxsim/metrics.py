@@ -1,8 +1,8 @@
-"""Episode metrics over stacked tick events (pure NumPy).
+"""Episode metrics over stacked tick events: each metric defined once, for NumPy and JAX.
 
 Inputs are the per-tick fields of `jaxsim.types.TickEvents` as NumPy arrays with a leading
 seed axis and a tick axis, shape ``(S, T, ...)`` — a dict (as returned by
-`jaxsim.simulate.simulate`) or a `TickEvents` of arrays. Every primitive works along the
+`jaxsim.tools.simulate.simulate`) or a `TickEvents` of arrays. Every primitive works along the
 last axis (ticks) and broadcasts over the leading ones, so it also accepts a single series.
 
 `episode_metrics(events)` returns ``{name: array of shape (S,)}``; `summarize` reduces it
@@ -59,6 +59,12 @@ Metric names (units):
   ``acf_absret_mean`` their mean, and ``frac_zero_ret`` the fraction of ticks where the
   price did not move. NaN when the price never moved.
 
+One definition per metric: `EPISODE_METRICS` lists, for every metric but the stylized facts,
+the per-tick quantities it reduces over the ticks and its formula, written against an array
+namespace. `episode_metrics` evaluates them in NumPy (float64, whole series);
+`jaxsim.tools.sweep` evaluates the same definitions in JAX inside its scan, one tick at a
+time, in the events' own float dtype.
+
 Helpers for causality checks: `first_crossing` (first tick a series falls below / rises
 above a level, relative to its start or absolute) and `lead_lag` (difference of two first
 crossings).
@@ -67,11 +73,14 @@ crossings).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 __all__ = [
+    "EPISODE_METRICS",
+    "LIQ_WINDOW_S",
+    "Metric",
     "as_dict",
     "autocorr",
     "episode_metrics",
@@ -206,6 +215,190 @@ def lead_lag(x, y, threshold: float, *, relative: bool = True, below: bool = Tru
 
 
 # ------------------------------------------------------------------ episode metrics
+#
+# Every metric that reduces tick by tick is defined once, in `EPISODE_METRICS`: the
+# reductions it needs ("op:quantity", a per-tick quantity of `QUANTITIES` reduced over the
+# ticks by an op of `REDUCE_OPS`) and a formula over them. Quantities and formulas are
+# written against an array namespace `xp` (numpy or jax.numpy). `episode_metrics` evaluates
+# them in NumPy float64 on whole series; `jaxsim.tools.sweep` evaluates the same
+# definitions in JAX one tick at a time inside its scan.
+
+LIQ_WINDOW_S = 3600.0  # window of liq_peak_1h
+
+
+def _ratio(a, b, xp=np):
+    """a / b, NaN where b == 0."""
+    if xp is np:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
+    return xp.where(b != 0, a / xp.where(b != 0, b, 1.0), xp.nan)
+
+
+# Per-tick quantities: q(g, xp, rate) with g(field) the event field as a float array
+# (ticks on the last axis of whole series, or one tick) and rate the LST redemption rate.
+def _field(name: str, i: int | None = None) -> Callable:
+    return lambda g, xp, rate: g(name) if i is None else g(name)[..., i]
+
+
+def _lst_rel(name: str) -> Callable:
+    return lambda g, xp, rate: _ratio(_ratio(g(name)[..., 1], g("index_px")[..., 0], xp), rate, xp)
+
+
+QUANTITIES: dict[str, Callable] = {
+    **{q: _field(f"{q}_px") for q in ("spot", "perp", "mark")},
+    "ext": _field("ext_px", 0),
+    "index": _field("index_px", 0),
+    "liq_long": _field("liq_notional_long"),
+    "liq_short": _field("liq_notional_short"),
+    "liq": lambda g, xp, rate: g("liq_notional_long") + g("liq_notional_short"),
+    "stable_px": _field("collateral_px", 0),
+    "stable_index": _field("collateral_index", 0),
+    "stable_ext": _field("ext_px", 1),
+    "lst_index_rel": _lst_rel("collateral_index"),
+    "lst_px_rel": _lst_rel("collateral_px"),
+    "fund": _field("insurance_fund"),
+    "fund_before": lambda g, xp, rate: g("insurance_fund") + g("insurance_draw"),
+    "draw_pos": lambda g, xp, rate: xp.maximum(g("insurance_draw"), 0.0),
+    "abs_basis": lambda g, xp, rate: xp.abs(g("basis")),
+    "abs_mark_gap": lambda g, xp, rate: xp.abs(g("mark_index_gap")),
+    "funding": _field("funding_rate"),
+    "oi": lambda g, xp, rate: 0.5 * (g("oi_long") + g("oi_short")),
+    "forced_reduce": _field("forced_reduce_notional"),
+    "sold_stable": _field("collateral_sold", 2),
+    "sold_lst": _field("collateral_sold", 3),
+    **{
+        f"edge_{k}": _field("grid_edge", i) for i, k in enumerate(("spot", "perp", "stable", "lst"))
+    },
+    **{
+        q: _field(q)
+        for q in (
+            "liq_accounts",
+            "bad_debt",
+            "adl_count",
+            "adl_notional",
+            "basis",
+            "collateral_sold_usdt",
+            "fees",
+            "rules_changed",
+            "venue_impact",
+        )
+    },
+}
+
+# Reductions over the tick axis of whole series (NumPy): op(x, window) -> x without it.
+REDUCE_OPS: dict[str, Callable] = {
+    "sum": lambda x, w: x.sum(-1),
+    "mean": lambda x, w: x.mean(-1),
+    "min": lambda x, w: x.min(-1),
+    "max": lambda x, w: x.max(-1),
+    "first": lambda x, w: x[..., 0],
+    "last": lambda x, w: x[..., -1],
+    "drawdown": lambda x, w: max_drawdown(x),
+    "window_sum_max": lambda x, w: rolling_max_sum(x, w),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One episode metric: ``formula(xp, *values of needs)``; `needs` are "op:quantity".
+
+    `field`: an event field the metric needs beyond the always present ones (the metric
+    is left out when the events lack it).
+    """
+
+    name: str
+    needs: tuple[str, ...]
+    formula: Callable | None = None  # None: the single reduction itself
+    field: str | None = None
+
+    def value(self, reduced: Mapping, xp=np):
+        vals = [reduced[k] for k in self.needs]
+        return vals[0] if self.formula is None else self.formula(xp, *vals)
+
+
+def _ret(xp, last, first):
+    return _ratio(last, first, xp) - 1.0
+
+
+def _if_draw(xp, init, low):
+    return init - xp.minimum(low, init)
+
+
+def _m(name: str, *needs: str, formula: Callable | None = None, field: str | None = None):
+    return Metric(name, needs, formula, field)
+
+
+EPISODE_METRICS: tuple[Metric, ...] = (
+    *(_m(f"dd_{q}", f"drawdown:{q}") for q in ("spot", "perp", "ext", "index", "mark")),
+    *(_m(f"ret_{q}", f"last:{q}", f"first:{q}", formula=_ret) for q in ("spot", "perp", "ext")),
+    _m("low_spot", "min:spot", "first:spot", formula=lambda xp, lo, s: _ratio(lo, s, xp)),
+    _m("low_perp", "min:perp", "first:perp", formula=lambda xp, lo, s: _ratio(lo, s, xp)),
+    _m("liq_long", "sum:liq_long"),
+    _m("liq_short", "sum:liq_short"),
+    _m("liq_total", "sum:liq_long", "sum:liq_short", formula=lambda xp, a, b: a + b),
+    _m(
+        "liq_long_frac",
+        "sum:liq_long",
+        "sum:liq_short",
+        formula=lambda xp, a, b: _ratio(a, a + b, xp),
+    ),
+    _m("liq_accounts", "sum:liq_accounts"),
+    _m("liq_peak_tick", "max:liq"),
+    _m("liq_peak_1h", "window_sum_max:liq"),
+    _m("stable_low", "min:stable_px"),
+    _m("stable_index_low", "min:stable_index"),
+    _m("stable_ext_low", "min:stable_ext"),
+    _m("lst_index_rel_low", "min:lst_index_rel"),
+    _m("lst_px_rel_low", "min:lst_px_rel"),
+    _m("if_initial", "first:fund_before"),
+    _m("if_final", "last:fund"),
+    _m("if_draw", "first:fund_before", "min:fund", formula=_if_draw),
+    _m(
+        "if_draw_frac",
+        "first:fund_before",
+        "min:fund",
+        formula=lambda xp, init, low: _ratio(_if_draw(xp, init, low), init, xp),
+    ),
+    _m("if_draw_total", "sum:draw_pos"),
+    _m("bad_debt", "sum:bad_debt"),
+    _m("adl_count", "sum:adl_count"),
+    _m("adl_notional", "sum:adl_notional"),
+    _m("basis_max_abs", "max:abs_basis"),
+    _m("basis_min", "min:basis"),
+    _m("basis_max", "max:basis"),
+    _m("mark_gap_max_abs", "max:abs_mark_gap"),
+    _m("funding_mean", "mean:funding"),
+    _m("funding_min", "min:funding"),
+    _m("funding_max", "max:funding"),
+    _m("oi_start", "first:oi"),
+    _m("oi_end", "last:oi"),
+    _m("oi_peak", "max:oi"),
+    _m("oi_change", "last:oi", "first:oi", formula=_ret),
+    _m("oi_from_peak", "last:oi", "max:oi", formula=_ret),
+    _m("forced_reduce", "sum:forced_reduce"),
+    _m("collateral_sold_usdt", "sum:collateral_sold_usdt"),
+    _m("collateral_sold_stable", "sum:sold_stable"),
+    _m("collateral_sold_lst", "sum:sold_lst"),
+    _m("fees", "sum:fees"),
+    _m("rules_changed", "sum:rules_changed"),
+    *(
+        _m(f"edge_{k}", f"mean:edge_{k}", field="grid_edge")
+        for k in ("spot", "perp", "stable", "lst")
+    ),
+    _m(
+        "venue_impact_low",
+        "min:venue_impact",
+        formula=lambda xp, x: xp.expm1(x),
+        field="venue_impact",
+    ),
+    _m(
+        "venue_impact_end",
+        "last:venue_impact",
+        formula=lambda xp, x: xp.expm1(x),
+        field="venue_impact",
+    ),
+)
+METRICS_BY_NAME = {m.name: m for m in EPISODE_METRICS}
 
 
 def _dt(ev) -> float:
@@ -213,11 +406,6 @@ def _dt(ev) -> float:
     if t.shape[-1] > 1:
         return float(t[0, 1] - t[0, 0])
     return float(t[0, 0]) or 1.0
-
-
-def _ratio(a, b):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
 
 
 def facts_series(ev: Mapping[str, np.ndarray], price: str = "spot_px") -> np.ndarray:
@@ -231,6 +419,24 @@ def facts_series(ev: Mapping[str, np.ndarray], price: str = "spot_px") -> np.nda
         a = np.asarray(ev["best_ask"], np.float64)[..., m]
         return np.where((b > 0) & (a > 0), 0.5 * (b + a), np.asarray(ev[last], np.float64))
     return np.asarray(ev[price], np.float64)
+
+
+def _facts_metrics(ev, dt: float, agg_s: float, facts_price: str) -> dict[str, np.ndarray]:
+    """The stylized facts of the returns (whole-series statistics, NumPy only)."""
+    m = {}
+    r = log_returns(facts_series(ev, facts_price))
+    lead = np.shape(ev["spot_px"])[:-1]
+    m["frac_zero_ret"] = (r == 0).mean(-1) if r.shape[-1] else np.full(lead, np.nan)
+    m["kurt_1tick"] = excess_kurtosis(r)
+    m["kurt_agg"] = excess_kurtosis(aggregate(r, max(1, round(agg_s / dt))))
+    acf = autocorr(r, range(1, N_ACF_RET + 1))
+    for k in range(N_ACF_RET):
+        m[f"acf_ret_{k + 1}"] = acf[..., k]
+    acf_abs = autocorr(np.abs(r), range(1, N_ACF_ABS + 1))
+    for k in range(N_ACF_ABS):
+        m[f"acf_absret_{k + 1}"] = acf_abs[..., k]
+    m["acf_absret_mean"] = acf_abs.mean(-1)
+    return m
 
 
 def episode_metrics(
@@ -251,94 +457,26 @@ def episode_metrics(
     """
     ev = as_dict(events)
     dt = float(dt) if dt else _dt(ev)
+    g = lambda k: np.asarray(ev[k], np.float64)
+    if lst_rate:
+        rate = np.asarray(lst_rate, np.float64)
+    else:
+        rate = _ratio(g("collateral_index")[..., 0:1, 1], g("index_px")[..., 0:1, 0])
+    window = max(1, round(LIQ_WINDOW_S / dt))
+    series: dict[str, np.ndarray] = {}
+    reduced: dict[str, np.ndarray] = {}
     m: dict[str, np.ndarray] = {}
-    f64 = lambda k: np.asarray(ev[k], np.float64)
-
-    spot, perp, mark = f64("spot_px"), f64("perp_px"), f64("mark_px")
-    ext, index = f64("ext_px")[..., 0], f64("index_px")[..., 0]
-    for name, x in (("spot", spot), ("perp", perp), ("ext", ext), ("index", index)):
-        m[f"dd_{name}"] = max_drawdown(x)
-    m["dd_mark"] = max_drawdown(mark)
-    for name, x in (("spot", spot), ("perp", perp), ("ext", ext)):
-        m[f"ret_{name}"] = _ratio(x[..., -1], x[..., 0]) - 1.0
-    m["low_spot"] = _ratio(spot.min(-1), spot[..., 0])
-    m["low_perp"] = _ratio(perp.min(-1), perp[..., 0])
-
-    ll, ls = f64("liq_notional_long"), f64("liq_notional_short")
-    m["liq_long"] = ll.sum(-1)
-    m["liq_short"] = ls.sum(-1)
-    m["liq_total"] = m["liq_long"] + m["liq_short"]
-    m["liq_long_frac"] = _ratio(m["liq_long"], m["liq_total"])
-    m["liq_accounts"] = f64("liq_accounts").sum(-1)
-    m["liq_peak_tick"] = (ll + ls).max(-1)
-    m["liq_peak_1h"] = rolling_max_sum(ll + ls, max(1, round(3600.0 / dt)))
-
-    cpx, cidx = f64("collateral_px"), f64("collateral_index")
-    m["stable_low"] = cpx[..., 0].min(-1)
-    m["stable_index_low"] = cidx[..., 0].min(-1)
-    m["stable_ext_low"] = f64("ext_px")[..., 1].min(-1)
-    rate = (
-        np.asarray(lst_rate, np.float64) if lst_rate else _ratio(cidx[..., 0:1, 1], index[..., 0:1])
-    )
-    m["lst_index_rel_low"] = _ratio(_ratio(cidx[..., 1], index), rate).min(-1)
-    m["lst_px_rel_low"] = _ratio(_ratio(cpx[..., 1], index), rate).min(-1)
-
-    fund, draw = f64("insurance_fund"), f64("insurance_draw")
-    init = fund[..., 0] + draw[..., 0]
-    m["if_initial"] = init
-    m["if_final"] = fund[..., -1]
-    m["if_draw"] = init - np.minimum(fund.min(-1), init)
-    m["if_draw_frac"] = _ratio(m["if_draw"], init)
-    m["if_draw_total"] = np.maximum(draw, 0.0).sum(-1)
-    m["bad_debt"] = f64("bad_debt").sum(-1)
-    m["adl_count"] = f64("adl_count").sum(-1)
-    m["adl_notional"] = f64("adl_notional").sum(-1)
-
-    basis = f64("basis")
-    m["basis_max_abs"] = np.abs(basis).max(-1)
-    m["basis_min"] = basis.min(-1)
-    m["basis_max"] = basis.max(-1)
-    m["mark_gap_max_abs"] = np.abs(f64("mark_index_gap")).max(-1)
-    fr = f64("funding_rate")
-    m["funding_mean"] = fr.mean(-1)
-    m["funding_min"] = fr.min(-1)
-    m["funding_max"] = fr.max(-1)
-
-    oi = 0.5 * (f64("oi_long") + f64("oi_short"))
-    m["oi_start"] = oi[..., 0]
-    m["oi_end"] = oi[..., -1]
-    m["oi_peak"] = oi.max(-1)
-    m["oi_change"] = _ratio(m["oi_end"], m["oi_start"]) - 1.0
-    m["oi_from_peak"] = _ratio(m["oi_end"], m["oi_peak"]) - 1.0
-
-    m["forced_reduce"] = f64("forced_reduce_notional").sum(-1)
-    m["collateral_sold_usdt"] = f64("collateral_sold_usdt").sum(-1)
-    sold = f64("collateral_sold")
-    m["collateral_sold_stable"] = sold[..., 2].sum(-1)
-    m["collateral_sold_lst"] = sold[..., 3].sum(-1)
-    m["fees"] = f64("fees").sum(-1)
-    m["rules_changed"] = f64("rules_changed").sum(-1)
-    if "grid_edge" in ev:  # (S, T, M): the last trade on its grid's outermost level
-        edge = f64("grid_edge")
-        for k, name in enumerate(("spot", "perp", "stable", "lst")):
-            m[f"edge_{name}"] = edge[..., k].mean(-1)
-
-    if "venue_impact" in ev:  # (S, T): log offset of the venues' BASE from the flow here
-        imp = f64("venue_impact")
-        m["venue_impact_low"] = np.expm1(imp.min(-1))
-        m["venue_impact_end"] = np.expm1(imp[..., -1])
-
-    r = log_returns(facts_series(ev, facts_price))
-    m["frac_zero_ret"] = (r == 0).mean(-1) if r.shape[-1] else np.full(spot.shape[:-1], np.nan)
-    m["kurt_1tick"] = excess_kurtosis(r)
-    m["kurt_agg"] = excess_kurtosis(aggregate(r, max(1, round(agg_s / dt))))
-    acf = autocorr(r, range(1, N_ACF_RET + 1))
-    for k in range(N_ACF_RET):
-        m[f"acf_ret_{k + 1}"] = acf[..., k]
-    acf_abs = autocorr(np.abs(r), range(1, N_ACF_ABS + 1))
-    for k in range(N_ACF_ABS):
-        m[f"acf_absret_{k + 1}"] = acf_abs[..., k]
-    m["acf_absret_mean"] = acf_abs.mean(-1)
+    for metric in EPISODE_METRICS:
+        if metric.field is not None and metric.field not in ev:
+            continue
+        for need in metric.needs:
+            if need not in reduced:
+                op, q = need.split(":")
+                if q not in series:
+                    series[q] = QUANTITIES[q](g, np, rate)
+                reduced[need] = REDUCE_OPS[op](series[q], window)
+        m[metric.name] = metric.value(reduced)
+    m.update(_facts_metrics(ev, dt, agg_s, facts_price))
     return m
 
 

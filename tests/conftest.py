@@ -19,7 +19,7 @@ os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 # loop emitters compile the step in ~13-15 s against 19-23 s for the default MLIR fusion
 # emitters (same HLO, same results up to float32 rounding), but the compiled code runs
 # slower on big batches (vmap(step) at 256 envs: 37 ms against 27 ms a tick), so only the
-# tests use them; train.py, jaxsim.simulate and the benchmarks keep XLA's default. Set
+# tests use them; train.py, jaxsim.tools.simulate and the benchmarks keep XLA's default. Set
 # before jax starts its backend; CLI subprocesses inherit it (keep it when adding flags).
 _FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):

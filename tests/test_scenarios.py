@@ -17,7 +17,7 @@ import pytest
 
 from jaxsim import load_scenario
 from jaxsim import metrics as mt
-from jaxsim.simulate import run_batch
+from jaxsim.tools.simulate import run_batch
 from jaxsim.types import BEH_RETAIL
 
 SEEDS = 16

@@ -1,7 +1,7 @@
-"""`python -m jaxsim.simulate` (CLI and API) and the episode metrics of `jaxsim.metrics`.
+"""`python -m jaxsim.tools.simulate` (CLI and API) and the episode metrics of `jaxsim.metrics`.
 
 The batched rollout (calm, 2 seeds x 60 ticks) compiles once for the module: the CLI run,
-the API run and `python -m jaxsim` share the jitted function and its shapes. The metric
+the API run and `python -m jaxsim.tools` share the jitted function and its shapes. The metric
 tests use small hand-made arrays with known answers.
 """
 
@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from jaxsim import metrics as mt
-from jaxsim import simulate as sim
 from jaxsim.config import ConfigError
+from jaxsim.tools import cli
+from jaxsim.tools import simulate as sim
+from jaxsim.tools import simulate_report as rep
 
 SEEDS, TICKS = 2, 60
 REPO = Path(__file__).resolve().parent.parent
@@ -127,8 +130,8 @@ def test_api_metrics_shapes_and_ledger(api_run):
     assert s["dd_ext"]["n"] == SEEDS
 
 
-def test_python_m_jaxsim_still_runs(capsys, cli_run):
-    from jaxsim.__main__ import main
+def test_python_m_jaxsim_tools_runs(capsys, cli_run):
+    from jaxsim.tools.__main__ import main
 
     main(["--scenario", "calm", "--ticks", str(TICKS), "--seeds", str(SEEDS)])
     out = capsys.readouterr().out
@@ -149,11 +152,11 @@ _PROGRAMS = (
 def test_program_delivery_reports_what_each_program_traded(capsys, tmp_path):
     """Scheduled quantity within the horizon (60 ticks of 30 s), traded quantity per seed
     (the events' prog_filled summed), and the CLI's warning for the program that fell short."""
-    ov = {"population.programs": sim.yaml.safe_load(_PROGRAMS)}
+    ov = {"population.programs": yaml.safe_load(_PROGRAMS)}
     cfg, params = sim.load("calm", overrides=ov)
     _, ev = sim.simulate("calm", seeds=SEEDS, n_ticks=TICKS, overrides=ov)
     assert ev["prog_filled"].shape == (SEEDS, TICKS, params.dims.n_programs)
-    rows = sim.program_delivery(cfg, params, ev)
+    rows = rep.program_delivery(cfg, params, ev)
     assert [(r["row"], r["account"], r["market"], r["side"]) for r in rows] == [
         (0, "agent", "BASE/USDT", "buy"),
         (1, "agent", "BASE/USDT", "buy"),
@@ -174,7 +177,7 @@ def test_program_delivery_reports_what_each_program_traded(capsys, tmp_path):
     np.testing.assert_allclose(
         ev["prog_filled"][:, :, 3:], 0.0, err_msg="inactive rows trade nothing"
     )
-    header, body = sim.delivery_table(rows)
+    header, body = rep.delivery_table(rows)
     assert header[0] == "scripted flow" and body[0][0] == "agent buy BASE/USDT"
     assert body[0][3] == "100.00%" and body[1][3] == "0.00%"
 
@@ -223,7 +226,7 @@ def test_bad_scenario_and_variant_exit_2(capsys):
 
 def test_bad_scenario_process_exit_code():
     r = subprocess.run(
-        [sys.executable, "-m", "jaxsim.simulate", "--scenario", "no_such_scenario"],
+        [sys.executable, "-m", "jaxsim.tools.simulate", "--scenario", "no_such_scenario"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -234,10 +237,10 @@ def test_bad_scenario_process_exit_code():
 
 
 def test_overrides_and_horizon():
-    ov = sim.parse_overrides(["rules.fees.taker=0.001", "exogenous.shocks=[]"])
+    ov = cli.parse_overrides(["rules.fees.taker=0.001", "exogenous.shocks=[]"])
     assert ov == {"rules.fees.taker": 0.001, "exogenous.shocks": []}
     with pytest.raises(ConfigError):
-        sim.parse_overrides(["no_equals_sign"])
+        cli.parse_overrides(["no_equals_sign"])
     cfg, params = sim.load("calm", None, ov)
     assert float(params.rules.taker_fee) == pytest.approx(0.001)
     dt = float(params.dt)
@@ -255,12 +258,12 @@ def test_overrides_and_horizon():
 def test_summary_table_prints_brackets_and_values(capsys):
     per_seed = {"dd_spot": np.array([0.1, 0.3]), "liq_long": np.array([2e6, 4e6])}
     _, params = sim.load("calm")
-    header, rows = sim.summary_table(per_seed, params)
+    header, rows = rep.summary_table(per_seed, params)
     assert rows == [
         ["spot max drawdown", "20.00%", "10.00%", "30.00%"],
         ["liquidated long (USDT)", "3M", "2M", "4M"],
     ]
-    sim.print_table("calm: mean [min, max] over seeds", header, rows)
+    cli.print_table("calm: mean [min, max] over seeds", header, rows)
     out = capsys.readouterr().out
     assert "[min, max]" in out and "20.00%" in out and "4M" in out
 

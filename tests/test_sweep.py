@@ -1,4 +1,4 @@
-"""`python -m jaxsim.sweep`: grid building, the sharded batched run, outputs, bad configs.
+"""`python -m jaxsim.tools.sweep`: grid building, the sharded batched run, outputs, bad configs.
 
 One tiny sweep (collateral_depeg, a 2 x 2 grid (paired maker/taker fees x BASE
 volatility) x 3 seeds, 30 ticks) runs twice: in this
@@ -27,12 +27,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
 
-from jaxsim import sweep as sw
+from jaxsim import metrics as mt
 from jaxsim.config import ConfigError, scenario_config
+from jaxsim.tools import sweep as sw
+from jaxsim.tools import sweep_report, sweep_spec
+from jaxsim.tools.simulate import run_batch
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS, SEEDS = 30, 3
@@ -69,7 +74,7 @@ def runs(tiny_file, tmp_path_factory):
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
     env = {**os.environ, "XLA_FLAGS": flags.strip()}
     env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "jaxsim.sweep", str(tiny_file), "--out", str(out4)]
+    cmd = [sys.executable, "-m", "jaxsim.tools.sweep", str(tiny_file), "--out", str(out4)]
     cmd += ["--chunk", "8", "--no-progress"]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -79,7 +84,7 @@ def runs(tiny_file, tmp_path_factory):
         grid = sw.build_grid(spec)
         res = sw.run_sweep(grid, devices=1, progress=False)
         out1 = tmp_path_factory.mktemp("sweep1")
-        sw.write_outputs(res, out1)
+        sweep_report.write_outputs(res, out1)
     finally:
         log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
@@ -130,7 +135,7 @@ def test_outputs_written(runs):
     png = out1 / "heatmaps.png"
     assert png.exists() and png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    header, trows = sw.table_rows(res)
+    header, trows = sweep_report.table_rows(res)
     assert "dd_spot/base" in header and trows[0][0].endswith("(base)")
 
 
@@ -206,17 +211,82 @@ def test_cap_leverage_matches_the_scenario_variant():
     leverage_cap_10x variant (positions within 2%)."""
     cfg = scenario_config("leverage_accident")
     users = {u["name"]: u for u in cfg["accounts"]["users"]}
-    same = sw.cap_leverage(cfg, 50)
+    same = sweep_spec.cap_leverage(cfg, 50)
     for u in same["accounts.users"]:
         assert u.get("position", 0.0) == users[u["name"]].get("position", 0.0)
     var = {
         u["name"]: u
         for u in scenario_config("leverage_accident", "leverage_cap_10x")["accounts"]["users"]
     }
-    capped = sw.cap_leverage(cfg, 10)
+    capped = sweep_spec.cap_leverage(cfg, 10)
     for u in capped["accounts.users"]:
         assert u["leverage"] <= 10
         want = var[u["name"]].get("position", 0.0)
         assert u.get("position", 0.0) == pytest.approx(want, rel=0.02), u["name"]
     assert max(float(r[1]) for r in capped["rules.tiers"]) == 10
     assert all(c.get("lev_target", 0) <= 10 for c in capped["population.cohorts"])
+
+
+# ------------------------------------------------------------------ one metric definition
+
+
+@pytest.fixture(scope="module")
+def point0_events(runs):
+    """Grid point 0 run through `jaxsim.tools.simulate.run_batch` (same keys): its events."""
+    res = runs[0]
+    params = jax.tree_util.tree_map(lambda x: x[0], res.grid.params)
+    ev, _, _ = run_batch(params, res.grid.n_ticks, SEEDS, seed=res.grid.spec.seed)
+    return params, ev
+
+
+def test_sweep_figures_equal_episode_metrics(runs, point0_events):
+    """The sweep's in-scan reductions of point 0 equal `episode_metrics` of the events the
+    simulate program gives for the same keys (two programs: float32 rounding apart)."""
+    res = runs[0]
+    params, ev = point0_events
+    m = mt.episode_metrics(ev, lst_rate=float(params.exo.lst_rate))
+    for k in sw.METRICS:
+        np.testing.assert_allclose(
+            res.metrics[k][0], m[k], rtol=1e-4, atol=1e-6, equal_nan=True, err_msg=k
+        )
+
+
+def test_stream_reducers_equal_episode_metrics_on_same_events(point0_events):
+    """Every metric the sweep reports, folded tick by tick in JAX (float32) from the same
+    events, equals `episode_metrics` (NumPy float64). The events are made eventful
+    (liquidations, insurance draws, ADL, a price fall) so that no metric is trivially 0."""
+    params, ev = point0_events
+    rng = np.random.default_rng(0)
+    ev = {k: np.array(v) for k, v in ev.items()}
+    shape = ev["spot_px"].shape
+    fall = np.linspace(1.0, 0.7, shape[1]) * np.exp(rng.normal(0, 0.01, shape))
+    for k in ("spot_px", "perp_px", "mark_px"):
+        ev[k] = (ev[k] * fall).astype(np.float32)
+    ev["index_px"][..., 0] *= fall.astype(np.float32)
+    for k in ("liq_notional_long", "liq_notional_short", "adl_notional", "bad_debt"):
+        ev[k] = (rng.exponential(1e5, shape) * (rng.random(shape) < 0.3)).astype(np.float32)
+    ev["insurance_draw"] = rng.normal(0, 1e3, shape).astype(np.float32)
+    ev["insurance_fund"] = (2e6 - np.cumsum(ev["insurance_draw"], 1)).astype(np.float32)
+    ev["liq_accounts"] = rng.integers(0, 3, shape).astype(ev["liq_accounts"].dtype)
+    ev["adl_count"] = rng.integers(0, 2, shape).astype(ev["adl_count"].dtype)
+    window = 7  # a window shorter than the episode, so liq_peak_1h is a true rolling max
+
+    def fold(one):
+        def body(state, xs):
+            tick, i = xs
+            return sw.stream_update(state, tick, i, params.exo.lst_rate), None
+
+        state = sw.stream_init(sw.METRICS, jnp.float32, window)
+        state, _ = jax.lax.scan(body, state, (one, jnp.arange(shape[1])))
+        return sw.stream_finish(state, sw.METRICS)
+
+    streamed = jax.jit(jax.vmap(fold))({k: jnp.asarray(v) for k, v in ev.items()})
+    window_dt = 3600.0 / window
+    ev["time_s"] = np.broadcast_to(window_dt * np.arange(1, shape[1] + 1), shape).copy()
+    m = mt.episode_metrics(ev, lst_rate=float(params.exo.lst_rate), dt=window_dt)
+    for k in sw.METRICS:
+        assert np.all(np.isfinite(m[k])) or k == "liq_long_frac", k
+        np.testing.assert_allclose(
+            np.asarray(streamed[k]), m[k], rtol=2e-5, atol=1e-6, equal_nan=True, err_msg=k
+        )
+    assert m["liq_peak_1h"].min() > m["liq_peak_tick"].max() > 0

@@ -1,8 +1,8 @@
-"""`python -m jaxsim --scenario calm --ticks 2000 --seeds 4`: run a scenario, print a summary.
+"""`python -m jaxsim.tools --scenario calm --ticks 2000 --seeds 4`: run a scenario, print a summary.
 
 Runs the exchange alone (no learning agent) batched over seeds and prints per-seed
 drawdowns, liquidations, insurance-fund change, ADL count and the ledger check.
-`python -m jaxsim.simulate` runs the same batch and adds the full metrics table, the
+`python -m jaxsim.tools.simulate` runs the same batch and adds the full metrics table, the
 tick-event CSV and the dashboard.
 """
 
@@ -15,15 +15,13 @@ import numpy as np
 
 import jaxsim
 from jaxsim.metrics import max_drawdown
-from jaxsim.simulate import run_batch
+from jaxsim.tools import cli
+from jaxsim.tools.simulate import LEDGER_ASSETS, ledger_drift, run_batch
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m jaxsim", description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--scenario", default="calm", help=f"one of {jaxsim.list_scenarios()} or a YAML path"
-    )
-    ap.add_argument("--variant", default=None)
+    ap = argparse.ArgumentParser(prog="python -m jaxsim.tools", description=__doc__.splitlines()[0])
+    cli.add_scenario_args(ap)
     ap.add_argument("--ticks", type=int, default=2000)
     ap.add_argument("--seeds", type=int, default=4)
     args = ap.parse_args(argv)
@@ -42,17 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         f"scenario {params.name}: {args.seeds} seeds x {args.ticks} ticks "
         f"({hours:.1f} h of market time), {wall:.1f} s incl. compile"
     )
-    head = (
-        "seed",
-        "spot DD %",
-        "perp DD %",
-        "liq long",
-        "liq short",
-        "IF change",
-        "ADL",
-        "funding",
-    )
-    print("  ".join(f"{h:>10}" for h in head))
+    head = ("seed", "spot DD %", "perp DD %", "liq long", "liq short", "IF change", "ADL")
+    print("  ".join(f"{h:>10}" for h in head + ("funding",)))
     for i in range(args.seeds):
         row = (
             i,
@@ -65,11 +54,9 @@ def main(argv: list[str] | None = None) -> None:
             float(ev["funding_rate"][i][-1]),
         )
         print("  ".join(f"{x:>10.4g}" if isinstance(x, float) else f"{x:>10}" for x in row))
-    for name in ("usdt", "base", "stable", "lst"):
-        x0, x1 = np.asarray(a0[name]), np.asarray(a1[name])
-        print(
-            f"ledger {name:>6}: max |change| / total = {np.max(np.abs(x1 - x0) / np.abs(x0)):.2e}"
-        )
+    drift = ledger_drift(a0, a1)
+    for name in LEDGER_ASSETS:
+        print(f"ledger {name:>6}: max |change| / total = {np.max(drift[f'ledger_{name}']):.2e}")
 
 
 if __name__ == "__main__":

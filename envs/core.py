@@ -47,6 +47,7 @@ from envs import spaces
 from jaxsim import book as bk
 from jaxsim import margin as mg
 from jaxsim.config import build_params, scenario_config
+from jaxsim.config.fields import settings_table
 from jaxsim.engine import tie_to_key
 from jaxsim.mechanisms.accounts import asset_prices, margin_balances
 from jaxsim.mechanisms.accounts import marked_equity as engine_marked_equity
@@ -1013,9 +1014,15 @@ def jitted_batch(env: RoleEnv, per_env_params: bool):
 def settings_struct(cls):
     """Decorate a settings dataclass: a flax struct with a validating `create`.
 
-    The class lists fields with defaults and a `_ranges` dict name -> (lo, hi).
+    The class lists fields with defaults and a `_ranges` dict name -> (lo, hi); these
+    become rows of a field table (`cls._fields`, `jaxsim.config.fields.settings_table`:
+    path `Class.name`, the range, the default and the docstring's help), which `create`
+    validates with, as the scenario loader does its fields.
     """
     cls = struct.dataclass(cls)
+    cls._fields = settings_table(
+        cls, cls._ranges, {f.name: f.default for f in dataclasses.fields(cls)}
+    )
 
     @classmethod
     def create(klass, dtype=jnp.float32, **values):
@@ -1026,16 +1033,9 @@ def settings_struct(cls):
                 f"unknown {klass.__name__} setting(s) {sorted(unknown)}; allowed: {sorted(fields)}"
             )
         out = {}
-        for name, f in fields.items():
-            v = values.get(name, f.default)
-            lo, hi = klass._ranges[name]
-            try:
-                fv = float(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"{klass.__name__}.{name} must be a number, got {v!r}") from None
-            if not (np.isfinite(fv) and lo <= fv <= hi):
-                raise ValueError(f"{klass.__name__}.{name} = {v!r} is outside [{lo}, {hi}]")
-            out[name] = jnp.asarray(fv, dtype)
+        for name in fields:
+            row = klass._fields[f"{klass.__name__}.{name}"]
+            out[name] = jnp.asarray(row.check(values.get(name, row.default)), dtype)
         return klass(**out)
 
     cls.create = create

@@ -3,13 +3,18 @@ variants and derived values (LP net position, auto funding cap) apply."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import TESTBED
 
 import jaxsim
 from jaxsim import ConfigError, list_scenarios, list_variants, load_scenario, margin
-from jaxsim.types import PERP, SPOT
+from jaxsim.config import COHORT_PARAMS, FIELDS, RULE_RANGES, build_params, scenario_config
+from jaxsim.config.fields import REQUIRED, get_path
+from jaxsim.types import PERP, SPOT, Dims, ExchangeRules, ExoParams, MarketParams, PopParams
 
 BTC_TIERS = [[0, 125, 0.004], [50000, 100, 0.005], [600000, 75, 0.0065]]
 
@@ -357,3 +362,133 @@ def test_schedule_rows_become_ticks():
     assert int(s.policy[0]) == jaxsim.types.POLICY_FORCE_REDUCE
     assert bool(s.active[0]) and not bool(s.active[1:].any())
     assert float(s.value[0]) == pytest.approx(2e5)
+
+
+# ------------------------------------------------------------------ the field table
+
+_TEMPLATE = ("[]", "*")
+
+
+def _plain_rows(kinds=("num", "int", "keyed", "bool")):
+    """Rows of single config values (no list index / mapping key in the path)."""
+    return [
+        f for f in FIELDS.values() if f.kind in kinds and not any(t in f.path for t in _TEMPLATE)
+    ]
+
+
+def _set(cfg: dict, dotted: str, value) -> dict:
+    out = copy.deepcopy(cfg)
+    d = out
+    *head, last = dotted.split(".")
+    for k in head:
+        d = d.setdefault(k, {})
+    d[last] = value
+    return out
+
+
+def _target(params, dotted: str):
+    obj = params
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_table_covers_every_field():
+    """Every rule, market, exogenous, dims field and cohort parameter has a table row;
+    every row's target is a real Params attribute."""
+    targets = {f.target for f in FIELDS.values() if f.target}
+    for group, cls, skip in [
+        ("rules", ExchangeRules, ()),
+        ("markets", MarketParams, ()),
+        ("exo", ExoParams, ("shock_active",)),
+        ("dims", Dims, ()),
+    ]:
+        for name in cls.__dataclass_fields__:
+            if name not in skip:
+                assert f"{group}.{name}" in targets, f"no table row fills {group}.{name}"
+    for name in COHORT_PARAMS:
+        row = FIELDS[f"population.cohorts[].{name}"]
+        assert row.target == f"pop.{name}" and name in PopParams.__dataclass_fields__
+    p = load_scenario(TESTBED)
+    for t in targets:
+        _target(p, t)  # raises AttributeError for a misspelt target
+    assert set(RULE_RANGES) == set(ExchangeRules.__dataclass_fields__)
+
+
+def test_table_rows_without_default_are_in_defaults_yaml():
+    cfg = scenario_config(TESTBED)
+    for f in _plain_rows(("num", "int", "keyed", "bool", "choice")):
+        parent, key = f.path.rsplit(".", 1) if "." in f.path else ("", f.path)
+        sec = cfg
+        for k in parent.split(".") if parent else []:
+            sec = sec[k]
+        assert key in sec or f.default is not REQUIRED, f.path
+
+
+def test_table_targets_hold_the_converted_values():
+    """Each plain row's Params target holds the YAML value through the row's unit."""
+    cfg = scenario_config(TESTBED)
+    p = load_scenario(TESTBED)
+    for f in _plain_rows():
+        if not f.target or f.target.startswith(("accounts.", "pop.lp_perp")):
+            continue
+        if f.path == "rules.funding.cap":
+            continue  # auto in the testbed; test_funding_cap_auto
+        parent = f.path.rsplit(".", 1)[0] if "." in f.path else ""
+        want = f.read(get_path(cfg, parent), parent)
+        got = _target(p, f.target)
+        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, float), rtol=1e-6)
+
+
+def _out_of_range(f):
+    return f.hi * 2 + 1 if np.isfinite(f.hi) else f.lo - 1
+
+
+@pytest.mark.parametrize(
+    "row",
+    [f for f in _plain_rows(("num", "int", "keyed")) if f.path != "population.trend_slow_s"],
+    ids=lambda f: f.path,
+)
+def test_table_rows_reject_out_of_range(row):
+    """A value outside a row's range raises ConfigError naming the dotted field and the
+    range the table gives."""
+    path = f"{row.path}.{row.keys[0]}" if row.kind == "keyed" else row.path
+    bad = _out_of_range(row)
+    bad = int(bad) if row.kind == "int" else bad
+    with pytest.raises(ConfigError) as ei:
+        build_params(_set(scenario_config(TESTBED), path, bad))
+    msg = str(ei.value)
+    assert path in msg and row.range in msg, msg
+
+
+@pytest.mark.parametrize(
+    "key, value, range_",
+    [
+        ("rules.funding.interval_h", 48.0, "(0.0, 24.0]"),
+        ("rules.haircut.lst", 1.0, "[0.0, 1.0)"),
+        ("exogenous.jump_std_pct.stable", 60.0, "[0.0, 50.0]"),
+        ("population.mm.inv_unit.spot", 0.0, "(0.0, inf]"),
+    ],
+)
+def test_bad_table_values_name_field_and_range(key, value, range_):
+    _raises({key: value}, key, range_)
+
+
+def test_cohort_and_program_rows_name_field_and_range():
+    row = {"account": "agent", "behaviour": "retail", "market": "perp", "speed": 1.5}
+    _raises({"population.cohorts": [row]}, "population.cohorts[0].speed", "[0.0, 1.0]")
+    prog = dict(account="agent", market="spot", side="sell", start_s=0.0, duration_s=0.0, qty=1)
+    _raises({"population.programs": [prog]}, "population.programs[0].duration_s", "(0.0, inf]")
+
+
+def test_role_settings_use_the_table():
+    from envs import ROLES
+
+    for env_cls in ROLES.values():
+        cls = env_cls.settings_cls
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert {f.key for f in cls._fields.values()} == names
+        row = next(iter(cls._fields.values()))
+        with pytest.raises(ConfigError) as ei:
+            cls.create(**{row.key: row.hi + 1.0})
+        assert row.path in str(ei.value) and row.range in str(ei.value)

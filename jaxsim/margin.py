@@ -1,4 +1,4 @@
-"""Margin formulas (MECHANICS.md section 3): tiers, maintenance amount, equity, prices.
+"""Margin formulas (docs/mechanics.md section 3): tiers, maintenance amount, equity, prices.
 
 All functions are elementwise over leading axes and jittable.
 """

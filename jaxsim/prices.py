@@ -1,4 +1,4 @@
-"""Index, mark and funding formulas (MECHANICS.md sections 1 and 2)."""
+"""Index, mark and funding formulas (docs/mechanics.md sections 1 and 2)."""
 
 from __future__ import annotations
 

@@ -26,30 +26,7 @@ def move_venues(key, state: SimState, params: Params) -> SimState:
     k1, k2 = jax.random.split(key)
     dtype = state.px.ext.dtype
     z = jax.random.normal(k1, (3,), dtype)
-    t = state.t
-    shock_on = (
-        exo.shock_active
-        & (t >= exo.shock_start_tick)
-        & (t < exo.shock_start_tick + exo.shock_ticks)
-    )
-    shock_drift = (
-        jnp.zeros((3,), dtype)
-        .at[exo.shock_asset]
-        .add(jnp.where(shock_on, exo.shock_log_return / jnp.maximum(exo.shock_ticks, 1), 0.0))
-    )
-    # Stochastic volatility (log factor, mean-reverting) and Poisson jumps; their draws use
-    # keys of their own so switching them off leaves the diffusion's path unchanged.
-    k_sv, k_jump, k_jsize = (jax.random.fold_in(key, i) for i in (1, 2, 3))
-    kappa_sv = jnp.minimum(exo.sv_reversion_per_s * dt, 1.0)
-    sv = state.pop.sv * (1 - kappa_sv) + exo.vol_of_vol_per_sqrt_s * jnp.sqrt(
-        dt
-    ) * jax.random.normal(k_sv, (3,), dtype)
-    jump = jnp.where(
-        jax.random.uniform(k_jump, (3,), dtype) < exo.jump_rate_per_s * dt,
-        exo.jump_std * jax.random.normal(k_jsize, (3,), dtype),
-        0.0,
-    )
-    shock_drift = shock_drift + jump
+    sv, shock_drift = _vol_and_shocks(key, state, params)
     sig = exo.vol_per_sqrt_s * jnp.exp(sv)
     logp = jnp.log(state.px.ext_common)
     # BASE: GBM. STABLE: mean-reverting to its redemption price 1. LST: BASE times the
@@ -78,3 +55,34 @@ def move_venues(key, state: SimState, params: Params) -> SimState:
         px=state.px.replace(ext=ext, ext_common=common, vol=jnp.sqrt(var), impact=imp_new),
         pop=state.pop.replace(sv=sv),
     )
+
+
+def _vol_and_shocks(key, state: SimState, params: Params):
+    """(sv, drift), each (3,) for BASE, STABLE, LST: the stochastic-volatility log factor
+    (mean-reverting) after this tick, and this tick's log-price shock (the scripted shock's
+    slice plus Poisson jumps). Their draws use keys of their own (folded from `key`), so
+    switching them off leaves the diffusion's path unchanged."""
+    exo, dt = params.exo, params.dt
+    dtype = state.px.ext.dtype
+    t = state.t
+    shock_on = (
+        exo.shock_active
+        & (t >= exo.shock_start_tick)
+        & (t < exo.shock_start_tick + exo.shock_ticks)
+    )
+    shock_drift = (
+        jnp.zeros((3,), dtype)
+        .at[exo.shock_asset]
+        .add(jnp.where(shock_on, exo.shock_log_return / jnp.maximum(exo.shock_ticks, 1), 0.0))
+    )
+    k_sv, k_jump, k_jsize = (jax.random.fold_in(key, i) for i in (1, 2, 3))
+    kappa_sv = jnp.minimum(exo.sv_reversion_per_s * dt, 1.0)
+    sv = state.pop.sv * (1 - kappa_sv) + exo.vol_of_vol_per_sqrt_s * jnp.sqrt(
+        dt
+    ) * jax.random.normal(k_sv, (3,), dtype)
+    jump = jnp.where(
+        jax.random.uniform(k_jump, (3,), dtype) < exo.jump_rate_per_s * dt,
+        exo.jump_std * jax.random.normal(k_jsize, (3,), dtype),
+        0.0,
+    )
+    return sv, shock_drift + jump

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -73,23 +74,82 @@ def _merge(base: dict, over: dict, path: str, check: bool = True) -> dict:
             raise ConfigError(f"unknown key '{here}'; allowed: {sorted(base)}")
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("variants",):
             out[k] = _merge(out[k], v, here, check)
+        elif isinstance(v, _Items) and isinstance(out.get(k), list):
+            out[k] = _merge_items(out[k], v, here, check)
+        elif isinstance(v, _Items):
+            raise ConfigError(f"'{here}' is not a list: it has no element {min(v)}")
         else:
-            out[k] = copy.deepcopy(v)
+            out[k] = copy.deepcopy(_plain(v))
+    return out
+
+
+class _Items(dict):
+    """Overrides of single list elements, index -> value (from `key[i]` override keys)."""
+
+
+def _plain(v):
+    if isinstance(v, _Items):
+        raise ConfigError(f"list element override {sorted(v)} needs an existing list")
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _merge_items(base: list, over: _Items, path: str, check: bool) -> list:
+    out = copy.deepcopy(base)
+    for i, v in over.items():
+        here = f"{path}[{i}]"
+        if not 0 <= i < len(out):
+            raise ConfigError(f"'{here}': index out of range, the list has {len(out)} elements")
+        if isinstance(v, dict) and not isinstance(v, _Items) and isinstance(out[i], dict):
+            out[i] = _merge(out[i], v, here, check)
+        elif isinstance(v, _Items) and isinstance(out[i], list):
+            out[i] = _merge_items(out[i], v, here, check)
+        else:
+            out[i] = copy.deepcopy(_plain(v))
+    return out
+
+
+_PART = re.compile(r"^([^\[\]]*)((?:\[\d+\])*)$")
+
+
+def _split_key(key: str) -> list:
+    """'a.b[0].c' -> ['a', 'b', 0, 'c'] (a list index is an int)."""
+    out: list = []
+    for part in str(key).split("."):
+        m = _PART.match(part)
+        if not m or (not m.group(1) and not out):
+            raise ConfigError(f"bad override key '{key}' (use dotted names and [i] list indices)")
+        if m.group(1):
+            out.append(m.group(1))
+        out.extend(int(i) for i in re.findall(r"\d+", m.group(2)))
     return out
 
 
 def _undot(overrides: dict) -> dict:
+    """Dotted keys -> nested dicts; `key[i]` addresses element i of a list (merged into
+    it: `exogenous.shocks[0].return_pct: -20` changes one field of the first shock)."""
     nested: dict = {}
     for k, v in overrides.items():
-        parts = str(k).split(".")
+        parts = _split_key(k) if isinstance(k, str) else [k]
         d = nested
-        for p in parts[:-1]:
-            d = d.setdefault(p, {})
-        if isinstance(v, dict) and isinstance(d.get(parts[-1]), dict):
-            d[parts[-1]] = {**d[parts[-1]], **_undot(v)}
+        for p, nxt in zip(parts[:-1], parts[1:], strict=True):
+            if p not in d or not isinstance(d[p], dict):
+                d[p] = _Items() if isinstance(nxt, int) else {}
+            d = d[p]
+        last = parts[-1]
+        if isinstance(v, dict) and isinstance(d.get(last), dict):
+            d[last] = _join(d[last], _undot(v))
         else:
-            d[parts[-1]] = _undot(v) if isinstance(v, dict) else v
+            d[last] = _undot(v) if isinstance(v, dict) else v
     return nested
+
+
+def _join(a: dict, b: dict) -> dict:
+    out = a.copy()
+    for k, v in b.items():
+        out[k] = _join(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def scenario_config(

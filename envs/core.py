@@ -259,6 +259,26 @@ def load_sim_params(
     return build_params(cfg, dtype), cfg
 
 
+def funding_inside_episode(sim: Params, cfg: dict, max_steps: int) -> Params:
+    """`sim` with its first funding settlement inside an episode of `max_steps` ticks.
+
+    The engine's first settlement is one funding interval after the start (8 h by
+    default), later than many episodes end (crash horizons 3-12 h, training episodes of
+    a few hours), so no episode would see funding paid. An episode is taken to start
+    mid-cycle instead (as a real session starts at any time of day): when the scenario does
+    not set `first_funding_h` and the first settlement would come after the episode's
+    end, it comes at the middle of the episode; the rates, the interval and every later
+    settlement (one interval apart) are the scenario's.
+    """
+    if float(cfg.get("first_funding_h") or 0.0) > 0.0:
+        return sim
+    dt = float(sim.dt)
+    if float(sim.first_funding_s) <= max_steps * dt:
+        return sim
+    first = max(1, max_steps // 2) * dt
+    return sim.replace(first_funding_s=jnp.asarray(first, sim.first_funding_s.dtype))
+
+
 def initial_equity(sim: Params, accounts: np.ndarray) -> np.ndarray:
     """Marked equity of the given accounts at reset (start prices), USDT, in NumPy."""
     p0 = np.asarray(sim.exo.price0, np.float64)
@@ -695,6 +715,7 @@ class RoleEnv:
             max_steps_in_episode = (
                 max(1, round(float(horizon) / dt)) if horizon else DEFAULT_MAX_STEPS
             )
+        sim = funding_inside_episode(sim, cfg, int(max_steps_in_episode))
         return self.params_from_sim(
             sim,
             max_steps_in_episode=max_steps_in_episode,

@@ -33,6 +33,7 @@ from envs.core import (
     jitted_batch,
     with_shared_name,
 )
+from envs.distribution import DistributionEnv, is_pool
 from envs.leveraged_trader import LeveragedTrader, LeveragedTraderSettings
 from envs.market_maker import MarketMaker, MarketMakerSettings
 from jaxsim.types import Orders
@@ -161,6 +162,18 @@ class Kernel:
     def __init__(self, core: RoleEnv, params: EnvParams, batched: bool = False):
         self.core = core
         self.batched = batched
+        if is_pool(params):
+            # A scenario distribution: the pool is shared by the batch, each env draws
+            # its member at reset (envs.distribution).
+            inner: RoleEnv = FusedRoles(core.n_agents) if fusable(core) else core
+            members = fuse_params(core, params.members) if fusable(core) else params.members
+            self.env = DistributionEnv(inner)
+            self.params = params.replace(members=with_shared_name(members))
+            self.reset_fn, self.step_fn = (
+                jitted_batch(self.env, False) if batched else jitted(self.env)
+            )
+            self._pad = inner.num_actions - core.num_actions
+            return
         if fusable(core):
             self.env: RoleEnv = FusedRoles(core.n_agents)
             run = fuse_params(core, params)
@@ -173,6 +186,12 @@ class Kernel:
 
     def set_max_steps(self, n: int) -> None:
         """Change the time limit (a traced value: no recompilation)."""
+        if is_pool(self.params):
+            m = self.params.members
+            shape = np.shape(m.max_steps_in_episode)
+            m = m.replace(max_steps_in_episode=jnp.full(shape, int(n), jnp.int32))
+            self.params = self.params.replace(members=m)
+            return
         shape = np.shape(self.params.max_steps_in_episode)
         self.params = self.params.replace(max_steps_in_episode=jnp.full(shape, int(n), jnp.int32))
 

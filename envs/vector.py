@@ -23,9 +23,11 @@ from gymnasium.vector.utils import batch_space
 
 from envs import spaces
 from envs.core import EnvParams, RoleEnv, batch_size_of, stack_params
+from envs.distribution import PoolParams, pool_params
 from envs.gym_adapter import INFO_KEYS
 from envs.kernel import Kernel
 from envs.roles import build_params, make_role, split_static, validate_actions
+from jaxsim.config.distribution import is_distribution
 
 
 def _per_env(value: Any, n: int, what: str) -> list:
@@ -42,13 +44,16 @@ class CascadeVectorEnv(gymnasium.vector.VectorEnv):
     Args:
         role: "market_maker", "arbitrageur" or "leveraged_trader" (or a `RoleEnv`).
         num_envs: batch size.
-        scenario: one scenario name for all envs, or a sequence of `num_envs` names.
+        scenario: one scenario name for all envs, or a sequence of `num_envs` names, or
+            a scenario distribution (a name under configs/distributions/ or its YAML
+            path): each env then draws its own member at every reset.
         variant: None, one variant, or a sequence of `num_envs` variants (None entries
             allowed).
         overrides: config overrides applied to every env.
         max_episode_steps: time limit (None = each scenario's horizon).
         params: ready `EnvParams`, unbatched (copied to every env), stacked with a
-            leading axis of `num_envs`, or a list of `num_envs` EnvParams.
+            leading axis of `num_envs`, a list of `num_envs` EnvParams, or a
+            `envs.distribution.PoolParams` (a distribution's pool).
         dtype: float dtype of the exchange.
         quote_spot: market maker only.
         **settings: role settings, `notional_scale`, `min_equity_frac`.
@@ -101,6 +106,17 @@ class CascadeVectorEnv(gymnasium.vector.VectorEnv):
 
     def _batch_params(self, scenario, variant, overrides, max_steps, dtype, params, settings):
         n = self.num_envs
+        if params is None and isinstance(scenario, str) and is_distribution(scenario):
+            # A scenario distribution: one pool shared by the batch, each env draws its
+            # member at every reset (envs.distribution).
+            if variant is not None:
+                raise ValueError(f"'{scenario}' is a distribution: it takes no variant")
+            pool = pool_params(self.core, scenario, overrides, max_steps, dtype, settings)
+            self.scenarios = [pool.members.sim.name] * n
+            return pool
+        if isinstance(params, PoolParams):
+            self.scenarios = [params.members.sim.name] * n
+            return params
         if params is not None:
             if isinstance(params, (list, tuple)):
                 plist = [

@@ -247,7 +247,7 @@ def _initial_prices(params: Params, last: Array) -> PriceState:
         * params.rules.funding_interval_s
         / pr.SECONDS_PER_8H,
         last_funding_rate=z,
-        next_funding_s=params.rules.funding_interval_s,
+        next_funding_s=params.first_funding_s,
         vol=params.exo.vol_ref.astype(dtype),
         flow=z,
         impact=z,

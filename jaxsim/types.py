@@ -302,6 +302,7 @@ class Params:
     schedule: Schedule
     accounts: AccountInit
     pop: PopParams
+    first_funding_s: Array  # () time of the first funding settlement, seconds
     name: str = struct.field(pytree_node=False, default="custom")
 
 

@@ -126,6 +126,7 @@ def build_params(cfg: dict, dtype=None) -> Params:
     dims = build_dims(cfg)
     dt = read(FIELDS, "dt_s", cfg)
     basis_s = read(FIELDS, "basis_window_s", cfg)
+    first_funding_s = read(FIELDS, "first_funding_h", cfg)
     exo = build_exo(cfg["exogenous"], dims, dt)
     price0 = read(FIELDS, "exogenous.price0", cfg)
     markets = build_markets(cfg["markets"], dims, price0)
@@ -146,6 +147,8 @@ def build_params(cfg: dict, dtype=None) -> Params:
         schedule=schedule,
         accounts=accounts,
         pop=pop,
+        # 0 = one funding interval after the start (the episode starts at a settlement).
+        first_funding_s=np.asarray(first_funding_s or float(rules.funding_interval_s)),
         name=cfg.get("name", "custom"),
     )
 

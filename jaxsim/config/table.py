@@ -37,6 +37,14 @@ IX = dict(kind="keyed", keys=INDEX_KEYS)  # a mapping index asset -> number
 TOP = [
     row("dt_s", "(0, 3600]", target="dt", help="seconds per tick"),
     row("basis_window_s", "(0, inf]", target="basis_window_s", help="mark basis window, s"),
+    row(
+        "first_funding_h",
+        "[0, 24]",
+        target="first_funding_s",
+        unit=HOURS,
+        default=0.0,
+        help="time from the start to the first funding settlement, h (0 = one interval)",
+    ),
 ]
 
 DIMS = [

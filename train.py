@@ -62,6 +62,54 @@ def _scenarios() -> list[str]:
     return list(jaxsim.list_scenarios())
 
 
+def _distributions() -> list[str]:
+    from jaxsim.config.distribution import list_distributions
+
+    return list_distributions()
+
+
+def _training_scenario(value: str) -> str:
+    """--scenario: a scenario name, or a distribution (name under configs/distributions/
+    or a YAML path with `members:`)."""
+    from jaxsim.config.distribution import is_distribution
+
+    if value in _scenarios() or is_distribution(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: '{value}' (choose a scenario from {_scenarios()}, a distribution "
+        f"from {_distributions()}, or a distribution YAML path)"
+    )
+
+
+def _distribution(run_cfg: dict[str, Any]):
+    """The training distribution of a run config (None for a single scenario)."""
+    from jaxsim.config.distribution import is_distribution, load_distribution
+
+    rec = run_cfg.get("distribution")
+    name = (rec or {}).get("path") or run_cfg.get("scenario")
+    if name and is_distribution(name):
+        return load_distribution(name)
+    return None
+
+
+def eval_splits(run_cfg: dict[str, Any], configs) -> dict[tuple, str] | None:
+    """(scenario, variant) -> 'in-distribution' (a member of the training distribution),
+    'held-out' (listed under the distribution's held_out) or 'not trained on'; None for a
+    run trained on one scenario."""
+    dist = _distribution(run_cfg)
+    if dist is None:
+        return None
+    out = {}
+    for c in configs:
+        if dist.in_distribution(c.scenario, c.variant):
+            out[(c.scenario, c.variant)] = "in-distribution"
+        elif dist.is_held_out(c.scenario, c.variant):
+            out[(c.scenario, c.variant)] = "held-out"
+        else:
+            out[(c.scenario, c.variant)] = "not trained on"
+    return out
+
+
 # ============================================================== argument parsing
 
 
@@ -78,7 +126,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     tr = sub.add_parser("train", help="train an agent (then evaluate it unless --no-eval)")
     tr.add_argument("--role", choices=ROLES, default="market_maker", help="role to learn")
-    tr.add_argument("--scenario", choices=scen, default="calm", help="training scenario")
+    tr.add_argument(
+        "--scenario",
+        type=_training_scenario,
+        default="calm",
+        metavar="SCENARIO|DISTRIBUTION",
+        help=f"training scenario ({', '.join(scen)}) or scenario distribution "
+        f"({', '.join(_distributions())} under configs/distributions/, or a YAML path): "
+        "each env then draws its member at every reset",
+    )
     tr.add_argument("--variant", default=None, help="variant of the training scenario")
     tr.add_argument("--algo", choices=ALGOS, default="ppo", help="SB3 algorithm")
     tr.add_argument(
@@ -338,9 +394,22 @@ def run_evaluation(
         f"{settings['seeds']} seeds per scenario/variant (seed s uses the same market key for "
         f"every policy); evaluation took {eval_s:.0f} s."
     )
+    splits = eval_splits(run_cfg, configs) if trained else None
+    if splits:
+        dist = run_cfg.get("distribution") or {}
+        intro.append(
+            f"Training distribution `{dist.get('name', run_cfg.get('scenario'))}` "
+            f"({dist.get('pool_size', '?')} members): "
+            + ", ".join(
+                f"{m['scenario']}/{m['variant'] or 'base'} {100 * m['prob']:.0f}%"
+                for m in dist.get("members", [])
+            )
+            + "; scenarios and variants are marked in-distribution, held-out or not trained on."
+        )
     res = write_report(
         run_dir,
         traj,
+        splits=splits,
         role=role,
         trained=trained,
         intro=intro,
@@ -373,6 +442,12 @@ def _auto_eval_scenario(value: str | None, train_scenario: str) -> str | None:
     if value in (None, "none", ""):
         return None
     scen = _scenarios()
+    dist = _distribution({"scenario": train_scenario})
+    if value == "auto" and dist is not None:
+        # The first held-out scenario, else the first that is no member.
+        held = [s for s, _ in dist.held_out]
+        others = held + [s for s in scen if not any(m.scenario == s for m in dist.members)]
+        return others[0] if others else None
     if value == "auto":
         others = [s for s in scen if s != train_scenario]
         return others[0] if others else None
@@ -384,7 +459,10 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     from agents.sb3_train import TrainConfigError, parse_overrides, train
 
     scen = _scenarios()
-    if args.variant is not None and args.variant not in jaxsim.list_variants(args.scenario):
+    dist = _distribution({"scenario": args.scenario})
+    if dist is not None and args.variant is not None:
+        ap.error(f"argument --variant: '{args.scenario}' is a distribution, it takes no variant")
+    if dist is None and args.variant is not None and args.variant not in jaxsim.list_variants(args.scenario):
         ap.error(
             f"argument --variant: '{args.variant}' is not a variant of '{args.scenario}' "
             f"(choose from {jaxsim.list_variants(args.scenario)})"
@@ -400,7 +478,7 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         overrides = parse_overrides(args.hyperparams)
     except TrainConfigError as e:
         ap.error(str(e))
-    run_dir = Path(args.run_dir or f"runs/{args.algo}_{args.role}_{args.scenario}")
+    run_dir = Path(args.run_dir or f"runs/{args.algo}_{args.role}_{Path(args.scenario).stem}")
     if args.backend == "jax":
         if args.algo != "ppo":
             ap.error(f"--backend jax trains ppo only, got --algo {args.algo}")
@@ -409,6 +487,7 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         cfg = _train_jax(args, overrides, run_dir)
         if cfg is None:
             return 2
+        cfg = _record_distribution(run_dir, cfg, dist)
         if args.no_eval:
             return 0
         run_evaluation(run_dir, args.role, _eval_settings(args, "eval_"), algo="ppo", run_cfg=cfg)
@@ -445,6 +524,7 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    cfg = _record_distribution(run_dir, cfg, dist)
     print(
         f"trained {cfg['trained_timesteps']} steps in {time.perf_counter() - t0:.0f} s: "
         f"{run_dir / 'model.zip'} (+ vecnormalize.pkl, checkpoints/, tb/)"
@@ -454,6 +534,18 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     settings = _eval_settings(args, "eval_")
     run_evaluation(run_dir, args.role, settings, algo=args.algo, run_cfg=cfg)
     return 0
+
+
+def _record_distribution(run_dir: Path, cfg: dict[str, Any], dist) -> dict[str, Any]:
+    """Add the training distribution (members, probabilities, held-out list) to the run's
+    config.yaml, so `evaluate` knows what was in-distribution."""
+    if dist is None:
+        return cfg
+    from agents.sb3_train import write_run_config
+
+    cfg = {**cfg, "distribution": dist.summary()}
+    write_run_config(run_dir, cfg)
+    return cfg
 
 
 def _resumed_n_envs(args: argparse.Namespace, run_dir: Path) -> int | None:

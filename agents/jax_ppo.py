@@ -638,7 +638,9 @@ def train(
     call, i.e. the whole training inside one jit, unless a time limit asks for chunks).
     """
     from agents.sb3_train import _plain, write_run_config
+    from envs.distribution import DistributionEnv, pool_params
     from envs.roles import build_params, make_role, split_static
+    from jaxsim.config.distribution import is_distribution
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -647,7 +649,14 @@ def train(
     max_steps = env_kwargs.pop("max_episode_steps", None)
     static, settings = split_static(role, env_kwargs)
     env = make_role(role, **static)
-    params = build_params(env, scenario, variant, None, max_steps, None, None, settings)
+    if is_distribution(scenario):
+        # Each env draws its member of the distribution at every reset (envs.distribution).
+        if variant is not None:
+            raise JaxPPOConfigError(f"'{scenario}' is a distribution: it takes no variant")
+        params = pool_params(env, scenario, None, max_steps, None, settings)
+        env = DistributionEnv(env)
+    else:
+        params = build_params(env, scenario, variant, None, max_steps, None, None, settings)
     total_updates = max(1, math.ceil(int(n_timesteps) / s.rollout))
     done_before, done_updates, path = 0, 0, None
     if resume:

@@ -237,8 +237,11 @@ def markdown(
     equity_plots: Mapping[str, str] | None = None,
     dashboard_plots: Mapping[str, str] | None = None,
     seeds: int | None = None,
+    splits: Mapping[tuple, str] | None = None,
+    episodes: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """The report text."""
+    """The report text (`splits`: (scenario, variant) -> split label, e.g. in-distribution
+    / held-out, summarised over `episodes` in a section of its own)."""
     descriptions = descriptions or {}
     equity_plots = equity_plots or {}
     dashboard_plots = dashboard_plots or {}
@@ -246,6 +249,8 @@ def markdown(
     out += list(intro)
     out += ["", "## Headline", ""]
     out += [f"- {line}" for line in headline(summary, trained)]
+    if splits and episodes:
+        out += split_section(episodes, policies, splits)
     out += ["", "## Metrics", "", METRIC_NOTES]
     scen_order = []
     for c in configs:
@@ -271,7 +276,10 @@ def markdown(
             for r in rows:
                 name = f"**{r['policy']}**" if r["policy"] == trained else r["policy"]
                 cells = [_cell(r, key, scale, fmt) for _, key, scale, fmt in TABLE_COLS]
-                out.append(f"| {c.variant or 'base'} | {name} | " + " | ".join(cells) + " |")
+                label = c.variant or "base"
+                if splits and (s, c.variant) in splits:
+                    label += f" ({splits[(s, c.variant)]})"
+                out.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
         if s in equity_plots:
             out += ["", f"![equity curves through {s}]({equity_plots[s]})"]
         if s in dashboard_plots:
@@ -279,6 +287,57 @@ def markdown(
             out += [f"![{s} dashboard]({dashboard_plots[s]})"]
     out.append("")
     return "\n".join(out)
+
+
+SPLIT_COLS = (
+    ("PnL %", "pnl", 100.0, "{:+.2f}"),
+    ("survival", "survived", 100.0, "{:.0f}%"),
+    ("liquidated", "liquidated", 100.0, "{:.0f}%"),
+    ("max DD %", "max_drawdown", 100.0, "{:.2f}"),
+    ("funding paid", "funding_paid", 1.0, "{:.1f}"),
+    ("funding received", "funding_received", 1.0, "{:.1f}"),
+)
+
+
+def split_rows(
+    episodes: Sequence[Mapping[str, Any]], splits: Mapping[tuple, str]
+) -> list[dict[str, Any]]:
+    """Mean of each metric per (split, policy) over the episodes of the split."""
+    groups: dict[tuple, list] = {}
+    for e in episodes:
+        sp = splits.get((e["scenario"], e["variant"]))
+        if sp is not None:
+            groups.setdefault((sp, e["policy"]), []).append(e)
+    out = []
+    for (sp, pol), es in groups.items():
+        row: dict[str, Any] = {"split": sp, "policy": pol, "n": len(es)}
+        for _, k, _, _ in SPLIT_COLS:
+            v = np.asarray([e[k] for e in es], np.float64)
+            v = v[np.isfinite(v)]
+            row[k] = float(v.mean()) if v.size else float("nan")
+        out.append(row)
+    return out
+
+
+def split_section(
+    episodes: Sequence[Mapping[str, Any]], policies: Sequence[str], splits: Mapping[tuple, str]
+) -> list[str]:
+    """Markdown: one table per split (in-distribution, held-out, ...) of per-policy means."""
+    rows = split_rows(episodes, splits)
+    order = list(dict.fromkeys(splits.values()))
+    out = ["", "## In-distribution vs held-out", ""]
+    for sp in order:
+        members = sorted(f"{s}/{v or 'base'}" for (s, v), x in splits.items() if x == sp)
+        out += [f"**{sp}** ({', '.join(members)}), mean over episodes:", ""]
+        out += ["| policy | episodes | " + " | ".join(c[0] for c in SPLIT_COLS) + " |"]
+        out += ["|" + "---|" * (len(SPLIT_COLS) + 2)]
+        sel = [r for r in rows if r["split"] == sp]
+        sel.sort(key=lambda r: policies.index(r["policy"]) if r["policy"] in policies else 99)
+        for r in sel:
+            cells = [_fmt(r[k], scale, fmt) for _, k, scale, fmt in SPLIT_COLS]
+            out.append(f"| {r['policy']} | {r['n']} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
 
 
 def write_report(
@@ -291,6 +350,7 @@ def write_report(
     dashboards: Mapping[str, tuple[Any, Any]] | None = None,
     seeds: int | None = None,
     plots: bool = True,
+    splits: Mapping[tuple, str] | None = None,
 ) -> dict[str, Any]:
     """Write report.md, results.csv, episodes.csv and plots/ into `out_dir`.
 
@@ -302,6 +362,8 @@ def write_report(
         dashboards: scenario -> (events dict (S, T, ...), jaxsim Params) for
             `jaxsim.tools.plots.dashboard`.
         plots: write PNG plots (needs matplotlib).
+        splits: (scenario, variant) -> split label (in-distribution, held-out, ...): a
+            `split` column in results.csv / episodes.csv and a section comparing splits.
 
     Returns:
         {"report": path, "results": path, "episodes": path, "summary": rows, "plots": [...]}.
@@ -312,6 +374,10 @@ def write_report(
     (out_dir / PLOTS).mkdir(parents=True, exist_ok=True)
     episodes = episode_table(traj)
     summary = summarize(episodes)
+    if splits:
+        for r in [*episodes, *summary]:
+            r["split"] = splits.get((r["scenario"], r["variant"]), "")
+        write_csv(out_dir / "splits.csv", split_rows(episodes, splits))
     write_csv(out_dir / "results.csv", summary)
     write_csv(out_dir / "episodes.csv", episodes)
     policies: list[str] = []
@@ -356,6 +422,8 @@ def write_report(
         equity_plots=equity_plots,
         dashboard_plots=dashboard_plots,
         seeds=seeds,
+        splits=splits,
+        episodes=episodes,
     )
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return {

@@ -1,6 +1,8 @@
 """Run a scenario batched over seeds: summary table, tick-event CSV, per-seed metrics, dashboard.
 
     python -m jaxsim.tools.simulate --scenario NAME [--variant V] [--seeds N]
+    python -m jaxsim.tools.simulate --scenario DISTRIBUTION [--seeds N]   # seed s runs
+        a member drawn from configs/distributions/DISTRIBUTION.yaml
         [--ticks T | --hours H] [--out DIR] [--set key=value ...] [--plot-seed K]
 
 Writes ``DIR/events.csv`` (one row per seed x tick, one column per scalar event field; vector
@@ -83,6 +85,63 @@ def _batch(keys, params: Params, n_ticks: int, policy: Callable | None = None):
         return audit(s0, params), audit(s1, params), ev
 
     return jax.vmap(one)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("n_ticks",))
+def _batch_members(keys, params: Params, n_ticks: int):
+    """As `_batch` with per-seed params (leading axis = seeds)."""
+
+    def one(key, p):
+        s0 = reset(key, p)
+        s1, ev = rollout(key, p, n_ticks, state=s0)
+        return audit(s0, p), audit(s1, p), ev
+
+    return jax.vmap(one)(keys, params)
+
+
+def load_members(name, seeds: int, seed: int = 0, overrides: Mapping | None = None):
+    """A distribution's members drawn for `seeds` seeds (seed s runs member idx[s]):
+    (distribution, idx, [(cfg, Params)] per seed)."""
+    from jaxsim.config.distribution import load_distribution
+
+    dist = load_distribution(name)
+    probs = dist.probs / dist.probs.sum()
+    idx = np.random.default_rng(seed).choice(len(dist.members), size=seeds, p=probs)
+    out = []
+    for i in idx:
+        m = dist.members[i]
+        cfg, p = load(m.scenario, m.variant, {**m.overrides, **dict(overrides or {})})
+        out.append((cfg, p.replace(name=dist.name)))
+    return dist, idx, out
+
+
+def run_distribution(args) -> int:
+    """`--scenario <distribution>`: each seed runs a member drawn with the file's weights."""
+    if args.variant is not None:
+        print(f"error: '{args.scenario}' is a distribution: it takes no --variant", file=sys.stderr)
+        return 2
+    try:
+        dist, idx, loaded = load_members(
+            args.scenario, args.seeds, args.seed, cli.parse_overrides(args.sets)
+        )
+        n_ticks = max(horizon_ticks(c, p, args.ticks, args.hours) for c, p in loaded)
+    except ConfigError as e:
+        return cli.config_error(e)
+    rows = [[str(s), dist.members[i].label, str(dist.members[i].overrides)] for s, i in enumerate(idx)]
+    cli.print_table(f"distribution {dist.name}: member per seed", ["seed", "member", "overrides"], rows)
+    stacked = jax.tree_util.tree_map(lambda *xs: jax.numpy.stack(xs), *[p for _, p in loaded])
+    t0 = time.perf_counter()
+    a0, a1, ev = jax.block_until_ready(
+        _batch_members(cli.seed_keys(args.seeds, args.seed), stacked, int(n_ticks))
+    )
+    wall = time.perf_counter() - t0
+    ev, a0, a1 = (mt.as_dict(x) for x in jax.device_get((ev, a0, a1)))
+    params = loaded[0][1]
+    m = mt.episode_metrics(ev, lst_rate=lst_rate(params), facts_price=args.facts_price)
+    per_seed = {**m, **ledger_drift(a0, a1)}
+    _print_summary(args, params, n_ticks, wall, per_seed)
+    print("wrote " + ", ".join(_write_outputs(args, params, ev, per_seed)))
+    return 0
 
 
 def run_batch(
@@ -252,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--facts-price {args.facts_price!r} is not one of the listed prices")
     if not 0 <= args.plot_seed < args.seeds:
         ap.error(f"--plot-seed must be in [0, {args.seeds})")
+    from jaxsim.config.distribution import is_distribution
+
+    if is_distribution(args.scenario):
+        return run_distribution(args)
     try:
         cfg, params = load(args.scenario, args.variant, cli.parse_overrides(args.sets))
         n_ticks = horizon_ticks(cfg, params, args.ticks, args.hours)

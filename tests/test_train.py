@@ -187,3 +187,39 @@ def test_loop_engine_runs_the_sb3_model(run_dir):
     e = E.episode_table(tr)
     assert len(e) == 4 and all(x["steps"] == 3 for x in e)
     assert np.all(tr.equity0 > 0) and np.all(np.isfinite(tr.equity))
+
+
+# ============================================================== scenario distributions
+
+
+def test_train_on_a_distribution_and_evaluate_held_out(tmp_path):
+    """SB3 on `crashes` (each env draws its member at reset); evaluate reports the
+    in-distribution and held-out scenarios separately; config.yaml records the draw."""
+    run = tmp_path / "dist"
+    argv = [a if a != "calm" else "crashes" for a in TINY]
+    argv = [*argv[: argv.index("--eval-freq")], "--eval-scenario", "none", *argv[argv.index("-params"):]]
+    rc = train.main([
+        *argv, "-n", "64", "--run-dir", str(run), "--eval-seeds", "1", "--eval-max-steps", "4",
+        "--eval-scenarios", "leverage_accident", "--eval-no-plots", "--eval-policies", "flat",
+    ])  # fmt: skip
+    assert rc == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["scenario"] == "crashes" and cfg["distribution"]["name"] == "crashes"
+    text = (run / "report.md").read_text()
+    assert "In-distribution vs held-out" in text and "held-out" in text
+    rows = list(csv.DictReader(open(run / "results.csv")))
+    split = {(r["variant"] or None): r["split"] for r in rows}
+    assert split[None] == "in-distribution" and split["leverage_cap_10x"] == "held-out"
+
+
+def test_jax_backend_on_a_distribution(tmp_path):
+    run = tmp_path / "dist_jax"
+    rc = train.main([
+        "--backend", "jax", "--role", "market_maker", "--scenario", "crashes", "-n", "64",
+        "--n-envs", "4", "--run-dir", str(run), "--no-eval",
+        "-params", "n_steps:16", "batch_size:32", "n_epochs:1", "env_kwargs.max_episode_steps:16",
+    ])  # fmt: skip
+    assert rc == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["backend"] == "jax" and cfg["distribution"]["pool_size"] > 1
+    assert (run / "progress.csv").exists()

@@ -434,6 +434,8 @@ def test_table_targets_hold_the_converted_values():
             continue
         if f.path == "rules.funding.cap":
             continue  # auto in the testbed; test_funding_cap_auto
+        if f.path == "first_funding_h":
+            continue  # 0 = one interval; test_first_funding_default_and_set
         parent = f.path.rsplit(".", 1)[0] if "." in f.path else ""
         want = f.read(get_path(cfg, parent), parent)
         got = _target(p, f.target)
@@ -492,3 +494,12 @@ def test_role_settings_use_the_table():
         with pytest.raises(ConfigError) as ei:
             cls.create(**{row.key: row.hi + 1.0})
         assert row.path in str(ei.value) and row.range in str(ei.value)
+
+
+def test_first_funding_default_and_set():
+    p = load_scenario(TESTBED)
+    assert float(p.first_funding_s) == float(p.rules.funding_interval_s)
+    q = load_scenario(TESTBED, overrides={"first_funding_h": 1.5})
+    assert float(q.first_funding_s) == 5400.0
+    with pytest.raises(ConfigError, match="first_funding_h"):
+        load_scenario(TESTBED, overrides={"first_funding_h": 30})

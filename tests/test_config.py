@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TESTBED
+from support import TESTBED
 
 import jaxsim
 from jaxsim import ConfigError, list_scenarios, list_variants, load_scenario, margin

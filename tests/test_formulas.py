@@ -15,7 +15,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TESTBED
+from support import TESTBED
 
 import jaxsim
 from jaxsim import book, margin, prices

@@ -1,12 +1,13 @@
-"""Shared test settings."""
+"""Shared test settings and the session-scoped `sim` fixture (helpers: tests/support.py)."""
 
 import os
-from pathlib import Path
 
+import pytest
 from hypothesis import settings as _hyp_settings
 
-# The engine tests' fixed market: static accounts, no background traders (loaded by path).
-TESTBED = str(Path(__file__).resolve().parent / "configs" / "testbed.yaml")
+# Helpers (TESTBED, the testbed scenarios' `make`, `orders`, `assert_conserved`, ...) live in
+# tests/support.py: import them with `from support import ...`, never from `conftest` (there
+# are several conftest.py files).
 
 # No persistent compilation cache in tests: the suite's CLI subprocesses and the test
 # process would share one folder, and a read racing a write aborted the interpreter in a
@@ -31,3 +32,13 @@ if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
 _hyp_settings.register_profile("fixed", derandomize=True, print_blob=True)
 _hyp_settings.register_profile("explore", print_blob=True)
 _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
+
+
+@pytest.fixture(scope="session")
+def sim():
+    """`support.Sim`: runs `jaxsim.step` on the testbed scenarios of tests/mechanisms/,
+    tests/population/ and tests/engine/, compiling `step` once per Dims for the whole
+    process (imported here, not at the top: XLA_FLAGS above must be set first)."""
+    from support import Sim
+
+    return Sim()

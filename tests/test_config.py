@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import TESTBED
+from support import TESTBED
 
 import jaxsim
 from jaxsim import ConfigError, list_scenarios, list_variants, load_scenario, margin

@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TESTBED
 from reference_exchange import (
     ASK,
     BID,
@@ -43,6 +42,7 @@ from reference_exchange import (
     RefExchange,
     _np_tree,
 )
+from support import TESTBED
 
 import jaxsim
 from jaxsim.types import LP_SLOT, Orders

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TESTBED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import TESTBED
 
 import jaxsim
 from jaxsim.types import N_MARKETS, Orders

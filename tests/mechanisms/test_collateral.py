@@ -1,0 +1,59 @@
+"""`jaxsim.mechanisms.collateral`: a liquidation's collateral sales and transfers between
+venues.
+
+Testbed scenarios with injected orders through `jaxsim.step` (shape, price model and
+tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import DT, SHOCK_T1, USD_TOL, assert_conserved, make, pos, usdt
+
+from jaxsim.types import KIND_TRANSFER_IN, KIND_TRANSFER_OUT, OK, REJ_INVALID, STABLE, USDT
+
+
+def test_collateral_liquidation_sells_stable(sim):
+    # Cross long 0.45 BTC with 4,700 STABLE only (MB = 4,700 x 0.95 = 4,465). After the
+    # -10% shock uPnL = -4,500 -> MB < 0 < MM: liquidated. The realized loss leaves USDT
+    # negative, and the engine sells STABLE into the STABLE/USDT book to cover it.
+    users = [{"name": "stable_long", "stable": 4700.0, "position": 0.45, "leverage": 20}]
+    p = make(users, **{"exogenous.shocks": SHOCK_T1})
+    states, evs, st0 = sim.run(p, 2)
+    ev, st = evs[1], states[1]
+    assert float(evs[0].collateral_sold[STABLE]) == 0.0
+    sold = float(ev.collateral_sold[STABLE])
+    assert sold > 0
+    assert float(st.acct.bal[0, STABLE]) == pytest.approx(4700.0 - sold, abs=0.01)
+    assert float(ev.collateral_sold_usdt) > 0
+    # The internal STABLE price (last trade) and with it the STABLE index fall below 1.
+    assert float(ev.collateral_px[0]) < 1.0
+    assert float(ev.collateral_index[0]) < 1.0
+    assert float(evs[0].collateral_px[0]) == 1.0
+    assert pos(st, 0) == 0.0
+    assert usdt(st, 0) >= -USD_TOL  # the deficit is covered
+    assert int(ev.liq_accounts) >= 1
+    assert_conserved(p, st0, st)
+
+
+@pytest.mark.parametrize("delay_s", [30.0, 25.0, 0.0])
+def test_transfers_arrive_after_delay(sim, delay_s):
+    users = [{"name": "arb", "usdt": 10000.0, "external": {"usdt": 5000.0}}]
+    p = make(users, **{"rules.withdrawal_delay_s": delay_s})
+    moves = [
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_OUT, "qty": 1000.0},
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_IN, "qty": 2000.0},
+        # Both transfer slots are taken: a third transfer is refused.
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_OUT, "qty": 1.0},
+    ]
+    states, evs, st0 = sim.run(p, 5, orders_at={0: moves})
+    assert [int(r) for r in evs[0].order_reason[:3]] == [OK, OK, REJ_INVALID]
+    ext = lambda st: float(st.acct.ext_bal[0, USDT])
+    # Sent at time 0; it lands in the first tick starting at or after delay_s.
+    n_ticks = int(np.ceil(delay_s / DT))
+    for i, st in enumerate(states):
+        arrived = i >= n_ticks
+        assert usdt(st, 0) == (11000.0 if arrived else 9000.0), (i, delay_s)
+        assert ext(st) == (4000.0 if arrived else 3000.0), (i, delay_s)
+        assert_conserved(p, st0, st)  # in-flight amounts stay on the ledger

@@ -1,0 +1,143 @@
+"""`jaxsim.mechanisms.matching` (with the maker slots of `accounts`): FIFO queue priority
+and maker credit, fees, maker slots taken and freed, cancels and their refunds.
+
+Testbed scenarios with injected orders through `jaxsim.step` (shape, price model and
+tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import POS_TOL, assert_conserved, make, pos, usdt
+
+from jaxsim.mechanisms import accounts
+from jaxsim.types import (
+    BASE,
+    BID,
+    KIND_CANCEL,
+    KIND_LIMIT,
+    KIND_MARKET,
+    OK,
+    PERP,
+    REJ_QUEUE_FULL,
+    SPOT,
+)
+
+
+def test_fifo_queue_priority(sim):
+    users = [{"name": f"u{i}", "usdt": 100000.0} for i in range(3)]
+    p = make(users)
+    px = 100000.0  # inside the LP spread (bids <= 99,950, asks >= 100,050): an empty level
+    rest = [
+        {"account": 1, "market": PERP, "side": 1, "kind": KIND_LIMIT, "qty": 0.3, "price": px},
+        {"account": 0, "market": PERP, "side": 1, "kind": KIND_LIMIT, "qty": 0.3, "price": px},
+    ]
+    sell = [{"account": 2, "market": PERP, "side": -1, "kind": KIND_MARKET, "qty": 0.4}]
+    states, evs, st0 = sim.run(p, 2, orders_at={0: rest, 1: sell})
+    assert [int(r) for r in evs[0].order_reason[:2]] == [OK, OK]
+    st, ev = states[1], evs[1]
+    # Account 1 was first in the queue: it fills its 0.3, account 0 gets the other 0.1.
+    assert pos(st, 1) == pytest.approx(0.3, abs=POS_TOL)
+    assert pos(st, 0) == pytest.approx(0.1, abs=POS_TOL)
+    assert pos(st, 2) == pytest.approx(-0.4, abs=POS_TOL)
+    assert float(ev.order_avg_px[0]) == pytest.approx(px, abs=0.05)
+    lvl = int(round(px / 50.0)) - int(st.book.origin[PERP])
+    q = np.asarray(accounts.book_by_account(st, p)[0][PERP, BID, lvl])
+    assert q[1] == pytest.approx(0.0, abs=POS_TOL) and q[0] == pytest.approx(0.2, abs=POS_TOL)
+    assert_conserved(p, st0, st)
+    # Fees per account (maker 0.02%, taker 0.05%): the makers pay on their own fills, the
+    # taker on the whole 0.4 at 100,000; they add up to the exchange's total.
+    paid = np.asarray(ev.fees_paid)
+    assert paid[1] == pytest.approx(0.3 * px * 0.0002, rel=1e-4)  # 6 USDT
+    assert paid[0] == pytest.approx(0.1 * px * 0.0002, rel=1e-4)  # 2 USDT
+    assert paid[2] == pytest.approx(0.4 * px * 0.0005, rel=1e-4)  # 20 USDT
+    assert paid.sum() == pytest.approx(float(ev.fees), rel=1e-5)
+    assert float(np.asarray(evs[0].fees_paid)[:3].sum()) == 0.0  # resting costs nothing
+
+
+def test_maker_slots_are_taken_and_freed(sim):
+    """The books hold the LP and dims.n_makers - 1 = 3 user accounts at once. A fourth
+    account's limit order that would rest is rejected whole (queue_full) while its
+    marketable limit trades; a cancel or a complete fill frees the slot for the next one."""
+    users = [{"name": f"u{i}", "usdt": 1.0e6, "leverage": 10} for i in range(5)]
+    p = make(users)
+    assert p.dims.n_makers == 4
+    st0 = sim.start(p)
+    _, ev0 = sim.tick(st0, p)
+    best_bid, best_ask = float(ev0.best_bid[PERP]), float(ev0.best_ask[PERP])
+    inside = best_bid + 50.0  # the LP leaves the centre level empty: a bid there is alone
+    assert inside < best_ask
+    low = best_bid - 500.0
+
+    def bid(a, px, q=0.1):
+        return {"account": a, "market": PERP, "side": 1, "kind": KIND_LIMIT, "qty": q, "price": px}
+
+    sell = {"account": 4, "market": PERP, "side": -1, "kind": KIND_MARKET, "qty": 0.1}
+    plan = {
+        0: [bid(0, inside), bid(1, low), bid(2, low), bid(3, low)],
+        # A marketable limit that fills completely needs no slot.
+        1: [bid(3, best_ask + 500.0, 0.05)],
+        2: [
+            {"account": 1, "market": PERP, "side": 0, "kind": KIND_CANCEL},
+            bid(3, low),
+            bid(4, low),
+        ],
+        3: [sell, bid(4, low)],
+    }
+    states, evs, st0 = sim.run(p, 4, orders_at=plan, st=st0)
+    reasons = [[int(r) for r in e.order_reason[: len(plan[i])]] for i, e in enumerate(evs)]
+    assert reasons == [
+        [OK, OK, OK, REJ_QUEUE_FULL],
+        [OK],
+        [OK, OK, REJ_QUEUE_FULL],
+        [OK, OK],
+    ]
+    own = lambda st, a: np.asarray(accounts.own_orders(st, a, PERP)[BID])
+    assert own(states[0], 3).sum() == 0.0  # the rejected order rests nowhere
+    assert float(evs[1].order_filled[0]) == pytest.approx(0.05, abs=POS_TOL)
+    assert own(states[1], 3).sum() == 0.0 and pos(states[1], 3) == pytest.approx(0.05, abs=POS_TOL)
+    owners = lambda st: sorted(int(x) for x in np.asarray(st.book.owner))
+    # The cancel freed account 1's slot; account 3 took it.
+    assert owners(states[2]) == sorted([p.dims.lp, 0, 2, 3])
+    assert own(states[2], 1).sum() == 0.0 and own(states[2], 3).sum() == pytest.approx(0.1)
+    # The sale filled account 0's bid completely (first at the best level); account 4 rests.
+    assert float(evs[3].order_filled[0]) == pytest.approx(0.1, abs=POS_TOL)
+    assert pos(states[3], 0) == pytest.approx(0.1, abs=POS_TOL)
+    assert owners(states[3]) == sorted([p.dims.lp, 2, 3, 4])
+    qty, _ = accounts.book_by_account(states[3], p)
+    per_acct = np.asarray(qty[PERP, BID]).sum(0)
+    np.testing.assert_allclose(per_acct[[0, 1, 2, 3, 4]], [0.0, 0.0, 0.1, 0.1, 0.1], atol=POS_TOL)
+    assert_conserved(p, st0, states[-1])
+
+
+def test_cancel_refunds_spot_reserves(sim):
+    users = [{"name": "spot", "usdt": 100000.0, "base": 2.0}]
+    p = make(users)
+    place = [
+        {"account": 0, "market": SPOT, "side": 1, "kind": KIND_LIMIT, "qty": 0.5, "price": 99500.0},
+        {
+            "account": 0,
+            "market": SPOT,
+            "side": -1,
+            "kind": KIND_LIMIT,
+            "qty": 1.0,
+            "price": 100500.0,
+        },
+    ]
+    cancel = lambda side: [{"account": 0, "market": SPOT, "side": side, "kind": KIND_CANCEL}]
+    plan = {0: place, 1: cancel(1), 2: cancel(-1), 3: place, 4: cancel(0)}
+    states, evs, st0 = sim.run(p, 5, orders_at=plan)
+    base = lambda st: float(st.acct.bal[0, BASE])
+    # Resting buy reserves 0.5 x 99,500 = 49,750 USDT; resting sell reserves 1 BASE.
+    assert [int(r) for r in evs[0].order_reason[:2]] == [OK, OK]
+    assert usdt(states[0], 0) == 100000.0 - 49750.0
+    assert base(states[0]) == 1.0
+    # Cancel bids only: the USDT comes back exactly, the BASE stays reserved.
+    assert usdt(states[1], 0) == 100000.0 and base(states[1]) == 1.0
+    assert base(states[2]) == 2.0 and usdt(states[2], 0) == 100000.0
+    # Both sides at once.
+    assert usdt(states[3], 0) == 50250.0 and base(states[3]) == 1.0
+    assert usdt(states[4], 0) == 100000.0 and base(states[4]) == 2.0
+    assert float(np.asarray(accounts.own_orders(states[4], 0, SPOT)).sum()) == 0.0
+    assert_conserved(p, st0, states[-1])

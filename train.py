@@ -462,7 +462,11 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     dist = _distribution({"scenario": args.scenario})
     if dist is not None and args.variant is not None:
         ap.error(f"argument --variant: '{args.scenario}' is a distribution, it takes no variant")
-    if dist is None and args.variant is not None and args.variant not in jaxsim.list_variants(args.scenario):
+    if (
+        dist is None
+        and args.variant is not None
+        and args.variant not in jaxsim.list_variants(args.scenario)
+    ):
         ap.error(
             f"argument --variant: '{args.variant}' is not a variant of '{args.scenario}' "
             f"(choose from {jaxsim.list_variants(args.scenario)})"

@@ -11,7 +11,7 @@ auto-resets into a freshly drawn member. So one compiled program (the pool is a 
 argument, shared by the batch) trains on the whole distribution.
 
 The role env's reset and step get the same keys as they would alone: an env of the batch
-equals its member run on its own with the same keys (tests/test_distribution.py).
+equals its member run on its own with the same keys (tests/envs/test_distribution.py).
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def pool_params(
     role: one `core.make_params` per member (its overrides, then `overrides` on top)."""
     from jaxsim.config.distribution import Distribution, load_distribution
 
-    dist = distribution if isinstance(distribution, Distribution) else load_distribution(distribution)
+    dist = (
+        distribution if isinstance(distribution, Distribution) else load_distribution(distribution)
+    )
     plist = [
         core.make_params(
             m.scenario,
@@ -158,9 +160,9 @@ class DistributionEnv:
             raise ValueError("a DistributionEnv batch shares one pool (per_env_params=False)")
         split = jax.vmap(jax.random.split)(keys)
         k_step, k_reset = split[:, 0], split[:, 1]
-        obs_st, st, reward, terminated, info = jax.vmap(
-            self.step_env, in_axes=(0, 0, 0, None)
-        )(k_step, state, action, params)
+        obs_st, st, reward, terminated, info = jax.vmap(self.step_env, in_axes=(0, 0, 0, None))(
+            k_step, state, action, params
+        )
         truncated, done = jax.vmap(self._done, in_axes=(0, None, 0))(st, params, terminated)
 
         def with_reset(_):

@@ -42,7 +42,13 @@ from typing import Any
 import numpy as np
 
 from jaxsim.config.fields import ConfigError
-from jaxsim.config.load import CONFIG_DIR, _read_yaml, list_scenarios, list_variants, scenario_config
+from jaxsim.config.load import (
+    CONFIG_DIR,
+    _read_yaml,
+    list_scenarios,
+    list_variants,
+    scenario_config,
+)
 
 DIST_DIR = CONFIG_DIR / "distributions"
 RANGE_KINDS = ("uniform", "log_uniform", "randint", "choice")
@@ -139,7 +145,9 @@ def is_distribution(name_or_path) -> bool:
 
 def _check_range(spec: Any, where: str) -> tuple[str, list]:
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in RANGE_KINDS:
-        raise ConfigError(f"{where} must be one of {{kind: values}} with kind in {list(RANGE_KINDS)}")
+        raise ConfigError(
+            f"{where} must be one of {{kind: values}} with kind in {list(RANGE_KINDS)}"
+        )
     kind, vals = next(iter(spec.items()))
     if not isinstance(vals, list) or not vals:
         raise ConfigError(f"{where}.{kind} must be a non-empty list")
@@ -233,7 +241,11 @@ def load_distribution(
             raise ConfigError(f"{where}.scenario is missing")
         scen = _check_scenario(e["scenario"], f"{where}.scenario")
         w = e.get("weight", 1.0)
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w > 0 and math.isfinite(w)):
+        if (
+            isinstance(w, bool)
+            or not isinstance(w, (int, float))
+            or not (w > 0 and math.isfinite(w))
+        ):
             raise ConfigError(f"{where}.weight = {w!r} must be a number > 0")
         var = e.get("variant")
         if isinstance(var, dict):

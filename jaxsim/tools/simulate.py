@@ -127,8 +127,12 @@ def run_distribution(args) -> int:
         n_ticks = max(horizon_ticks(c, p, args.ticks, args.hours) for c, p in loaded)
     except ConfigError as e:
         return cli.config_error(e)
-    rows = [[str(s), dist.members[i].label, str(dist.members[i].overrides)] for s, i in enumerate(idx)]
-    cli.print_table(f"distribution {dist.name}: member per seed", ["seed", "member", "overrides"], rows)
+    rows = [
+        [str(s), dist.members[i].label, str(dist.members[i].overrides)] for s, i in enumerate(idx)
+    ]
+    cli.print_table(
+        f"distribution {dist.name}: member per seed", ["seed", "member", "overrides"], rows
+    )
     stacked = jax.tree_util.tree_map(lambda *xs: jax.numpy.stack(xs), *[p for _, p in loaded])
     t0 = time.perf_counter()
     a0, a1, ev = jax.block_until_ready(

@@ -17,7 +17,7 @@ enabled so the draws are float64 like the engine's.
 Scope: everything `jaxsim.step` does for order kinds none / market / limit / cancel, with an
 empty rule schedule and no transfers in flight (`RefExchange` raises NotImplementedError on
 anything else rather than silently differing); accounts queued for enforcement by a rule
-change (`SimState.enforce`) are therefore never present. The engine is the spec for what MECHANICS.md
+change (`SimState.enforce`) are therefore never present. The engine is the spec for what docs/mechanics.md
 leaves open (phase order, LP replenishment, limit-price rounding, fee charging, isolated
 margin moves, liquidation steps, ADL ranking, collateral sales).
 """

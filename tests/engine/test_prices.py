@@ -1,7 +1,7 @@
-"""Hand-computed cases for `jaxsim.prices` (MECHANICS.md sections 1-2): funding rate and
+"""Hand-computed cases for `jaxsim.prices` (docs/mechanics.md sections 1-2): funding rate and
 payment, premium index, impact notional, mark price, index.
 
-Every expected number is either printed in MECHANICS.md or derived by hand in the comment
+Every expected number is either printed in docs/mechanics.md or derived by hand in the comment
 next to it. The engine runs in float32, so tolerances are stated per quantity:
 
 - prices around 1e5 USDT: absolute 0.05 USDT (float32 spacing at 1e5 is ~0.008);

@@ -1,7 +1,7 @@
-"""Scenario signatures of ../shared/SCENARIOS.md, read from the simulator's own event log.
+"""Scenario signatures of docs/scenarios.md, read from the simulator's own event log.
 
 Each scenario runs batched over 16 seeds; a signature must hold in at least 80% of them
-(`MIN_FRACTION`), with the thresholds of SCENARIOS.md. Counterfactual variants run on the
+(`MIN_FRACTION`), with the thresholds of docs/scenarios.md. Counterfactual variants run on the
 same seeds (the same keys) and are compared seed by seed.
 
 All scenarios share static dims, so one compiled program per horizon serves every scenario
@@ -492,7 +492,7 @@ def _squeeze(params, ev):
 
 def _smaller_squeeze(pump, variant, peak_lower: bool):
     """Shorts' liquidations during the pump at most half the baseline's and a smaller
-    manipulator profit (SCENARIOS.md: "smaller squeeze and smaller manipulator profit");
+    manipulator profit (docs/scenarios.md: "smaller squeeze and smaller manipulator profit");
     with `peak_lower`, also a lower perp peak."""
     params, ev0, _, _, _ = pump
     _, ev1, _, _, _ = _run("mm_pump_dump", variant, PUMP_TICKS)

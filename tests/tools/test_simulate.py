@@ -23,7 +23,7 @@ from jaxsim.tools import simulate as sim
 from jaxsim.tools import simulate_report as rep
 
 SEEDS, TICKS = 2, 60
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,10 @@ def test_pool_params_differ_where_the_ranges_say(tmp_path):
     assert la[0] != lb[0] and np.array_equal(la[1:], lb[1:])
     for m, x in zip(depeg, (la, lb), strict=True):
         assert np.isclose(x[0], np.log1p(m.overrides["exogenous.shocks[0].return_pct"] / 100))
-    assert np.all(np.asarray(a.sim.markets.lp_depth)[[0, 2, 3]] == np.asarray(b.sim.markets.lp_depth)[[0, 2, 3]])
+    assert np.all(
+        np.asarray(a.sim.markets.lp_depth)[[0, 2, 3]]
+        == np.asarray(b.sim.markets.lp_depth)[[0, 2, 3]]
+    )
     np.testing.assert_allclose(np.asarray(pool.probs).sum(), 1.0, rtol=1e-6)
 
 
@@ -116,25 +119,36 @@ def test_batch_over_a_distribution_equals_its_members_one_by_one(tmp_path):
     [
         (lambda d: d["members"][1].update(weight=-1), "distributions.bad.members[1].weight"),
         (lambda d: d["members"][1].update(weight="x"), "distributions.bad.members[1].weight"),
-        (lambda d: d["members"][0].update(scenario="moon"), "distributions.bad.members[0].scenario"),
+        (
+            lambda d: d["members"][0].update(scenario="moon"),
+            "distributions.bad.members[0].scenario",
+        ),
         (lambda d: d["members"][0].update(variant="nope"), "distributions.bad.members[0].variant"),
         (lambda d: d["members"][1].update(colour=1), "distributions.bad.members[1].colour"),
         (lambda d: d.update(members=[]), "distributions.bad.members"),
         (lambda d: d.update(pool_size=0), "distributions.bad.pool_size"),
         (
-            lambda d: d["members"][0]["ranges"].update({"markets.lp_depth.perp": {"uniform": [5, 3]}}),
+            lambda d: d["members"][0]["ranges"].update(
+                {"markets.lp_depth.perp": {"uniform": [5, 3]}}
+            ),
             "distributions.bad.members[0].ranges.markets.lp_depth.perp",
         ),
         (
-            lambda d: d["members"][0]["ranges"].update({"markets.lp_depth.perp": {"gauss": [1, 2]}}),
+            lambda d: d["members"][0]["ranges"].update(
+                {"markets.lp_depth.perp": {"gauss": [1, 2]}}
+            ),
             "distributions.bad.members[0].ranges.markets.lp_depth.perp",
         ),
         (  # a sampled value outside the config table's range
-            lambda d: d["members"][0]["ranges"].update({"markets.lp_depth.perp": {"uniform": [-5, -3]}}),
+            lambda d: d["members"][0]["ranges"].update(
+                {"markets.lp_depth.perp": {"uniform": [-5, -3]}}
+            ),
             "distributions.bad.members[0]",
         ),
         (
-            lambda d: d["members"][0]["ranges"].update({"exogenous.shocks[3].return_pct": {"uniform": [-5, -3]}}),
+            lambda d: d["members"][0]["ranges"].update(
+                {"exogenous.shocks[3].return_pct": {"uniform": [-5, -3]}}
+            ),
             "shocks[3]",
         ),
         (lambda d: d.update(held_out=["moon"]), "distributions.bad.held_out[0].scenario"),
@@ -161,7 +175,9 @@ def _default_episodes():
     for role in train.ROLES:
         steps = load_hyperparams("ppo", role)["env_kwargs"]["max_episode_steps"]
         out.append((role, "calm", None, steps))
-    out.append(("market_maker", "calm", None, train.DEFAULT_RUN["params"]["env_kwargs.max_episode_steps"]))
+    out.append(
+        ("market_maker", "calm", None, train.DEFAULT_RUN["params"]["env_kwargs.max_episode_steps"])
+    )
     cap = train.DEFAULT_RUN["eval_max_steps"]
     for s in jaxsim.list_scenarios():
         for v in [None, *jaxsim.list_variants(s)]:

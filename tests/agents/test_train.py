@@ -197,7 +197,12 @@ def test_train_on_a_distribution_and_evaluate_held_out(tmp_path):
     in-distribution and held-out scenarios separately; config.yaml records the draw."""
     run = tmp_path / "dist"
     argv = [a if a != "calm" else "crashes" for a in TINY]
-    argv = [*argv[: argv.index("--eval-freq")], "--eval-scenario", "none", *argv[argv.index("-params"):]]
+    argv = [
+        *argv[: argv.index("--eval-freq")],
+        "--eval-scenario",
+        "none",
+        *argv[argv.index("-params") :],
+    ]
     rc = train.main([
         *argv, "-n", "64", "--run-dir", str(run), "--eval-seeds", "1", "--eval-max-steps", "4",
         "--eval-scenarios", "leverage_accident", "--eval-no-plots", "--eval-policies", "flat",

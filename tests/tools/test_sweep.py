@@ -39,7 +39,7 @@ from jaxsim.tools import sweep as sw
 from jaxsim.tools import sweep_report, sweep_spec
 from jaxsim.tools.simulate import run_batch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TICKS, SEEDS = 30, 3
 TINY = {
     "question": "tiny test sweep",

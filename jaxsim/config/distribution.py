@@ -45,7 +45,6 @@ from jaxsim.config.fields import ConfigError
 from jaxsim.config.load import (
     CONFIG_DIR,
     _read_yaml,
-    list_scenarios,
     list_variants,
     scenario_config,
 )

@@ -648,8 +648,15 @@ class RoleEnv:
 
     @functools.cached_property
     def default_params(self) -> EnvParams:
-        """Params of the `calm` scenario with the role's default settings."""
-        return self.make_params()
+        """Params of the `calm` scenario with the role's default settings.
+
+        Built once per env object and cached. The build runs eagerly (concrete arrays)
+        even when first reached inside a `jit` / `vmap` trace, as gymnax's `params=None`
+        does from PureJaxRL's wrappers: the config loader needs concrete values, and a
+        cached tracer would leak out of its trace.
+        """
+        with jax.ensure_compile_time_eval():
+            return self.make_params()
 
     def default_settings(self, dtype=jnp.float32):
         """The role's settings struct with defaults (see the settings class)."""

@@ -943,9 +943,11 @@ class RoleEnv:
         limit = st.time >= params.max_steps_in_episode
         truncated = limit & ~terminated
         done = jnp.all(~st.alive | limit)
-        obs_re, st_re = self.reset_env(k_reset, params)
-        state = jax.tree_util.tree_map(lambda r, s: jax.lax.select(done, r, s), st_re, st)
-        obs = jax.lax.select(done, obs_re, obs_st)
+        # The fresh episode is built only on the step that ends one (under vmap the cond
+        # becomes a select of both branches, as a select would be).
+        obs, state = jax.lax.cond(
+            done, lambda: self.reset_env(k_reset, params), lambda: (obs_st, st)
+        )
         info["final_observation"] = obs_st
         info["done"] = done
         return obs, state, reward, terminated, truncated, info

@@ -278,7 +278,73 @@ class StopOnTimeLimit(BaseCallback):
         return True
 
 
-def train(
+SMALL_MLP_WIDTH = 256  # an MLP policy whose hidden layers are at most this wide is "small"
+
+
+def _layer_widths(arch: Any) -> list[int]:
+    """Every int in a `net_arch` value (list, dict pi/vf/qf, or SB3's older mixed list)."""
+    if isinstance(arch, (int, np.integer)):
+        return [int(arch)]
+    if isinstance(arch, dict):
+        return [w for v in arch.values() for w in _layer_widths(v)]
+    if isinstance(arch, (list, tuple)):
+        return [w for v in arch for w in _layer_widths(v)]
+    return []
+
+
+def torch_threads_for(
+    hp: dict[str, Any], device: str, requested: int | None = None
+) -> tuple[int | None, str]:
+    """Intra-op threads torch should train with, and why.
+
+    `requested` wins. Otherwise one thread for an `MlpPolicy` on the CPU whose hidden
+    layers are at most SMALL_MLP_WIDTH wide (the default 64x64): the per-step forward
+    passes and the minibatch updates of such a net are too small to gain from threads,
+    and on a small, shared CPU torch's default (one thread per core) competes with the
+    JAX env step and the other processes for the same cores (SB3 PPO market maker, 16
+    envs, 2-core CPU: see benchmarks/RESULTS.md). Any other policy or device keeps
+    torch's default (None).
+
+    Returns:
+        (threads or None, reason): the reason is "flag", "small MLP on CPU" or "torch
+        default".
+    """
+    if requested is not None:
+        if int(requested) < 1:
+            raise TrainConfigError(f"torch threads must be >= 1, got {requested}")
+        return int(requested), "flag"
+    policy = hp.get("policy", "MlpPolicy")
+    arch = (hp.get("policy_kwargs") or {}).get("net_arch", [64, 64])
+    widths = _layer_widths(arch)
+    on_cpu = str(device).lower().split(":")[0] == "cpu"
+    if on_cpu and policy == "MlpPolicy" and widths and max(widths) <= SMALL_MLP_WIDTH:
+        return 1, "small MLP on CPU"
+    return None, "torch default"
+
+
+def train(*, torch_threads: int | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Train (or resume) an SB3 agent; returns the run config written to `config.yaml`.
+
+    `torch_threads`: torch's intra-op threads during training (None = `torch_threads_for`'s
+    choice: 1 for a small MLP on the CPU, else torch's default). Set for the call and
+    restored afterwards; the run config records the number used (`torch_threads`) and
+    why (`torch_threads_rule`). Other arguments: see `_train`.
+    """
+    algo, role = kwargs.get("algo"), kwargs.get("role")
+    hp = load_hyperparams(algo, role, kwargs.get("overrides")) if algo in ALGOS else {}
+    if kwargs.get("resume"):
+        hp = read_run_config(kwargs["run_dir"]).get("hyperparams") or hp
+    threads, rule = torch_threads_for(hp, kwargs.get("device", "cpu"), torch_threads)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(torch_info=(torch.get_num_threads(), rule), **kwargs)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(
     *,
     role: str,
     scenario: str,
@@ -298,6 +364,7 @@ def train(
     device: str = "cpu",
     progress_bar: bool = True,
     verbose: int = 0,
+    torch_info: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) an SB3 agent; returns the run config written to `config.yaml`.
 
@@ -318,6 +385,7 @@ def train(
         time_limit_s: stop learning after this many seconds even if n_timesteps is not
             reached (None = no limit).
         device: torch device.
+        torch_info: (torch threads in use, why), recorded in the run config.
 
     Raises:
         TrainConfigError: bad hyperparameters; FileNotFoundError: resume without a
@@ -468,6 +536,8 @@ def train(
         "hyperparams": _plain(hp),
         "history": history,
     }
+    if torch_info is not None:
+        cfg["torch_threads"], cfg["torch_threads_rule"] = int(torch_info[0]), torch_info[1]
     write_run_config(run_dir, cfg)
     return cfg
 

@@ -16,7 +16,9 @@ Rows (one table each):
 - roles: each role env (`envs`) driven by its heuristic policy (`agents.heuristics`) inside
   `lax.scan` (reset, policy, step with auto-reset), vmapped over `--env-batches`.
 - gym: the single-env `gymnasium` loop (`gymnasium.make`, one `env.step` per call, actions
-  from NumPy), market maker.
+  from NumPy), market maker, and the engine's own batch-1 `jit(step)` called the same way
+  in alternating blocks of `--gym-steps` steps (best block each), with the ratio of the
+  two in a small table at the end.
 - sb3: the SB3 `VecEnv` (`envs.sb3.CascadeSB3VecEnv`) over `--sb3-envs` envs, NumPy actions.
 - dims: engine cost against `dims.n_accounts` and `dims.n_levels` at `--dims-batch` envs.
 - train (off by default): PPO training env-steps/s, market maker: stable-baselines3 PPO
@@ -326,6 +328,13 @@ def bench_roles(args, mem_limit) -> list[dict]:
 
 
 def bench_gym(args) -> list[dict]:
+    """The single-env gymnasium step against the engine's own batch-1 `jit(step)`.
+
+    Both loops run one call per step from Python (the engine's: no external orders, state
+    fed back, blocked on each call) in `max(3, --repeats)` alternating blocks of
+    `--gym-steps` steps, so that load on the machine hits both alike; each row keeps its
+    best block. The gym row carries `ratio_to_engine` (gym step time / engine step time).
+    """
     label = "gymnasium single env (market_maker), 1 env"
     try:
         import gymnasium
@@ -342,25 +351,73 @@ def bench_gym(args) -> list[dict]:
     compile_s = time.perf_counter() - t0
     n = args.gym_steps
     acts = rng.uniform(-1, 1, (n,) + env.action_space.shape).astype(np.float32)
+
+    params = jaxsim.load_scenario(args.scenario)
+    key = jax.random.PRNGKey(0)
+    orders = jaxsim.no_orders(params)
     t0 = time.perf_counter()
-    for i in range(n):
-        env.step(acts[i])
-    dt = time.perf_counter() - t0
+    state = jaxsim.reset(key, params)
+    compiled = jax.jit(jaxsim.step).lower(key, state, orders, params).compile()
+    state = jax.block_until_ready(compiled(key, state, orders, params)[0])
+    eng_compile_s = time.perf_counter() - t0
+
+    def gym_block() -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            env.step(acts[i])
+        return time.perf_counter() - t0
+
+    def engine_block() -> float:
+        nonlocal state
+        t0 = time.perf_counter()
+        for _ in range(n):
+            state, _ = compiled(key, state, orders, params)
+            jax.block_until_ready(state)
+        return time.perf_counter() - t0
+
+    gym_s, eng_s = float("inf"), float("inf")
+    for _ in range(max(3, args.repeats)):
+        gym_s = min(gym_s, gym_block())
+        eng_s = min(eng_s, engine_block())
     env.close()
-    rate = n / dt
-    row = _row(
-        "gym",
-        label,
-        status="ok",
-        batch=1,
-        ticks=n,
-        compile_s=compile_s,
-        run_s=dt,
-        steps_per_s=rate,
-        us_per_step=1e6 / rate,
-    )
-    _print_row(row)
-    return [row]
+    rows = []
+    for lab, sec, comp, dt in (
+        (label, "gym", compile_s, gym_s),
+        ("engine jit(step), batch 1, same run", "gym_engine", eng_compile_s, eng_s),
+    ):
+        rate = n / dt
+        rows.append(
+            _row(
+                sec,
+                lab,
+                status="ok",
+                batch=1,
+                ticks=n,
+                compile_s=comp,
+                run_s=dt,
+                steps_per_s=rate,
+                us_per_step=1e6 / rate,
+            )
+        )
+    rows[0]["ratio_to_engine"] = gym_s / eng_s
+    for r in rows:
+        _print_row(r)
+    return rows
+
+
+def gym_table(rows: list[dict]) -> list[str]:
+    """The single-env table: gym step, engine batch-1 step, their ratio."""
+    gym = [r for r in rows if r["section"] == "gym" and r.get("status") == "ok"]
+    eng = [r for r in rows if r["section"] == "gym_engine" and r.get("status") == "ok"]
+    if not gym or not eng:
+        return []
+    g, e = gym[0], eng[0]
+    return [
+        f"{'single env, one call per step':<40} {'ms/step':>8}",
+        f"{'gymnasium env.step (market_maker)':<40} {g['us_per_step'] / 1e3:>8.3f}",
+        f"{'engine jit(step), batch 1':<40} {e['us_per_step'] / 1e3:>8.3f}",
+        f"{'ratio gym / engine':<40} {g['ratio_to_engine']:>8.2f}",
+    ]
 
 
 def bench_sb3(args) -> list[dict]:
@@ -420,18 +477,29 @@ def bench_train(args) -> list[dict]:
     rows: list[dict] = []
     n_upd = max(1, args.train_updates)
     try:
+        import torch
         from stable_baselines3 import PPO
         from stable_baselines3.common.vec_env import VecNormalize
 
-        from agents.sb3_train import algo_kwargs, load_hyperparams, make_vec_env
+        from agents.sb3_train import (
+            algo_kwargs,
+            load_hyperparams,
+            make_vec_env,
+            torch_threads_for,
+        )
     except Exception as e:  # noqa: BLE001
         rows.append(_na("train", "PPO training, SB3", repr(e)[:200]))
     else:
         n_env = args.sb3_envs
-        label = f"PPO training, SB3 (torch CPU), {n_env} envs"
         hp = load_hyperparams(
             "ppo", "market_maker", {"n_steps": 128, "batch_size": 128 * n_env // 8}
         )
+        # The threads train.py uses (1 for this small MLP on the CPU).
+        threads, _ = torch_threads_for(hp, "cpu")
+        threads_before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        label = f"PPO training, SB3 (torch CPU, {torch.get_num_threads()} thr), {n_env} envs"
         venv = VecNormalize(make_vec_env("market_maker", args.scenario, None, n_env, {}))
         model = PPO("MlpPolicy", venv, seed=0, device="cpu", **algo_kwargs("ppo", hp, 5))
         rollout = 128 * n_env
@@ -442,6 +510,7 @@ def bench_train(args) -> list[dict]:
         model.learn(n_upd * rollout, reset_num_timesteps=False)
         dt = time.perf_counter() - t0
         venv.close()
+        torch.set_num_threads(threads_before)
         rows.append(_train_row(label, "sb3", n_env, n_upd * 128, compile_s, dt))
     try:
         import envs
@@ -594,7 +663,7 @@ def _print_row(r: dict) -> None:
 
 def summary(rows: list[dict]) -> list[str]:
     ok = lambda sec: [r for r in rows if r["section"] == sec and r.get("status") == "ok"]
-    lines = []
+    lines = gym_table(rows)
     eng = ok("engine")
     if eng:
         best = max(eng, key=lambda r: r["steps_per_s"])

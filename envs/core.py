@@ -668,8 +668,15 @@ class RoleEnv:
 
     @functools.cached_property
     def default_params(self) -> EnvParams:
-        """Params of the `calm` scenario with the role's default settings."""
-        return self.make_params()
+        """Params of the `calm` scenario with the role's default settings.
+
+        Built once per env object and cached. The build runs eagerly (concrete arrays)
+        even when first reached inside a `jit` / `vmap` trace, as gymnax's `params=None`
+        does from PureJaxRL's wrappers: the config loader needs concrete values, and a
+        cached tracer would leak out of its trace.
+        """
+        with jax.ensure_compile_time_eval():
+            return self.make_params()
 
     def default_settings(self, dtype=jnp.float32):
         """The role's settings struct with defaults (see the settings class)."""
@@ -957,9 +964,11 @@ class RoleEnv:
         limit = st.time >= params.max_steps_in_episode
         truncated = limit & ~terminated
         done = jnp.all(~st.alive | limit)
-        obs_re, st_re = self.reset_env(k_reset, params)
-        state = jax.tree_util.tree_map(lambda r, s: jax.lax.select(done, r, s), st_re, st)
-        obs = jax.lax.select(done, obs_re, obs_st)
+        # The fresh episode is built only on the step that ends one (under vmap the cond
+        # becomes a select of both branches, as a select would be).
+        obs, state = jax.lax.cond(
+            done, lambda: self.reset_env(k_reset, params), lambda: (obs_st, st)
+        )
         info["final_observation"] = obs_st
         info["done"] = done
         return obs, state, reward, terminated, truncated, info

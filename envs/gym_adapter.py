@@ -1,7 +1,10 @@
 """`gymnasium.Env` over a role's functional core (registered as cascade/*-v0).
 
-One jitted call per `step` (the core's auto-resetting step, compiled once per role
-configuration and shared by every instance), one device-to-host transfer per step.
+One jitted call per `reset` / `step` (`envs.kernel.SingleProgram`: key split, the core's
+auto-resetting step, observation, reward and info together, compiled once per role
+configuration and shared by every instance). The state stays on the device, packed into
+a few flat arrays and donated to the next step; what Python reads (observation, reward,
+flags, info) comes back packed, with one device-to-host transfer per call.
 """
 
 from __future__ import annotations
@@ -35,6 +38,23 @@ INFO_KEYS = (
     "order_reason",
     "time",
 )
+
+
+def _host_reset(obs, state):
+    """What `CascadeEnv.reset` reads from the device (one transfer)."""
+    sim = state.sim
+    return obs, sim.px.mark, sim.px.index[0], sim.px.last[0], sim.acct.pos[0], state.equity[0]
+
+
+def _host_step(obs, state, reward, terminated, truncated, info):
+    """What `CascadeEnv.step` reads from the device (one transfer)."""
+    return (
+        info["final_observation"],
+        reward,
+        terminated,
+        truncated,
+        {key: info[key] for key in INFO_KEYS},
+    )
 
 
 class CascadeEnv(gymnasium.Env):
@@ -111,8 +131,8 @@ class CascadeEnv(gymnasium.Env):
         self.action_space = spaces.to_gymnasium(self.core.action_space(self.params))
         self.obs_names = self.core.obs_names
         self.action_names = self.core.action_names
-        self._state = None
-        self._key = None
+        self._carry = None  # packed (EnvState, PRNG key) on the device
+        self._prog = None
         self._history = History(render_window)
 
     # ------------------------------------------------------------ gymnasium API
@@ -120,19 +140,10 @@ class CascadeEnv(gymnasium.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         seed_int = int(self.np_random.integers(0, 2**31 - 1))
-        k_reset, self._key = jax.random.split(jax.random.PRNGKey(seed_int))
-        obs, state = self.kernel.reset(k_reset)
-        self._state = state
-        obs, mark, index, spot, pos, eq = jax.device_get(
-            (
-                obs,
-                state.sim.px.mark,
-                state.sim.px.index[0],
-                state.sim.px.last[0],
-                state.sim.acct.pos[0],
-                state.equity[0],
-            )
-        )
+        prog, pflat = self.kernel.single(_host_reset, _host_step)
+        self._carry, host = prog.reset(np.int32(seed_int), pflat)
+        self._prog = prog
+        obs, mark, index, spot, pos, eq = prog.reset_host_layout.unpack(jax.device_get(host))
         self._history.clear()
         self._history.append(
             {
@@ -148,22 +159,20 @@ class CascadeEnv(gymnasium.Env):
         return np.array(obs, np.float32), {"scenario": self.scenario}
 
     def step(self, action):
-        if self._state is None:
+        if self._carry is None:
             raise gymnasium.error.ResetNeeded("call reset() before step()")
         act = validate_actions(action, self.action_space.shape, f"{self.core.role} step")
-        self._key, k = jax.random.split(self._key)
-        obs, state, reward, terminated, truncated, info = self.kernel.step(k, self._state, act)
-        self._state = state
-        host = jax.device_get(
-            (
-                info["final_observation"],
-                reward,
-                terminated,
-                truncated,
-                {key: info[key] for key in INFO_KEYS},
-            )
+        prog, pflat = self.kernel.single(_host_reset, _host_step)
+        if prog is not self._prog:  # kernel.params replaced by params of another layout
+            if prog.carry_layout != self._prog.carry_layout:
+                raise gymnasium.error.ResetNeeded("params changed shapes: call reset()")
+            self._prog = prog
+        # One call: key split, action padding, tick with auto-reset, observation, reward,
+        # info; the state stays on the device (donated), one transfer of what is read.
+        self._carry, host = prog.step(self._carry, self.kernel.pad_host(act), pflat)
+        final_obs, reward, terminated, truncated, info_np = prog.step_host_layout.unpack(
+            jax.device_get(host)
         )
-        final_obs, reward, terminated, truncated, info_np = host
         self._history.append(info_np)
         info_out = {k: (v if np.ndim(v) else v.item()) for k, v in info_np.items()}
         return (
@@ -185,11 +194,17 @@ class CascadeEnv(gymnasium.Env):
     @property
     def state(self):
         """The core's current `EnvState` (None before the first reset)."""
-        return self._state
+        return None if self._carry is None else self._prog.state(self._carry)
 
     def set_state(self, state) -> None:
-        """Replace the core state (tests, scripted starts); the next `step` continues it."""
-        self._state = state
+        """Replace the core state (tests, scripted starts); the next `step` continues it.
+
+        Raises:
+            gymnasium.error.ResetNeeded: before the first `reset` (which seeds the keys).
+        """
+        if self._carry is None:
+            raise gymnasium.error.ResetNeeded("call reset() before set_state()")
+        self._carry = self._prog.with_state(self._carry, state)
 
 
 class MarketMakerEnv(CascadeEnv):

@@ -16,6 +16,8 @@ zero-padded to `FUSED_ACTIONS`; the observation vector is the role's own (same l
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -183,6 +185,26 @@ class Kernel:
         self.params = with_shared_name(run)
         self.reset_fn, self.step_fn = jitted_batch(self.env, True) if batched else jitted(self.env)
         self._pad = self.env.num_actions - core.num_actions
+        self._packed = None
+
+    def single(self, host_reset: Callable, host_step: Callable) -> tuple[SingleProgram, tuple]:
+        """The single-env `SingleProgram` for these params and the params packed for it
+        (packed again only when `self.params` is replaced)."""
+        if self.batched:
+            raise ValueError("single() is for an unbatched kernel")
+        if self._packed is None or self._packed[0] is not self.params:
+            layout = Layout(self.params)
+            flat = tuple(jax.device_put(x) for x in layout.pack_host(self.params))
+            self._packed = (self.params, layout, flat)
+        _, layout, flat = self._packed
+        return single_program(self.env, layout, host_reset, host_step), flat
+
+    def pad_host(self, action: np.ndarray) -> np.ndarray:
+        """A role's action zero-padded to the compiled action size, in NumPy."""
+        if self._pad == 0:
+            return action
+        width = [(0, 0)] * (action.ndim - 1) + [(0, self._pad)]
+        return np.pad(action, width)
 
     def set_max_steps(self, n: int) -> None:
         """Change the time limit (a traced value: no recompilation)."""
@@ -210,3 +232,155 @@ class Kernel:
     def step(self, key: Array, state: EnvState, action: Any, params: EnvParams | None = None):
         """The 6-tuple step (auto-reset) of the role, action in the role's shape."""
         return self.step_fn(key, state, self.pad(action), self.params if params is None else params)
+
+
+# ============================================================== single-env fast path
+
+
+class Layout:
+    """Static layout of a pytree packed into one flat array per dtype.
+
+    A jitted call pays per argument and, more, per output leaf (about 1-2 us each on a
+    CPU): an `EnvState` has ~80 leaves and `EnvParams` ~120, a whole exchange tick at
+    batch 1 a few hundred us. Packed, a state is 3-4 arrays. `pack` runs on JAX arrays
+    (inside jit or eagerly); `unpack` on JAX arrays or on NumPy arrays (host side: views,
+    no copies). Hashable, so jitted functions can be cached per layout.
+    """
+
+    def __init__(self, tree: Any):
+        leaves, self.treedef = jax.tree_util.tree_flatten(tree)
+        dts = {np.dtype(x.dtype) for x in leaves}
+        self.dtypes: tuple[np.dtype, ...] = tuple(sorted(dts, key=lambda d: d.str))
+        offsets = dict.fromkeys(self.dtypes, 0)
+        slots = []
+        for x in leaves:
+            d = np.dtype(x.dtype)
+            shape = tuple(int(n) for n in np.shape(x))
+            slots.append((self.dtypes.index(d), offsets[d], int(np.prod(shape)), shape))
+            offsets[d] += slots[-1][2]
+        self.slots: tuple[tuple[int, int, int, tuple[int, ...]], ...] = tuple(slots)
+        self.sizes = tuple(offsets[d] for d in self.dtypes)
+
+    def _key(self):
+        return (self.treedef, self.dtypes, self.slots)
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Layout) and self._key() == other._key()
+
+    def pack(self, tree: Any) -> tuple[Array, ...]:
+        """One flat array per dtype (in `self.dtypes` order)."""
+        leaves = self.treedef.flatten_up_to(tree)
+        groups: list[list[Array]] = [[] for _ in self.dtypes]
+        for (g, _, _, _), x in zip(self.slots, leaves, strict=True):
+            groups[g].append(jnp.ravel(jnp.asarray(x, self.dtypes[g])))
+        return tuple(
+            jnp.concatenate(xs) if xs else jnp.zeros((0,), d)
+            for xs, d in zip(groups, self.dtypes, strict=True)
+        )
+
+    def pack_host(self, tree: Any) -> tuple[np.ndarray, ...]:
+        """`pack` in NumPy (on the host, no dispatches)."""
+        leaves = self.treedef.flatten_up_to(tree)
+        groups: list[list[np.ndarray]] = [[] for _ in self.dtypes]
+        for (g, _, _, _), x in zip(self.slots, leaves, strict=True):
+            groups[g].append(np.asarray(x, self.dtypes[g]).reshape(-1))
+        return tuple(
+            np.concatenate(xs) if xs else np.zeros((0,), d)
+            for xs, d in zip(groups, self.dtypes, strict=True)
+        )
+
+    def unpack(self, flat: tuple) -> Any:
+        """The pytree back from `pack`'s arrays (JAX or NumPy)."""
+        leaves = [flat[g][o : o + n].reshape(shape) for g, o, n, shape in self.slots]
+        return self.treedef.unflatten(leaves)
+
+
+@functools.cache
+def _packers(layout: Layout):
+    """(jit(pack), jit(unpack)) of a layout (for reading / replacing a packed state)."""
+    return jax.jit(layout.pack), jax.jit(layout.unpack)
+
+
+class SingleProgram:
+    """One jitted call per single-env reset / step, with small packed inputs and outputs.
+
+    `reset(seed, params)` and `step(carry, action, params)` return `(carry, host)`: the
+    carry is the packed (EnvState, PRNG key) that stays on the device (donated to the next
+    step), `host` the packed pytree the Python side needs (`host_reset(obs, state)` /
+    `host_step(obs, state, reward, terminated, truncated, info)`), fetched with one
+    `jax.device_get` and read with `host_layout(...).unpack` (NumPy views). Key handling
+    is that of the adapters: reset splits `PRNGKey(seed)` into (reset key, carried key),
+    each step splits the carried key into (next carried key, step key). The action is the
+    compiled env's (`Kernel.pad_host` pads a role's). Built once per (env, params layout,
+    host functions) by `single_program`, so the fused roles share one program.
+    """
+
+    def __init__(
+        self,
+        env: RoleEnv,
+        params_layout: Layout,
+        host_reset: Callable,
+        host_step: Callable,
+    ):
+        self.env = env
+        self.params_layout = params_layout
+        flat_shape = tuple(
+            jax.ShapeDtypeStruct((n,), d)
+            for n, d in zip(params_layout.sizes, params_layout.dtypes, strict=True)
+        )
+        p_shape = jax.eval_shape(params_layout.unpack, flat_shape)
+        key0 = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+        def reset_tree(seed, params):
+            k_reset, key = jax.random.split(jax.random.PRNGKey(seed))
+            obs, state = env.reset(k_reset, params)
+            return (state, key), host_reset(obs, state)
+
+        def step_tree(state, key, action, params):
+            key, k = jax.random.split(key)
+            out = env.step(k, state, action, params)
+            return (out[1], key), host_step(*out)
+
+        (carry_shape, host_r) = jax.eval_shape(
+            reset_tree, jax.ShapeDtypeStruct((), jnp.int32), p_shape
+        )
+        self.carry_layout = Layout(carry_shape)
+        state_shape = carry_shape[0]
+        act = jax.ShapeDtypeStruct(env.action_space().shape, jnp.float32)
+        _, host_s = jax.eval_shape(step_tree, state_shape, key0, act, p_shape)
+        self.reset_host_layout = Layout(host_r)
+        self.step_host_layout = Layout(host_s)
+        pl, cl = params_layout, self.carry_layout
+        rl, sl = self.reset_host_layout, self.step_host_layout
+
+        def reset(seed, pflat):
+            carry, host = reset_tree(seed, pl.unpack(pflat))
+            return cl.pack(carry), rl.pack(host)
+
+        def step(cflat, action, pflat):
+            state, key = cl.unpack(cflat)
+            carry, host = step_tree(state, key, action, pl.unpack(pflat))
+            return cl.pack(carry), sl.pack(host)
+
+        self.reset = jax.jit(reset)
+        self.step = jax.jit(step, donate_argnums=0)
+
+    def state(self, carry: tuple) -> EnvState:
+        """The `EnvState` of a carry (fresh arrays)."""
+        return _packers(self.carry_layout)[1](carry)[0]
+
+    def with_state(self, carry: tuple, state: EnvState) -> tuple:
+        """`carry` with its state replaced (the PRNG key kept)."""
+        key = _packers(self.carry_layout)[1](carry)[1]
+        return _packers(self.carry_layout)[0]((state, key))
+
+
+@functools.cache
+def single_program(
+    env: RoleEnv, params_layout: Layout, host_reset: Callable, host_step: Callable
+) -> SingleProgram:
+    """The `SingleProgram` of a configuration, built once and shared by adapters."""
+    return SingleProgram(env, params_layout, host_reset, host_step)

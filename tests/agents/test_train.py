@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import jaxsim
@@ -22,9 +23,11 @@ import train
 from agents.heuristics import ROLE_POLICIES
 from agents.sb3_train import (
     TRAIN_CONFIG_DIR,
+    TrainConfigError,
     checkpoints,
     load_hyperparams,
     parse_overrides,
+    torch_threads_for,
 )
 
 N_ENVS = 4
@@ -56,6 +59,7 @@ def _exit_code(argv, capsys) -> tuple[int, str]:
         (["evaluate", "--run-dir", "/nonexistent/run"], "--role"),
         (["-n", "0"], ">= 1"),
         (["-params", "no_colon"], "key:value"),
+        (["--torch-threads", "0"], ">= 1"),
     ],
 )
 def test_bad_arguments_exit_2_with_choices(argv, needle, capsys):
@@ -94,7 +98,21 @@ def test_overrides_merge_dotted_keys():
     assert hp["n_steps"] == 16
 
 
+def test_torch_threads_rule():
+    hp = load_hyperparams("ppo", "market_maker")
+    assert torch_threads_for(hp, "cpu") == (1, "small MLP on CPU")
+    assert torch_threads_for(hp, "cuda") == (None, "torch default")
+    assert torch_threads_for(hp, "cuda", 3) == (3, "flag")
+    wide = {**hp, "policy_kwargs": {"net_arch": {"pi": [512, 512], "vf": [64]}}}
+    assert torch_threads_for(wide, "cpu") == (None, "torch default")
+    with pytest.raises(TrainConfigError, match=">= 1"):
+        torch_threads_for(hp, "cpu", 0)
+
+
 # ============================================================== end to end
+
+
+THREADS_BEFORE = torch.get_num_threads()
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +130,9 @@ def _report_rows(path: Path) -> list[dict]:
 def test_train_writes_model_stats_checkpoints_and_logs(run_dir):
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["trained_timesteps"] == 128 and cfg["role"] == "market_maker"
+    # The default 64x64 MLP on the CPU trains with one torch thread, restored afterwards.
+    assert cfg["torch_threads"] == 1 and cfg["torch_threads_rule"] == "small MLP on CPU"
+    assert torch.get_num_threads() == THREADS_BEFORE
     assert (run_dir / "model.zip").exists() and (run_dir / "vecnormalize.pkl").exists()
     assert [s for s, _ in checkpoints(run_dir)] == [32, 64, 96, 128]
     assert list((run_dir / "tb").glob("ppo_1/events.out.tfevents*"))

@@ -228,46 +228,61 @@ def load_distribution(
     entries = data.get("members")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{top}.members must be a non-empty list of members")
-    parsed = []
-    for i, e in enumerate(entries):
-        where = f"{top}.members[{i}]"
-        if not isinstance(e, dict):
-            raise ConfigError(f"{where} must be a mapping with keys {sorted(MEMBER_KEYS)}")
-        extra = sorted(set(e) - MEMBER_KEYS)
-        if extra:
-            raise ConfigError(f"unknown key '{where}.{extra[0]}'; allowed: {sorted(MEMBER_KEYS)}")
-        if "scenario" not in e:
-            raise ConfigError(f"{where}.scenario is missing")
-        scen = _check_scenario(e["scenario"], f"{where}.scenario")
-        w = e.get("weight", 1.0)
-        if (
-            isinstance(w, bool)
-            or not isinstance(w, (int, float))
-            or not (w > 0 and math.isfinite(w))
-        ):
-            raise ConfigError(f"{where}.weight = {w!r} must be a number > 0")
-        var = e.get("variant")
-        if isinstance(var, dict):
-            kind, vals = _check_range(var, f"{where}.variant")
-            if kind != "choice":
-                raise ConfigError(f"{where}.variant takes a name, null or {{choice: [...]}}")
-            for v in vals:
-                _check_variant(scen, v, f"{where}.variant.choice")
-            vspec = ("choice", vals)
-        else:
-            _check_variant(scen, var, f"{where}.variant")
-            vspec = ("choice", [var])
-        ranges = e.get("ranges") or {}
-        if not isinstance(ranges, dict):
-            raise ConfigError(f"{where}.ranges must be a mapping of override key -> range")
-        rspec = {str(k): _check_range(v, f"{where}.ranges.{k}") for k, v in ranges.items()}
-        fixed = e.get("overrides") or {}
-        if not isinstance(fixed, dict):
-            raise ConfigError(f"{where}.overrides must be a mapping of override key -> value")
-        parsed.append((scen, float(w), vspec, rspec, fixed))
+    parsed = [_parse_member(e, f"{top}.members[{i}]") for i, e in enumerate(entries)]
+    draws = _draw(parsed, pool_size, np.random.default_rng(seed))
+    members = _build_members(top, draws)
+    held = [
+        _parse_held_out(h, f"{top}.held_out[{j}]") for j, h in enumerate(data.get("held_out") or [])
+    ]
+    return Distribution(
+        name=name,
+        path=path,
+        description=str(data.get("description") or ""),
+        members=tuple(members),
+        held_out=tuple(held),
+        entries=tuple(entries),
+    )
 
+
+def _parse_member(e: Any, where: str) -> tuple:
+    """(scenario, weight, variant spec, range specs, fixed overrides) of one member entry."""
+    if not isinstance(e, dict):
+        raise ConfigError(f"{where} must be a mapping with keys {sorted(MEMBER_KEYS)}")
+    extra = sorted(set(e) - MEMBER_KEYS)
+    if extra:
+        raise ConfigError(f"unknown key '{where}.{extra[0]}'; allowed: {sorted(MEMBER_KEYS)}")
+    if "scenario" not in e:
+        raise ConfigError(f"{where}.scenario is missing")
+    scen = _check_scenario(e["scenario"], f"{where}.scenario")
+    w = e.get("weight", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w > 0 and math.isfinite(w)):
+        raise ConfigError(f"{where}.weight = {w!r} must be a number > 0")
+    var = e.get("variant")
+    if isinstance(var, dict):
+        kind, vals = _check_range(var, f"{where}.variant")
+        if kind != "choice":
+            raise ConfigError(f"{where}.variant takes a name, null or {{choice: [...]}}")
+        for v in vals:
+            _check_variant(scen, v, f"{where}.variant.choice")
+        vspec = ("choice", vals)
+    else:
+        _check_variant(scen, var, f"{where}.variant")
+        vspec = ("choice", [var])
+    ranges = e.get("ranges") or {}
+    if not isinstance(ranges, dict):
+        raise ConfigError(f"{where}.ranges must be a mapping of override key -> range")
+    rspec = {str(k): _check_range(v, f"{where}.ranges.{k}") for k, v in ranges.items()}
+    fixed = e.get("overrides") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{where}.overrides must be a mapping of override key -> value")
+    return scen, float(w), vspec, rspec, fixed
+
+
+def _draw(parsed: list, pool_size: int, rng: np.random.Generator) -> list[tuple]:
+    """Draws (member index, draw index, scenario, variant, overrides, probability): each
+    member that varies gets its weight's share of `pool_size` draws (at least one), a
+    fixed member one; a draw's probability is its member's weight split evenly."""
     total_w = sum(p[1] for p in parsed)
-    rng = np.random.default_rng(seed)
     draws: list[tuple] = []
     for i, (scen, w, vspec, rspec, fixed) in enumerate(parsed):
         varied = bool(rspec) or len(vspec[1]) > 1
@@ -276,8 +291,14 @@ def load_distribution(
             var = _sample(*vspec, rng)
             over = {**fixed, **{key: _sample(*spec, rng) for key, spec in rspec.items()}}
             draws.append((i, k, scen, var, over, w / total_w / n))
+    return draws
 
-    # Validate every draw (the table's checks) and pad the capacity dims.
+
+def _build_members(top: str, draws: list[tuple]) -> list[Member]:
+    """Validate every draw (the config table's checks), pad the capacity dims to the
+    pool's maximum (any other dim must agree), and check each padded member builds."""
+    from jaxsim.config.params import build_params
+
     cfgs = []
     for i, k, scen, var, over, _ in draws:
         try:
@@ -297,8 +318,6 @@ def load_distribution(
                 )
             pad[f"dims.{f}"] = max(vals)
     members = []
-    from jaxsim.config.params import build_params
-
     for (i, k, scen, var, over, prob), c in zip(draws, cfgs, strict=True):
         over = {**over, **{kk: v for kk, v in pad.items() if int(c["dims"][kk[5:]]) != v}}
         try:
@@ -307,22 +326,15 @@ def load_distribution(
             raise ConfigError(f"{top}.members[{i}] (draw {k}): {e}") from None
         label = scen + (f"/{var}" if var else "") + f" #{k}"
         members.append(Member(scen, var, over, prob, i, label))
+    return members
 
-    held = []
-    for j, h in enumerate(data.get("held_out") or []):
-        where = f"{top}.held_out[{j}]"
-        if isinstance(h, str):
-            h = {"scenario": h}
-        if not isinstance(h, dict) or set(h) - {"scenario", "variant"} or "scenario" not in h:
-            raise ConfigError(f"{where} must be a scenario name or {{scenario, variant}}")
-        s = _check_scenario(h["scenario"], f"{where}.scenario")
-        _check_variant(s, h.get("variant"), f"{where}.variant")
-        held.append((s, h.get("variant")))
-    return Distribution(
-        name=name,
-        path=path,
-        description=str(data.get("description") or ""),
-        members=tuple(members),
-        held_out=tuple(held),
-        entries=tuple(entries),
-    )
+
+def _parse_held_out(h: Any, where: str) -> tuple:
+    """(scenario, variant or None) of one `held_out` entry (a name means every variant)."""
+    if isinstance(h, str):
+        h = {"scenario": h}
+    if not isinstance(h, dict) or set(h) - {"scenario", "variant"} or "scenario" not in h:
+        raise ConfigError(f"{where} must be a scenario name or {{scenario, variant}}")
+    s = _check_scenario(h["scenario"], f"{where}.scenario")
+    _check_variant(s, h.get("variant"), f"{where}.variant")
+    return s, h.get("variant")

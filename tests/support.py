@@ -77,6 +77,17 @@ def make(users, **over):
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
+def fast_compiled(fn, *args):
+    """`jax.jit(fn)` compiled for `args` with `FAST_COMPILE` (a plain compile if the
+    backend refuses the options): the same semantics, a shorter compile for the tests'
+    few calls. The result takes arguments of the same shapes and dtypes as `args`."""
+    lowered = jax.jit(fn).lower(*args)
+    try:
+        return lowered.compile(compiler_options=FAST_COMPILE)
+    except Exception:  # noqa: BLE001 - option names are backend-specific
+        return lowered.compile()
+
+
 class Sim:
     """`step` compiled once per Dims (with `FAST_COMPILE`; a plain compile if the backend
     refuses the options) and shared by every test of the process: the cache is a class
@@ -90,11 +101,7 @@ class Sim:
     def _step(self, key, st, o, p):
         fn = self.compiled.get(p.dims)
         if fn is None:
-            lowered = jax.jit(jaxsim.step).lower(key, st, o, p)
-            try:
-                fn = lowered.compile(compiler_options=FAST_COMPILE)
-            except Exception:  # noqa: BLE001 - option names are backend-specific
-                fn = lowered.compile()
+            fn = fast_compiled(jaxsim.step, key, st, o, p)
             self.compiled[p.dims] = fn
         return fn(key, st, o, p)
 

@@ -159,7 +159,7 @@ def test_cli_jax_backend_trains_a_role_and_evaluates_it(tmp_path):
     common = ["train", "--backend", "jax", "--run-dir", str(run_dir), "--updates-per-call", "1"]
     rc = train.main(
         [
-            *common, "--role", "market_maker", "--scenario", "calm",
+            *common, "--role", "market_maker", "--scenario", "crashes",
             "-n", "384", "--n-envs", "8", "--seed", "3", "--time-limit", "0",
             "-params", "n_steps:16", "batch_size:32", "n_epochs:2",
             "env_kwargs.max_episode_steps:24",
@@ -170,6 +170,8 @@ def test_cli_jax_backend_trains_a_role_and_evaluates_it(tmp_path):
     assert rc == 0
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["backend"] == "jax" and cfg["algo"] == "ppo"
+    # Trained on a scenario distribution: each env draws its member at reset.
+    assert cfg["scenario"] == "crashes" and cfg["distribution"]["pool_size"] > 1
     assert cfg["trained_timesteps"] == 128 and cfg["history"][0]["time_limited"]
     assert (run_dir / J.MODEL_FILE).exists()
     assert [s for s, _ in J.checkpoints(run_dir)] == [128]

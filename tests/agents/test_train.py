@@ -37,6 +37,9 @@ TINY = [
     "--eval-freq", "128", "--eval-episode-steps", "8",
     "-params", "n_steps:32", "batch_size:64", "n_epochs:1", "env_kwargs.max_episode_steps:16",
 ]  # fmt: skip
+# The end-to-end run trains on a scenario distribution (each env draws its member at
+# reset), so one compiled training program covers both paths.
+TINY_DIST = [a if a != "calm" else "crashes" for a in TINY]
 
 
 def _exit_code(argv, capsys) -> tuple[int, str]:
@@ -118,7 +121,7 @@ THREADS_BEFORE = torch.get_num_threads()
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("run")
-    assert train.main([*TINY, "-n", "128", "--run-dir", str(d), "--no-eval"]) == 0
+    assert train.main([*TINY_DIST, "-n", "128", "--run-dir", str(d), "--no-eval"]) == 0
     return d
 
 
@@ -130,6 +133,7 @@ def _report_rows(path: Path) -> list[dict]:
 def test_train_writes_model_stats_checkpoints_and_logs(run_dir):
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["trained_timesteps"] == 128 and cfg["role"] == "market_maker"
+    assert cfg["scenario"] == "crashes" and cfg["distribution"]["name"] == "crashes"
     # The default 64x64 MLP on the CPU trains with one torch thread, restored afterwards.
     assert cfg["torch_threads"] == 1 and cfg["torch_threads_rule"] == "small MLP on CPU"
     assert torch.get_num_threads() == THREADS_BEFORE
@@ -151,10 +155,12 @@ def test_evaluate_reports_every_scenario_and_policy(run_dir):
     for s in scenarios:
         assert f"\n## {s}\n" in report
         section = report.split(f"\n## {s}\n")[1].split("\n## ")[0]
+        # Each row's variant carries its split: trained on `crashes`, calm is "not trained on".
         for p in policies:
-            assert re.search(rf"\| base \| (\*\*)?{p}(\*\*)? \|", section), (s, p)
+            pat = rf"\| base \([a-z -]+\) \| (\*\*)?{p}(\*\*)? \|"
+            assert re.search(pat, section), (s, p)
         for v in jaxsim.list_variants(s):
-            assert f"| {v} | random |" in section
+            assert re.search(rf"\| {v} \([a-z -]+\) \| random \|", section), (s, v)
         assert (run_dir / "plots" / f"equity_{s}.png").exists()
     rows = _report_rows(run_dir / "results.csv")
     n_cfg = sum(1 + len(jaxsim.list_variants(s)) for s in scenarios)
@@ -162,6 +168,12 @@ def test_evaluate_reports_every_scenario_and_policy(run_dir):
     assert {r["policy"] for r in rows} == set(policies)
     assert all(r["steps_mean"] == "4" for r in rows)
     assert "The trained policy `ppo`" in report
+    # Trained on `crashes`: its members are in-distribution, its held-out list held out.
+    assert "In-distribution vs held-out" in report
+    split = {(r["scenario"], r["variant"] or None): r["split"] for r in rows}
+    assert split[("leverage_accident", None)] == "in-distribution"
+    assert split[("leverage_accident", "leverage_cap_10x")] == "held-out"
+    assert "| base (not trained on) | random |" in report.split("\n## calm\n")[1]
 
 
 def test_resume_continues_from_the_checkpoint(run_dir):
@@ -169,7 +181,8 @@ def test_resume_continues_from_the_checkpoint(run_dir):
     with open(run_dir / "vecnormalize.pkl", "rb") as f:
         count0 = pickle.load(f).obs_rms.count
     # PPO collects whole rollouts (n_steps x n_envs = 128 steps): 128 more reach 256.
-    assert train.main([*TINY, "-n", "256", "--run-dir", str(run_dir), "--resume", "--no-eval"]) == 0
+    argv = [*TINY_DIST, "-n", "256", "--run-dir", str(run_dir), "--resume", "--no-eval"]
+    assert train.main(argv) == 0
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["trained_timesteps"] == 256
     assert [h["timesteps"] for h in cfg["history"]] == [128, 256]
@@ -208,44 +221,3 @@ def test_loop_engine_runs_the_sb3_model(run_dir):
     e = E.episode_table(tr)
     assert len(e) == 4 and all(x["steps"] == 3 for x in e)
     assert np.all(tr.equity0 > 0) and np.all(np.isfinite(tr.equity))
-
-
-# ============================================================== scenario distributions
-
-
-def test_train_on_a_distribution_and_evaluate_held_out(tmp_path):
-    """SB3 on `crashes` (each env draws its member at reset); evaluate reports the
-    in-distribution and held-out scenarios separately; config.yaml records the draw."""
-    run = tmp_path / "dist"
-    argv = [a if a != "calm" else "crashes" for a in TINY]
-    argv = [
-        *argv[: argv.index("--eval-freq")],
-        "--eval-scenario",
-        "none",
-        *argv[argv.index("-params") :],
-    ]
-    rc = train.main([
-        *argv, "-n", "64", "--run-dir", str(run), "--eval-seeds", "1", "--eval-max-steps", "4",
-        "--eval-scenarios", "leverage_accident", "--eval-no-plots", "--eval-policies", "flat",
-    ])  # fmt: skip
-    assert rc == 0
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["scenario"] == "crashes" and cfg["distribution"]["name"] == "crashes"
-    text = (run / "report.md").read_text()
-    assert "In-distribution vs held-out" in text and "held-out" in text
-    rows = list(csv.DictReader(open(run / "results.csv")))
-    split = {(r["variant"] or None): r["split"] for r in rows}
-    assert split[None] == "in-distribution" and split["leverage_cap_10x"] == "held-out"
-
-
-def test_jax_backend_on_a_distribution(tmp_path):
-    run = tmp_path / "dist_jax"
-    rc = train.main([
-        "--backend", "jax", "--role", "market_maker", "--scenario", "crashes", "-n", "64",
-        "--n-envs", "4", "--run-dir", str(run), "--no-eval",
-        "-params", "n_steps:16", "batch_size:32", "n_epochs:1", "env_kwargs.max_episode_steps:16",
-    ])  # fmt: skip
-    assert rc == 0
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["backend"] == "jax" and cfg["distribution"]["pool_size"] > 1
-    assert (run / "progress.csv").exists()

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from support import fast_compiled
 
 import jaxsim
 from envs.core import DEFAULT_MAX_STEPS
@@ -84,14 +85,18 @@ def test_batch_over_a_distribution_equals_its_members_one_by_one(tmp_path):
         denv = DistributionEnv(env)
         n, ticks = 6, 3
         keys = jax.random.split(jax.random.PRNGKey(3), n)
-        obs, st = jax.jit(jax.vmap(denv.reset, in_axes=(0, None)))(keys, pool)
+        reset_b = fast_compiled(jax.vmap(denv.reset, in_axes=(0, None)), keys, pool)
+        obs, st = reset_b(keys, pool)
         members = np.asarray(st.member)
         assert len(set(members.tolist())) > 1  # the batch mixes members
-        step_b = jax.jit(denv.step_batch)
-        reset1, step1 = jax.jit(env.reset), jax.jit(env.step)
         rng = np.random.default_rng(0)
         acts = rng.uniform(-1, 1, (ticks, n, env.num_actions)).astype(np.float32)
         step_keys = [jax.random.split(jax.random.PRNGKey(100 + t), n) for t in range(ticks)]
+        step_b = fast_compiled(denv.step_batch, step_keys[0], st, jnp.asarray(acts[0]), pool)
+        p0 = member_params(pool, 0)
+        reset1 = fast_compiled(env.reset, keys[0], p0)
+        s0 = reset1(keys[0], p0)[1]
+        step1 = fast_compiled(env.step, step_keys[0][0], s0, jnp.asarray(acts[0, 0]), p0)
         traj_b = []
         for t in range(ticks):
             obs, st, rew, term, trunc, info = step_b(step_keys[t], st, jnp.asarray(acts[t]), pool)

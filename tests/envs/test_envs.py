@@ -534,20 +534,8 @@ def test_purejaxrl_log_wrapper_with_default_params():
     env = LogWrapper(core)
     n_act = env.action_space(None).shape[0]
     key = jax.random.PRNGKey(5)
-    obs, state = env.reset(key)  # params=None inside jax.jit
-    ref_obs, _ = jax.jit(core.reset)(key, params)  # the same defaults, passed explicitly
-    np.testing.assert_array_equal(np.asarray(obs), np.asarray(ref_obs))
-    acts = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, n_act)), jnp.float32)
-    total = 0.0
-    for t in range(3):
-        obs, state, reward, done, info = env.step(jax.random.PRNGKey(t), state, acts[t])
-        total += float(reward)
-        assert obs.shape == (len(core.obs_names),) and np.isfinite(np.asarray(obs)).all()
-        assert not bool(done)
-    assert int(state.timestep) == 3 and int(state.episode_lengths) == 3
-    np.testing.assert_allclose(float(state.episode_returns), total, rtol=1e-5, atol=1e-7)
-
-    # PureJaxRL's VecEnv (vmap with params broadcast as None) in a jitted lax.scan.
+    # PureJaxRL's VecEnv (vmap with params broadcast as None over the jitted wrapper) in a
+    # jitted lax.scan: jit and vmap at once, one compiled program.
     n = 2
     v_reset = jax.vmap(env.reset, in_axes=(0, None))
     v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
@@ -555,7 +543,7 @@ def test_purejaxrl_log_wrapper_with_default_params():
     @jax.jit
     def rollout(key):
         k0, k1 = jax.random.split(key)
-        obs, state = v_reset(jax.random.split(k0, n), None)
+        obs0, state = v_reset(jax.random.split(k0, n), None)
 
         def body(state, k):
             ka, ks = jax.random.split(k)
@@ -563,12 +551,16 @@ def test_purejaxrl_log_wrapper_with_default_params():
             obs, state, reward, done, info = v_step(jax.random.split(ks, n), state, act, None)
             return state, (obs, reward, done, info["returned_episode"])
 
-        return jax.lax.scan(body, state, jax.random.split(k1, 3))
+        return obs0, jax.lax.scan(body, state, jax.random.split(k1, 3))
 
-    state, (obs, reward, done, returned) = rollout(key)
+    obs0, (state, (obs, reward, done, returned)) = rollout(key)
+    # The defaults None stands for are `env.default_params`, passed explicitly here.
+    k_env0 = jax.random.split(jax.random.split(key)[0], n)[0]
+    ref_obs, _ = jax.jit(core.reset)(k_env0, params)
+    np.testing.assert_array_equal(np.asarray(obs0[0]), np.asarray(ref_obs))
     assert obs.shape == (3, n, len(core.obs_names)) and reward.shape == (3, n)
     assert np.isfinite(np.asarray(obs)).all() and np.isfinite(np.asarray(reward)).all()
-    assert state.timestep.tolist() == [3] * n
+    assert state.timestep.tolist() == [3] * n and state.episode_lengths.tolist() == [3] * n
     np.testing.assert_allclose(
         np.asarray(state.episode_returns), np.asarray(reward).sum(0), rtol=1e-5, atol=1e-7
     )

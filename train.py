@@ -125,18 +125,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub = ap.add_subparsers(dest="command")
 
     tr = sub.add_parser("train", help="train an agent (then evaluate it unless --no-eval)")
-    tr.add_argument("--role", choices=ROLES, default="market_maker", help="role to learn")
+    tr.add_argument(
+        "--role", choices=ROLES, default=None, help="role to learn (default: market_maker)"
+    )
     tr.add_argument(
         "--scenario",
         type=_training_scenario,
-        default="calm",
+        default=None,
         metavar="SCENARIO|DISTRIBUTION",
         help=f"training scenario ({', '.join(scen)}) or scenario distribution "
         f"({', '.join(_distributions())} under configs/distributions/, or a YAML path): "
-        "each env then draws its member at every reset",
+        "each env then draws its member at every reset (default: calm)",
     )
     tr.add_argument("--variant", default=None, help="variant of the training scenario")
-    tr.add_argument("--algo", choices=ALGOS, default="ppo", help="SB3 algorithm")
+    tr.add_argument("--algo", choices=ALGOS, default=None, help="SB3 algorithm (default: ppo)")
     tr.add_argument(
         "-n", "--n-timesteps", type=int, default=None, help="env steps (default: from YAML)"
     )
@@ -187,7 +189,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     tr.add_argument(
         "--backend",
         choices=BACKENDS,
-        default="sb3",
+        default=None,
         help="'sb3': stable-baselines3 on the batched VecEnv; 'jax': PPO written in JAX "
         "(agents/jax_ppo.py), rollouts and updates in one jitted program (ppo only)",
     )
@@ -466,6 +468,7 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     import jaxsim
     from agents.sb3_train import TrainConfigError, parse_overrides, train
 
+    _run_identity(args, ap)
     scen = _scenarios()
     dist = _distribution({"scenario": args.scenario})
     if dist is not None and args.variant is not None:
@@ -547,6 +550,40 @@ def cmd_train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     settings = _eval_settings(args, "eval_")
     run_evaluation(run_dir, args.role, settings, algo=args.algo, run_cfg=cfg)
     return 0
+
+
+# What a training run is: with --resume these come from the run's config.yaml.
+RUN_IDENTITY = {
+    "role": "market_maker",
+    "scenario": "calm",
+    "variant": None,
+    "algo": "ppo",
+    "backend": "sb3",
+}
+
+
+def _run_identity(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
+    """Fill --role, --scenario, --variant, --algo and --backend: with --resume, the
+    run's (from its config.yaml; a different value given explicitly is an error, as a
+    resumed run continues the same training); else the given ones or the defaults."""
+    if args.resume and args.run_dir:
+        from agents.sb3_train import read_run_config
+
+        prev = read_run_config(Path(args.run_dir))
+        for name in RUN_IDENTITY:
+            was, got = prev.get(name), getattr(args, name)
+            if name == "backend" and prev and was is None:
+                was = "sb3"  # runs from before the JAX backend recorded none
+            if got is None:
+                setattr(args, name, was)
+            elif was is not None and Path(str(got)).stem != Path(str(was)).stem:
+                ap.error(
+                    f"argument --{name}: --resume continues {args.run_dir}, trained with "
+                    f"--{name} {was}; got {got}"
+                )
+    for name, default in RUN_IDENTITY.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _record_distribution(run_dir: Path, cfg: dict[str, Any], dist) -> dict[str, Any]:

@@ -189,6 +189,7 @@ def test_cli_jax_backend_trains_a_role_and_evaluates_it(tmp_path):
     assert train.main([*common, "--resume", "-n", "384", "--no-eval"]) == 0
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["trained_timesteps"] == 384 and cfg["n_envs"] == 8
+    assert cfg["scenario"] == "crashes"  # the run's distribution, not the CLI's default
     assert [h["resumed"] for h in cfg["history"]] == [False, True]
     assert cfg["history"][1]["compile_s"] == 0.0  # the same program, compiled once
     assert [s for s, _ in J.checkpoints(run_dir)] == [128, 384]

@@ -71,6 +71,17 @@ def test_bad_arguments_exit_2_with_choices(argv, needle, capsys):
     assert needle in err
 
 
+def test_resume_keeps_the_runs_scenario(tmp_path, capsys):
+    """--resume continues the run's own training: its role, scenario, variant, algorithm
+    and backend come from config.yaml, and a different one given explicitly is an error."""
+    run = {"role": "market_maker", "scenario": "crashes", "variant": None, "algo": "ppo"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**run, "backend": "jax"}))
+    code, err = _exit_code(["--resume", "--run-dir", str(tmp_path), "--scenario", "calm"], capsys)
+    assert code == 2 and "--scenario crashes" in err
+    code, err = _exit_code(["--resume", "--run-dir", str(tmp_path), "--backend", "sb3"], capsys)
+    assert code == 2 and "--backend jax" in err
+
+
 def test_evaluate_without_model_needs_baselines_only(tmp_path, capsys):
     code, err = _exit_code(
         ["evaluate", "--run-dir", str(tmp_path), "--role", "market_maker"], capsys

@@ -1006,15 +1006,8 @@ class RoleEnv:
             st, params.max_steps_in_episode, terminated
         )
 
-        def with_reset(_):
-            obs_re, st_re = jax.vmap(self.reset_env, in_axes=(0, ax))(k_reset, params)
-
-            def pick(r, x):
-                return jnp.where(jnp.reshape(done, done.shape + (1,) * (x.ndim - 1)), r, x)
-
-            return jax.tree_util.tree_map(pick, st_re, st), pick(obs_re, obs_st)
-
-        new_state, obs = jax.lax.cond(done.any(), with_reset, lambda _: (st, obs_st), None)
+        reset_batch = jax.vmap(self.reset_env, in_axes=(0, ax))
+        obs, new_state = auto_reset_batch(reset_batch, k_reset, params, done, obs_st, st)
         info["final_observation"] = obs_st
         info["done"] = done
         return obs, new_state, reward, terminated, truncated, info
@@ -1039,6 +1032,23 @@ def jitted_batch(env: RoleEnv, per_env_params: bool):
     reset = jax.jit(jax.vmap(env.reset, in_axes=(0, ax)))
     step = jax.jit(functools.partial(env.step_batch, per_env_params=per_env_params))
     return reset, step
+
+
+def auto_reset_batch(reset_batch, k_reset: Array, params, done: Array, obs: Array, state):
+    """(obs, state) of a batch after its auto-reset: the envs that are `done` (B,) start
+    fresh episodes from `reset_batch(k_reset, params)`, the others keep `obs` / `state`.
+    The fresh episodes sit behind one batch-level `lax.cond`, so they are built only on
+    steps where some env of the batch finished."""
+
+    def with_reset(_):
+        obs_re, st_re = reset_batch(k_reset, params)
+
+        def pick(r, x):
+            return jnp.where(jnp.reshape(done, done.shape + (1,) * (x.ndim - 1)), r, x)
+
+        return pick(obs_re, obs), jax.tree_util.tree_map(pick, st_re, state)
+
+    return jax.lax.cond(done.any(), with_reset, lambda _: (obs, state), None)
 
 
 def settings_struct(cls):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs.core import EnvParams, EnvState, RoleEnv, stack_params
+from envs.core import EnvParams, EnvState, RoleEnv, auto_reset_batch, stack_params
 
 Array = jax.Array
 SALT = 0x5CE7  # folded into the reset key for the member draw
@@ -165,15 +165,8 @@ class DistributionEnv:
         )
         truncated, done = jax.vmap(self._done, in_axes=(0, None, 0))(st, params, terminated)
 
-        def with_reset(_):
-            obs_re, st_re = jax.vmap(self.reset_env, in_axes=(0, None))(k_reset, params)
-
-            def pick(r, x):
-                return jnp.where(jnp.reshape(done, done.shape + (1,) * (x.ndim - 1)), r, x)
-
-            return jax.tree_util.tree_map(pick, st_re, st), pick(obs_re, obs_st)
-
-        new_state, obs = jax.lax.cond(done.any(), with_reset, lambda _: (st, obs_st), None)
+        reset_batch = jax.vmap(self.reset_env, in_axes=(0, None))
+        obs, new_state = auto_reset_batch(reset_batch, k_reset, params, done, obs_st, st)
         info["final_observation"] = obs_st
         info["done"] = done
         return obs, new_state, reward, terminated, truncated, info

@@ -4,6 +4,10 @@ Each scenario runs batched over 16 seeds; a signature must hold in at least 80% 
 (`MIN_FRACTION`), with the thresholds of docs/scenarios.md. Counterfactual variants run on the
 same seeds (the same keys) and are compared seed by seed.
 
+The seeds are `jax.random.split(PRNGKey(SCENARIO_SEED), 16)` with `SCENARIO_SEED` = 0 by
+default. The scenarios were calibrated on those; the untuned check runs the same tests on
+another set, e.g. ``SCENARIO_SEED=1000 pytest tests/scenarios -rP`` (the fractions print).
+
 All scenarios share static dims, so one compiled program per horizon serves every scenario
 and variant (params are arguments of the jitted batch, not constants).
 """
@@ -11,9 +15,11 @@ and variant (params are arguments of the jitted batch, not constants).
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
+import yaml
 
 from jaxsim import load_scenario
 from jaxsim import metrics as mt
@@ -21,6 +27,7 @@ from jaxsim.tools.simulate import run_batch
 from jaxsim.types import BEH_RETAIL
 
 SEEDS = 16
+SCENARIO_SEED = int(os.environ.get("SCENARIO_SEED", "0"))
 MIN_FRACTION = 0.8
 RUN_TICKS = 720  # every run's compiled horizon
 CALM_TICKS = 720  # 6 h at 30 s
@@ -39,15 +46,17 @@ def _report(name: str, ok: np.ndarray, **values) -> str:
 
 
 @functools.cache
-def _run(name: str, variant: str | None, n_ticks: int):
+def _run(name: str, variant: str | None, n_ticks: int, overrides: str | None = None):
     # One program for every run: `Params.name` is static and the horizon is a static
     # argument, so each run uses the same name and RUN_TICKS, and a shorter scenario keeps
     # the first `n_ticks` ticks of its events (a distinct program per scenario cost a
     # compile each, and the fresh-clone run once crashed in XLA's CPU compiler on the
     # seventh). The audits are of the RUN_TICKS-tick run.
-    assert n_ticks <= RUN_TICKS
-    params = load_scenario(name, variant).replace(name="scenario")
-    ev, a0, a1 = run_batch(params, RUN_TICKS, seeds=SEEDS, seed=0)
+    # `overrides` is a YAML mapping merged over the variant (a string: the cache's key).
+    horizon = max(n_ticks, RUN_TICKS)
+    ov = yaml.safe_load(overrides) if overrides else None
+    params = load_scenario(name, variant, ov).replace(name="scenario")
+    ev, a0, a1 = run_batch(params, horizon, seeds=SEEDS, seed=SCENARIO_SEED)
     ev = {k: v[:, :n_ticks] for k, v in ev.items()}
     m = mt.episode_metrics(ev, lst_rate=float(params.exo.lst_rate), facts_price="spot_mid")
     return params, ev, m, a0, a1
@@ -61,22 +70,48 @@ def calm():
     return _run("calm", None, CALM_TICKS)
 
 
-def test_calm_stylized_facts(calm):
-    """Heavy tails, volatility clustering, near-zero return autocorrelation."""
-    _, _, m, _, _ = calm
-    heavy = m["kurt_1tick"] > 0
-    clustering = (m["acf_absret_1"] > 0.02) & (
-        np.mean([m[f"acf_absret_{k}"] for k in range(1, 6)], 0) > 0
-    )
-    no_autocorr = np.abs(m["acf_ret_1"]) < 0.1
-    ok = heavy & clustering & no_autocorr
+# The stylized facts need a longer series than the other calm checks: at 5 minutes the 6 h
+# run has 72 returns, where a lag-1 autocorrelation of 0 reads as |acf| >= 0.1 in about 40%
+# of seeds by sampling noise alone. 48 h gives 576 five-minute returns (standard error of
+# an acf ~0.04). A second compiled horizon, used by this test only.
+CALM_FACTS_TICKS = 5760
+FIVE_MIN_S = 300.0
+
+
+def _facts(r: np.ndarray) -> dict[str, np.ndarray]:
+    """SCENARIOS.md's three facts of returns `r` (seeds, T), each a bool per seed: heavy
+    tails (excess kurtosis > 0), volatility clustering (mean acf of |r| over lags 1-5 >
+    0.05), no linear autocorrelation (|lag-1 acf| < 0.1); and the values."""
+    kurt = mt.excess_kurtosis(r)
+    clus = mt.autocorr(np.abs(r), range(1, 6)).mean(-1)
+    acf1 = mt.autocorr(r, [1])[..., 0]
+    return {
+        "heavy_tails": (kurt > 0, kurt),
+        "clustering": (clus > 0.05, clus),
+        "no_autocorr": (np.abs(acf1) < 0.1, acf1),
+    }
+
+
+@pytest.mark.parametrize("horizon", ["tick", "5min"])
+def test_calm_stylized_facts(horizon):
+    """Heavy tails, volatility clustering and near-zero return autocorrelation, all three at
+    once per seed, on the spot mid's returns per tick and at 5 minutes (48 h runs). The
+    message names which fact fails in which seed."""
+    params, ev, _, _, _ = _run("calm", None, CALM_FACTS_TICKS)
+    r = mt.log_returns(mt.facts_series(ev, "spot_mid"))
+    if horizon == "5min":
+        r = mt.aggregate(r, round(FIVE_MIN_S / float(params.dt)))
+    facts = _facts(r)
+    ok = np.all([f[0] for f in facts.values()], 0)
+    failing = {
+        int(i): [k for k, (hold, _) in facts.items() if not hold[i]] for i in np.flatnonzero(~ok)
+    }
     msg = _report(
-        "calm facts",
+        f"calm facts ({horizon})",
         ok,
-        kurt=m["kurt_1tick"],
-        acf_abs1=m["acf_absret_1"],
-        acf1=m["acf_ret_1"],
+        **{k: v for k, (_, v) in facts.items()},
     )
+    msg += f"; failing seeds: {failing}"
     assert _frac(ok) >= MIN_FRACTION, msg
 
 
@@ -168,6 +203,35 @@ def test_depeg_fix_redemption_index_and_floor(depeg, depeg_fixed):
     assert _frac(ok) >= MIN_FRACTION, msg
 
 
+NO_STABLE_FLOOR = "rules: {index: {stable: {floor: 0.0}}}"
+
+
+def test_depeg_fix_holds_without_the_floor(depeg, depeg_fixed):
+    """The fix's redemption leg, not its 0.95 floor, holds the stablecoin's valuation: with
+    the floor removed the STABLE index (the price every account's STABLE is valued at) still
+    stays >= 0.90 and liquidations at least halve; and with the floor in place the index
+    sits on the floor in at most 5% of the ticks (same seeds)."""
+    _, _, m0, _, _ = depeg
+    params, ev1, _, _, _ = depeg_fixed
+    _, _, m2, _, _ = _run("collateral_depeg", "fixed_index", DEPEG_TICKS, NO_STABLE_FLOOR)
+    floor = float(params.rules.price_floor[1])
+    on_floor = np.mean(ev1["collateral_index"][..., 0] <= floor * (1 + 1e-6), -1)
+    ok = (
+        (m2["stable_index_low"] >= 0.90)
+        & (m2["liq_total"] <= 0.5 * m0["liq_total"])
+        & (on_floor <= 0.05)
+    )
+    msg = _report(
+        "depeg fix without floor",
+        ok,
+        index_low_no_floor=m2["stable_index_low"],
+        liq_no_floor=m2["liq_total"] / 1e6,
+        liq_base=m0["liq_total"] / 1e6,
+        ticks_on_floor=on_floor,
+    )
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
 def _dampened_depeg(depeg, variant):
     """A clearly smaller depeg crash under `variant`: stablecoin low at least 0.02 higher
     and at most 80% of the liquidated notional (same seeds)."""
@@ -216,12 +280,12 @@ def accident_no_whale():
 
 
 def test_accident_signature(accident):
-    """A 5-15% spot drawdown (7.7% in the source), long liquidations (>80% of the liquidated
-    notional is long), open interest falls."""
+    """A 5-11% spot drawdown over the scenario's horizon (the source's 117k -> 108k, ~7.7%),
+    long liquidations (>80% of the liquidated notional is long), open interest falls."""
     _, _, m, _, _ = accident
     ok = (
         (m["dd_spot"] >= 0.05)
-        & (m["dd_spot"] <= 0.15)
+        & (m["dd_spot"] <= 0.11)
         & (m["liq_total"] > 0)
         & (np.nan_to_num(m["liq_long_frac"]) > 0.8)
         & (m["oi_end"] < m["oi_start"])
@@ -239,11 +303,18 @@ def test_accident_signature(accident):
 
 def test_accident_without_whale_is_clearly_smaller(accident, accident_no_whale):
     """Same seeds without the whale's block: drawdown at most 60% of the baseline's and
-    liquidations no larger."""
+    strictly fewer liquidations (liquidated notional)."""
     _, _, m0, _, _ = accident
     _, _, m1, _, _ = accident_no_whale
-    ok = (m1["dd_spot"] <= 0.6 * m0["dd_spot"]) & (m1["liq_total"] <= m0["liq_total"])
-    msg = _report("accident no whale", ok, dd_base=m0["dd_spot"], dd_nowhale=m1["dd_spot"])
+    ok = (m1["dd_spot"] <= 0.6 * m0["dd_spot"]) & (m1["liq_total"] < m0["liq_total"])
+    msg = _report(
+        "accident no whale",
+        ok,
+        dd_base=m0["dd_spot"],
+        dd_nowhale=m1["dd_spot"],
+        liq_base=m0["liq_total"] / 1e6,
+        liq_nowhale=m1["liq_total"] / 1e6,
+    )
     assert _frac(ok) >= MIN_FRACTION, msg
 
 
@@ -405,10 +476,12 @@ def _phases(params):
 
 
 def test_pump_dump_price_funding_and_liquidation_waves(pump):
-    """A multi-fold pump then a crash; funding most negative during the pump; short
-    liquidations during the pump, long liquidations during the dump."""
+    """A multi-fold (>= 2x) pump then a crash; funding at its most negative within the
+    first pump leg (40 min - 3 h); short liquidations during the pump, long liquidations
+    during the dump."""
     params, ev, _, _, _ = pump
     t_pump, t_flip, t_dump = _phases(params)
+    t3 = int(3 * 3600 / float(params.dt))  # end of the first pump leg
     px = ev["spot_px"]
     peak = px.max(-1) / px[:, 0]
     crash = px[:, -1] / px.max(-1)
@@ -424,10 +497,10 @@ def test_pump_dump_price_funding_and_liquidation_waves(pump):
         ]
     )
     ok = (
-        (peak >= 1.8)
+        (peak >= 2.0)
         & (crash <= 0.5)
         & (t_min_f >= t_pump)
-        & (t_min_f < t_flip)
+        & (t_min_f < t3)
         & (f.min(-1) < 0)
         & (liq_s_pump > 0)
         & (waves >= 2)

@@ -104,6 +104,21 @@ def funding_rate(
     return jnp.clip(f, -cap, cap)
 
 
+# The automatic cap (`rules.funding.cap: auto`, MECHANICS 1.1 and 5): 0.75 x the tier-1
+# maintenance rate, or 3% once tier 1 allows at most 25x.
+AUTO_CAP_MMR_MULT = 0.75
+AUTO_CAP_LOW_LEV = 25.0
+AUTO_CAP_LOW_LEV_CAP = 0.03
+
+
+def funding_cap(cap: Array, mmr1: Array, max_lev1: Array) -> Array:
+    """|F| cap per interval in force: `cap` when set (> 0); 0 means auto, computed from the
+    tier-1 maintenance rate and max leverage of the rules in force, so a scheduled change
+    of the bracket table moves it (as Binance's cap follows a bracket change)."""
+    auto = jnp.where(max_lev1 <= AUTO_CAP_LOW_LEV, AUTO_CAP_LOW_LEV_CAP, AUTO_CAP_MMR_MULT * mmr1)
+    return jnp.where(cap > 0, cap, auto)
+
+
 def funding_payment(pos: Array, mark: Array, rate: Array) -> Array:
     """Cash received by each position at settlement: -Q * mark * F (longs pay when F > 0)."""
     return -pos * mark * rate

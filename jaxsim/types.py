@@ -167,7 +167,7 @@ class ExchangeRules:
     haircut: Array  # (4,) collateral haircut per asset (USDT, BASE, STABLE, LST)
     funding_interest: Array  # () interest rate I per 8 h
     funding_clamp: Array  # () clamp band on (I - P) per 8 h
-    funding_cap: Array  # () |F| cap per interval
+    funding_cap: Array  # () |F| cap per interval; 0 = auto (prices.funding_cap)
     funding_interval_s: Array  # () seconds between funding settlements
     imn_quote: Array  # () impact margin notional numerator: IMN = imn_quote * max_lev_1
     maker_fee: Array  # () fee rate on maker notional (negative = rebate)

@@ -523,6 +523,16 @@ class RefExchange:
         p2 = self.index[0] + self.basis_ma()
         self.mark = float(sorted([p1, p2, self.last[PERP]])[1])
 
+    def funding_cap(self) -> float:
+        """The cap set in the rules, or (0 = auto) 3% when tier 1 allows at most 25x, else
+        0.75 x the tier-1 maintenance rate."""
+        cap = float(self.r["funding_cap"])
+        if cap > 0:
+            return cap
+        if float(self.r["tier_max_lev"][0]) <= 25.0:
+            return 0.03
+        return 0.75 * float(self.r["tier_mmr"][0])
+
     def impact_price(self, side: float, notional_target: float) -> float:
         hit = ASK if side > 0 else BID
         order = range(self.g) if side > 0 else range(self.g - 1, -1, -1)
@@ -553,7 +563,7 @@ class RefExchange:
         self.prem_n += 1
         avg = self.prem_wsum / self.prem_w
         interest, clamp = float(self.r["funding_interest"]), float(self.r["funding_clamp"])
-        cap, interval = float(self.r["funding_cap"]), float(self.r["funding_interval_s"])
+        cap, interval = self.funding_cap(), float(self.r["funding_interval_s"])
         f8 = avg + min(max(interest - avg, -clamp), clamp)
         rate = min(max(f8 * interval / SECONDS_PER_8H, -cap), cap)
         self.funding_rate = rate

@@ -55,13 +55,30 @@ def test_funding_outside_band_is_premium_plus_minus_clamp(p_bar, expected):
 
 def test_funding_cap_binds_at_075_mmr1(rules):
     # Cap = 0.75 x MMR1 = 0.75 x 0.40% = 0.30% for the BTC table (MECHANICS 1.1).
-    cap = float(rules.funding_cap)
+    assert float(rules.funding_cap) == 0.0  # `cap: auto` in the config: computed at use
+    cap = float(prices.funding_cap(rules.funding_cap, rules.tier_mmr[0], rules.tier_max_lev[0]))
     assert cap == pytest.approx(0.003, abs=RATE_TOL)
     # P = 1%: F8 = 1% - 0.05% = 0.95% -> capped to +0.30%; P = -1% -> -0.30%.
     assert rate(0.01, cap=cap) == pytest.approx(0.003, abs=RATE_TOL)
     assert rate(-0.01, cap=cap) == pytest.approx(-0.003, abs=RATE_TOL)
     # Just inside the cap it does not bind: P = 0.3% -> 0.25%.
     assert rate(0.003, cap=cap) == pytest.approx(0.0025, abs=RATE_TOL)
+
+
+@pytest.mark.parametrize(
+    "cap, mmr1, max_lev1, expected",
+    [
+        (0.0, 0.004, 125.0, 0.003),  # auto, BTC table: 0.75 x 0.40% = 0.30%
+        (0.0, 0.01, 50.0, 0.0075),  # auto, 50x at 1%: 0.75 x 1% = 0.75%
+        (0.0, 0.02, 25.0, 0.03),  # auto at <= 25x: 3% (MECHANICS 1.1, 5), not 0.75 x 2%
+        (0.0, 0.025, 20.0, 0.03),
+        (0.02, 0.004, 125.0, 0.02),  # a cap set in the rules is kept
+        (0.02, 0.02, 20.0, 0.02),
+    ],
+)
+def test_funding_cap_auto_from_tier1(cap, mmr1, max_lev1, expected):
+    got = float(prices.funding_cap(f32(cap), f32(mmr1), f32(max_lev1)))
+    assert got == pytest.approx(expected, abs=RATE_TOL)
 
 
 @pytest.mark.parametrize(

@@ -488,11 +488,16 @@ class RefExchange:
 
     @staticmethod
     def index_price(cons, weights, clip, floor) -> float:
-        active = [c for c, w in zip(cons, weights, strict=True) if w > 0]
-        med = float(np.median(active))
+        """cons / weights: venues..., internal, redemption. Clipped around the median of the
+        weighted legs other than the internal one (the internal one alone if it is the only
+        weighted leg)."""
+        k_int = len(cons) - 2
+        active = [i for i, w in enumerate(weights) if w > 0]
+        ref_legs = [i for i in active if i != k_int] or active
+        med = float(np.median([cons[i] for i in ref_legs]))
         lo, hi = med * (1 - clip), med * (1 + clip)
-        num = sum(w * min(max(c, lo), hi) for c, w in zip(cons, weights, strict=True) if w > 0)
-        den = sum(w for w in weights if w > 0)
+        num = sum(weights[i] * min(max(cons[i], lo), hi) for i in active)
+        den = sum(weights[i] for i in active)
         return max(num / max(den, 1e-12), floor)
 
     def compute_index(self):

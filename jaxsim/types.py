@@ -351,6 +351,7 @@ class PriceState:
     ext: Array  # (3, V) external venue prices of BASE, STABLE, LST
     ext_common: Array  # (3,) common external price (venues disperse around it)
     last: Array  # (M,) last traded price per market
+    last_trade_t: Array  # (M,) int32 tick of each market's last trade (reset: 0)
     index: Array  # (3,) index price of BASE, STABLE, LST
     mark: Array  # () perp mark price
     basis_buf: Array  # (W,) ring buffer of (perp mid - index) samples

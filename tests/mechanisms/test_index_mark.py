@@ -1,9 +1,10 @@
 """`jaxsim.mechanisms.index_mark`: the index as the shipped configs weight it (clip
-reference of a two-leg index).
+reference of a two-leg index) and the staleness rule of the internal leg.
 
-The cases evaluate `index_prices` on a testbed state (tests/support.py) carrying the
-shipped rules: at reset every venue is at its start price (BASE 100,000, so LST redeems at
-1.05 x 100,000 = 105,000).
+The shipped-config cases evaluate `index_prices` on a testbed state (tests/support.py)
+carrying the shipped rules: at reset every venue is at its start price (BASE 100,000, so
+LST redeems at 1.05 x 100,000 = 105,000). The staleness case runs the testbed through
+`jaxsim.step` (the session-scoped `sim` fixture: tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from support import make
 
 import jaxsim
 from jaxsim.mechanisms import index_mark
-from jaxsim.types import LST_SPOT, STABLE_SPOT
+from jaxsim.types import KIND_MARKET, LST_SPOT, STABLE_SPOT
 
 STABLE_ROW, LST_ROW = 1, 2
 
@@ -59,3 +60,50 @@ def test_shipped_two_leg_indices_clip_around_the_redemption_leg(testbed_state):
     idx = _index(st, depeg, 0.65, 60000.0)
     assert idx[STABLE_ROW] == pytest.approx(0.65, abs=1e-6)
     assert idx[LST_ROW] == pytest.approx(93750.0, abs=0.05)
+
+
+def test_stale_internal_leg_drops_out_of_the_index(sim):
+    """MECHANICS 8: an internal leg whose last trade is more than 5 minutes old gets weight
+    0 and the other weights are renormalised; a new trade brings it back. The testbed's LST
+    index is 0.2 internal + 0.8 redemption (lst_rate 1.05 x the BASE index, 105,000 with
+    zero volatility); STABLE's is its internal book alone, which is kept when stale."""
+    users = [{"name": "seller", "usdt": 100000.0, "stable": 400000.0, "lst": 10.0}]
+    p = make(users)
+    sell = [
+        {"account": 0, "market": LST_SPOT, "side": -1, "kind": KIND_MARKET, "qty": 5.0},
+        {"account": 0, "market": STABLE_SPOT, "side": -1, "kind": KIND_MARKET, "qty": 3e5},
+    ]
+    buy = [{"account": 0, "market": LST_SPOT, "side": 1, "kind": KIND_MARKET, "qty": 0.1}]
+    states, _, _ = sim.run(p, 34, orders_at={0: sell, 33: buy})
+    dt = float(p.dt)
+    assert dt == 10.0
+
+    def lst_index(st):
+        return float(st.px.index[LST_ROW])
+
+    def redemption(st):
+        return 1.05 * float(st.px.index[0])
+
+    def blend(st):
+        # Inside the 3% band around the redemption leg, so unclipped.
+        return 0.2 * float(st.px.last[LST_SPOT]) + 0.8 * redemption(st)
+
+    assert redemption(states[0]) == pytest.approx(105000.0, abs=0.05)
+    low = float(states[0].px.last[LST_SPOT])
+    assert low < 105000.0 * (1 - 0.001)  # the sale printed below the redemption price
+    assert low > 105000.0 * (1 - 0.03)
+    # Traded at tick 0: live while (t - 0) x 10 s <= 300 s, i.e. through tick 30.
+    for t in (1, 15, 30):
+        assert lst_index(states[t]) == pytest.approx(blend(states[t]), abs=0.05), t
+    assert lst_index(states[30]) < redemption(states[30]) - 10.0
+    # From tick 31 the leg is stale: the index is the redemption leg alone.
+    for t in (31, 32):
+        assert lst_index(states[t]) == pytest.approx(redemption(states[t]), abs=0.05), t
+    # A trade at tick 33 refreshes it.
+    assert int(states[33].px.last_trade_t[LST_SPOT]) == 33
+    assert lst_index(states[33]) == pytest.approx(blend(states[33]), abs=0.05)
+    assert float(states[33].px.last[LST_SPOT]) != pytest.approx(redemption(states[33]), abs=1.0)
+    # STABLE: no other leg to renormalise onto, so the stale print stays the index.
+    st = states[32]
+    assert float(st.px.last[STABLE_SPOT]) < 1.0
+    assert float(st.px.index[STABLE_ROW]) == pytest.approx(float(st.px.last[STABLE_SPOT]))

@@ -49,6 +49,7 @@ from jaxsim import margin as mg
 from jaxsim.config import build_params, scenario_config
 from jaxsim.config.fields import settings_table
 from jaxsim.engine import tie_to_key
+from jaxsim.mechanisms import funding
 from jaxsim.mechanisms.accounts import asset_prices, margin_balances
 from jaxsim.mechanisms.accounts import marked_equity as engine_marked_equity
 from jaxsim.mechanisms.margin_checks import needs_liquidation
@@ -441,7 +442,7 @@ def market_features(state: EnvState, params: EnvParams, equity_ref: Array) -> di
     announced, time_s, nxt = pending_rules(sim, sp)
     _, _, perp_mid, perp_spread, perp_depth = book_view(sim, sp, PERP)
     _, _, spot_mid, spot_spread, spot_depth = book_view(sim, sp, SPOT)
-    cap = jnp.maximum(r.funding_cap, TINY)
+    cap = jnp.maximum(funding.cap_in_force(r), TINY)
     index = p.index
     mark = p.mark
     fund0 = sp.accounts.bal[sp.dims.insurance, USDT]

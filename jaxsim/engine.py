@@ -236,6 +236,7 @@ def _initial_prices(params: Params, last: Array) -> PriceState:
         ext=jnp.broadcast_to(p0[:, None], (3, dims.n_venues)).astype(dtype),
         ext_common=p0.astype(dtype),
         last=last,
+        last_trade_t=jnp.zeros((N_MARKETS,), jnp.int32),
         index=p0.astype(dtype),
         mark=p0[0],
         basis_buf=jnp.zeros((dims.basis_window,), dtype),

@@ -47,11 +47,12 @@ def index_price(constituents: Array, weights: Array, clip: Array, floor: Array) 
     """Weighted index with outlier clipping and an optional floor.
 
     Args:
-      constituents: (..., C) prices (external venues, internal spot, redemption).
+      constituents: (..., C) prices in the order venues..., internal spot, redemption
+        (the internal one, second to last, is the exchange's own book).
       weights: (..., C) non-negative weights; constituents with weight 0 are ignored,
-        also for the median. Weights are renormalised over the constituents present.
-      clip: (...) each constituent is clipped to median * (1 +/- clip) (Binance's newer
-        rule: cap, not drop).
+        also for the clip reference. Weights are renormalised over the constituents present.
+      clip: (...) each constituent is clipped to ref * (1 +/- clip) (Binance's newer
+        rule: cap, not drop), ref = `clip_reference`.
       floor: (...) index = max(index, floor); 0 means no floor.
     """
     active = weights > 0
@@ -60,13 +61,33 @@ def index_price(constituents: Array, weights: Array, clip: Array, floor: Array) 
     none = ~active.any(-1, keepdims=True)
     active = active | none
     weights = jnp.where(none, 1.0, weights)
-    med = masked_median(constituents, active)
-    lo = med * (1.0 - clip)
-    hi = med * (1.0 + clip)
+    ref = clip_reference(constituents, active)
+    lo = ref * (1.0 - clip)
+    hi = ref * (1.0 + clip)
     clipped = jnp.clip(constituents, lo[..., None], hi[..., None])
     w = jnp.where(active, weights, 0.0)
     idx = sum_last(w * clipped) / jnp.maximum(sum_last(w), 1e-12)
     return jnp.maximum(idx, floor)
+
+
+def clip_reference(constituents: Array, active: Array) -> Array:
+    """The price the index clips around: the median of the active constituents other than
+    the internal book (second to last), or the internal book alone when nothing else is
+    active.
+
+    The internal book is left out because it is the one constituent that the exchange's
+    own forced sales print on (MECHANICS 2.4): with it in the median, a two-leg index
+    (internal + redemption) clips around their midpoint, which drags the heavy, sound leg
+    toward the bad print (0.2 x 0.65 + 0.8 x 1.0 with a 3% clip gave 0.840, below even the
+    unclipped 0.93). Among the venues and the redemption leg the median is Binance's
+    (unweighted) one, so a venue-only index is unchanged. A weighted median was not
+    chosen: shipped weights tie exactly (venues 0.2 / 0.1 / 0.1: the two 0.1 legs hold
+    half), where its pick jumps from one leg to another on a rounding of the sums.
+    """
+    internal = jnp.arange(constituents.shape[-1]) == constituents.shape[-1] - 2
+    outside = active & ~internal
+    ref_set = jnp.where(outside.any(-1, keepdims=True), outside, active)
+    return masked_median(constituents, ref_set)
 
 
 def mark_price(
@@ -102,6 +123,21 @@ def funding_rate(
     f8 = avg_premium + jnp.clip(interest_8h - avg_premium, -clamp_8h, clamp_8h)
     f = f8 * (interval_s / SECONDS_PER_8H)
     return jnp.clip(f, -cap, cap)
+
+
+# The automatic cap (`rules.funding.cap: auto`, MECHANICS 1.1 and 5): 0.75 x the tier-1
+# maintenance rate, or 3% once tier 1 allows at most 25x.
+AUTO_CAP_MMR_MULT = 0.75
+AUTO_CAP_LOW_LEV = 25.0
+AUTO_CAP_LOW_LEV_CAP = 0.03
+
+
+def funding_cap(cap: Array, mmr1: Array, max_lev1: Array) -> Array:
+    """|F| cap per interval in force: `cap` when set (> 0); 0 means auto, computed from the
+    tier-1 maintenance rate and max leverage of the rules in force, so a scheduled change
+    of the bracket table moves it (as Binance's cap follows a bracket change)."""
+    auto = jnp.where(max_lev1 <= AUTO_CAP_LOW_LEV, AUTO_CAP_LOW_LEV_CAP, AUTO_CAP_MMR_MULT * mmr1)
+    return jnp.where(cap > 0, cap, auto)
 
 
 def funding_payment(pos: Array, mark: Array, rate: Array) -> Array:

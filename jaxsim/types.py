@@ -167,7 +167,7 @@ class ExchangeRules:
     haircut: Array  # (4,) collateral haircut per asset (USDT, BASE, STABLE, LST)
     funding_interest: Array  # () interest rate I per 8 h
     funding_clamp: Array  # () clamp band on (I - P) per 8 h
-    funding_cap: Array  # () |F| cap per interval
+    funding_cap: Array  # () |F| cap per interval; 0 = auto (prices.funding_cap)
     funding_interval_s: Array  # () seconds between funding settlements
     imn_quote: Array  # () impact margin notional numerator: IMN = imn_quote * max_lev_1
     maker_fee: Array  # () fee rate on maker notional (negative = rebate)
@@ -351,6 +351,7 @@ class PriceState:
     ext: Array  # (3, V) external venue prices of BASE, STABLE, LST
     ext_common: Array  # (3,) common external price (venues disperse around it)
     last: Array  # (M,) last traded price per market
+    last_trade_t: Array  # (M,) int32 tick of each market's last trade (reset: 0)
     index: Array  # (3,) index price of BASE, STABLE, LST
     mark: Array  # () perp mark price
     basis_buf: Array  # (W,) ring buffer of (perp mid - index) samples

@@ -107,7 +107,7 @@ def _index(idx, dims: Dims) -> tuple[list, list, list]:
     return weights, clips, floors
 
 
-def _scalar_rules(r: dict, first_mmr: float) -> dict:
+def _scalar_rules(r: dict) -> dict:
     """Every rule with a single table row, by ExchangeRules field (converted units)."""
     root = {"rules": r}
     dl = get_path(root, "rules.depth_limit")
@@ -119,7 +119,9 @@ def _scalar_rules(r: dict, first_mmr: float) -> dict:
         section = get_path(root, parent)
         name = row.target.split(".", 1)[1]
         if row.path == "rules.funding.cap" and section.get("cap") == "auto":
-            out[name] = 0.75 * first_mmr
+            # 0 = auto: computed from the tiers in force at each use (prices.funding_cap),
+            # so a scheduled bracket change moves it.
+            out[name] = 0.0
         else:
             v = row.read(section, parent)
             out[name] = float(v) if row.kind == "bool" else v
@@ -137,7 +139,7 @@ def build_rules(r: dict, dims: Dims) -> ExchangeRules:
         index_weights=weights,
         index_clip=clips,
         price_floor=floors_px,
-        **_scalar_rules(r, mmrs[0]),
+        **_scalar_rules(r),
     )
     out = ExchangeRules(**{k: np.asarray(v, np.float64) for k, v in rules.items()})
     check_rules_consistent(out, "rules")

@@ -146,7 +146,12 @@ RULES = [
     _rule("index.*.floor", "[0, inf]", "price_floor", "lowest index price", default=0.0),
     _rule("funding.interest_8h", "[-0.01, 0.01]", "funding_interest", "interest per 8 h"),
     _rule("funding.clamp_8h", "[0, 0.01]", "funding_clamp", "clamp of premium - interest"),
-    _rule("funding.cap", "(0, 0.1]", "funding_cap", "per interval; auto = 0.75 x tier-1 MMR"),
+    _rule(
+        "funding.cap",
+        "(0, 0.1]",
+        "funding_cap",
+        "per interval; auto = 0.75 x tier-1 MMR, 3% at <= 25x (follows the tiers in force)",
+    ),
     _rule("funding.interval_h", "(0, 24]", "funding_interval_s", unit=HOURS),
     _rule("funding.imn_quote", "(0, inf]", "imn_quote", "impact margin notional, USDT"),
     _rule("price_band", "(0, 0.99]", "price_band", "order price band", **MK),

@@ -23,6 +23,11 @@ from jaxsim.types import (
 Array = jax.Array
 
 
+def cap_in_force(rules) -> Array:
+    """|F| cap per interval under the rules in force (`cap: auto` follows the tiers)."""
+    return pr.funding_cap(rules.funding_cap, rules.tier_mmr[0], rules.tier_max_lev[0])
+
+
 def impact_premium(state: SimState, params: Params, index_base) -> Array:
     """Premium index of the perp book's impact bid/ask against the BASE index (MECHANICS 1.2)."""
     rules = state.rules
@@ -54,7 +59,7 @@ def sample_and_settle(state: SimState, params: Params) -> tuple[SimState, tick_a
         wsum / wtot,
         rules.funding_interest,
         rules.funding_clamp,
-        rules.funding_cap,
+        cap_in_force(rules),
         rules.funding_interval_s,
     )
     p = p.replace(

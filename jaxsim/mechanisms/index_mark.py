@@ -18,9 +18,31 @@ from jaxsim.types import (
 Array = jax.Array
 
 
+# The internal leg's weight goes to 0 once its book's last trade is older than this
+# (MECHANICS 2.2 and 8: Binance drops a source with no data for 5 minutes).
+INTERNAL_STALE_S = 300.0
+
+
 def internal_px(state: SimState, params: Params, m) -> Array:
     """The internal leg of market m's index: its last trade price."""
     return state.px.last[m]
+
+
+def live_weights(state: SimState, params: Params) -> Array:
+    """(3, V + 2) index weights in force with a stale internal leg set to 0.
+
+    The leg is stale when its book's last trade (the seeded price at reset counts as a
+    trade at tick 0) is more than `INTERNAL_STALE_S` old; `index_price` then renormalises
+    the remaining weights. An index whose only weighted leg is the internal book keeps
+    it, stale or not: with no other source there is nothing to renormalise onto, and the
+    last trade is the only price there is (Binance's "last price protected" fallback).
+    """
+    w = state.rules.index_weights
+    k = w.shape[-1] - 2  # the internal column: venues..., internal, redemption
+    last_t = jnp.stack([state.px.last_trade_t[m] for m in INDEX_INTERNAL_MARKET])
+    stale = (state.t - last_t) * params.dt > INTERNAL_STALE_S
+    others = w.sum(-1) - w[:, k] > 0
+    return w.at[:, k].set(jnp.where(stale & others, 0.0, w[:, k]))
 
 
 def perp_mid(state: SimState, params: Params) -> Array:
@@ -32,22 +54,21 @@ def perp_mid(state: SimState, params: Params) -> Array:
 
 
 def index_prices(state: SimState, params: Params) -> Array:
-    """(3,) index of BASE, STABLE and LST: the venues, the internal book and the
-    redemption leg, weighted, clipped and floored per the rules (MECHANICS 2)."""
+    """(3,) index of BASE, STABLE and LST: the venues, the internal book (unless stale) and
+    the redemption leg, weighted, clipped and floored per the rules (MECHANICS 2)."""
     rules = state.rules
+    weights = live_weights(state, params)
     ext = state.px.ext
     internal = jnp.stack([internal_px(state, params, m) for m in INDEX_INTERNAL_MARKET])
     # Redemption legs: BASE has none (its weight must be 0), STABLE redeems at 1,
     # LST at lst_rate BASE valued at the BASE index computed first.
     base_c = jnp.concatenate([ext[0], internal[:1], state.px.ext_common[:1]])
-    base_idx = pr.index_price(
-        base_c, rules.index_weights[0], rules.index_clip[0], rules.price_floor[0]
-    )
+    base_idx = pr.index_price(base_c, weights[0], rules.index_clip[0], rules.price_floor[0])
     stab_c = jnp.concatenate([ext[1], internal[1:2], jnp.ones((1,), ext.dtype)])
     lst_c = jnp.concatenate([ext[2], internal[2:3], (params.exo.lst_rate * base_idx)[None]])
     rest = pr.index_price(
         jnp.stack([stab_c, lst_c]),
-        rules.index_weights[1:],
+        weights[1:],
         rules.index_clip[1:],
         rules.price_floor[1:],
     )

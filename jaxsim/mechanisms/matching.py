@@ -121,14 +121,16 @@ def take_on(state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate=None
         jnp.max(jnp.where(fill_lvl > 0, px, -jnp.inf)),
         jnp.min(jnp.where(fill_lvl > 0, px, jnp.inf)),
     )
-    last = state.px.last.at[m].set(jnp.where(filled > 0, last_fill_px, state.px.last[m]))
+    traded = filled > 0
+    last = state.px.last.at[m].set(jnp.where(traded, last_fill_px, state.px.last[m]))
+    last_t = state.px.last_trade_t.at[m].set(jnp.where(traded, state.t, state.px.last_trade_t[m]))
     acc = acc.replace(
         volume=acc.volume.at[m].add(filled),
         fees=acc.fees + fee_t + fee_m.sum(),
         fees_acct=acc.fees_acct + fee_m + taker * fee_t,
         flow=acc.flow + jnp.where((m == SPOT) | is_perp, side * notional, 0.0),
     )
-    state = state.replace(acct=acct, px=state.px.replace(last=last))
+    state = state.replace(acct=acct, px=state.px.replace(last=last, last_trade_t=last_t))
     return state, acc, q_m, ah_m, filled, notional
 
 

@@ -14,6 +14,7 @@ import jaxsim
 from jaxsim import ConfigError, list_scenarios, list_variants, load_scenario, margin
 from jaxsim.config import COHORT_PARAMS, FIELDS, RULE_RANGES, build_params, scenario_config
 from jaxsim.config.fields import REQUIRED, get_path
+from jaxsim.mechanisms.funding import cap_in_force
 from jaxsim.types import PERP, SPOT, Dims, ExchangeRules, ExoParams, MarketParams, PopParams
 
 BTC_TIERS = [[0, 125, 0.004], [50000, 100, 0.005], [600000, 75, 0.0065]]
@@ -323,17 +324,24 @@ def test_calm_is_balanced():
 
 
 def test_funding_cap_auto():
-    # auto = 0.75 x tier-1 MMR: 0.75 x 0.4% = 0.3% for the BTC table.
-    assert float(load_scenario(TESTBED).rules.funding_cap) == pytest.approx(0.003)
+    # auto loads as 0 and is computed from the tiers in force (funding.cap_in_force):
+    # 0.75 x tier-1 MMR, 0.75 x 0.4% = 0.3% for the BTC table.
+    p = load_scenario(TESTBED)
+    assert float(p.rules.funding_cap) == 0.0
+    assert float(cap_in_force(p.rules)) == pytest.approx(0.003)
     # A table with MMR1 = 1% gives 0.75%.
     p = load_scenario(
         TESTBED,
         overrides={"rules.tiers": [[0, 50, 0.01], [100000, 20, 0.025]], "accounts.users": []},
     )
-    assert float(p.rules.funding_cap) == pytest.approx(0.0075)
+    assert float(cap_in_force(p.rules)) == pytest.approx(0.0075)
+    # Tier 1 at <= 25x: 3%.
+    p = load_scenario(TESTBED, overrides={"rules.tiers": [[0, 25, 0.02]], "accounts.users": []})
+    assert float(cap_in_force(p.rules)) == pytest.approx(0.03)
     # An explicit cap is kept.
     p = load_scenario(TESTBED, overrides={"rules.funding.cap": 0.02})
     assert float(p.rules.funding_cap) == pytest.approx(0.02)
+    assert float(cap_in_force(p.rules)) == pytest.approx(0.02)
 
 
 def test_tiers_padded_to_dims():

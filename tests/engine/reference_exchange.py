@@ -45,6 +45,8 @@ N_SYSTEM = 4
 SECONDS_PER_8H = 8.0 * 3600.0
 VOL_EWMA_S = 300.0
 TINY = 1e-9
+# The internal index leg is dropped once its book's last trade is older than this.
+INTERNAL_STALE_S = 300.0
 # Collateral sold for a negative USDT balance, in this order, each into its own spot book.
 SALE_ORDER = ((STABLE, STABLE_SPOT), (LST, LST_SPOT), (BASE, SPOT))
 
@@ -110,6 +112,8 @@ class RefExchange:
         ai = params.accounts
         self._init_acct = {k: _np(getattr(ai, k)).copy() for k in ai.__dataclass_fields__}
         self.events = {}
+        self.n_stale = 0  # coverage statistics of the index (also for from_engine_state)
+        self.n_clipped = 0
 
     # ------------------------------------------------------------------ rules helpers
 
@@ -148,6 +152,7 @@ class RefExchange:
         self.ext = np.tile(p0[:, None], (1, self.n_venues))
         self.ext_common = p0.copy()
         self.last = np.array([p0[0], p0[0], p0[1], p0[2]])
+        self.last_trade_t = [0] * N_MARKETS  # the seeded prices count as trades at tick 0
         self.index = p0.copy()
         self.mark = float(p0[0])
         self.origin = [
@@ -166,6 +171,8 @@ class RefExchange:
         self.vol = self.vol_ref.copy()
         self.n_deferred = 0
         self.n_bust = 0
+        self.n_stale = 0
+        self.n_clipped = 0
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -183,6 +190,7 @@ class RefExchange:
         px = s["px"]
         ref.ext, ref.ext_common = px["ext"].copy(), px["ext_common"].copy()
         ref.last, ref.index, ref.mark = px["last"].copy(), px["index"].copy(), float(px["mark"])
+        ref.last_trade_t = [int(x) for x in px["last_trade_t"]]
         cnt = int(px["basis_count"])
         w = ref.basis_window
         ref.basis_samples = [float(px["basis_buf"][i % w]) for i in range(max(cnt - w, 0), cnt)]
@@ -432,6 +440,7 @@ class RefExchange:
                 self.settle_perp(o, -side * maker_q[o], maker_n[o] / maker_q[o])
             self.settle_perp(a, side * filled, notional / filled)
         self.last[m] = max(fill_prices) if side > 0 else min(fill_prices)
+        self.last_trade_t[m] = self.t
         self.acc["volume"][m] += filled
         self.acc["fees"] += fee_t + fee_m_total
         return filled, notional
@@ -486,25 +495,49 @@ class RefExchange:
 
     # ------------------------------------------------------------------ prices
 
-    @staticmethod
-    def index_price(cons, weights, clip, floor) -> float:
-        active = [c for c, w in zip(cons, weights, strict=True) if w > 0]
-        med = float(np.median(active))
+    def index_price(self, cons, weights, clip, floor) -> float:
+        """cons / weights: venues..., internal, redemption. Clipped around the median of the
+        weighted legs other than the internal one (the internal one alone if it is the only
+        weighted leg)."""
+        k_int = len(cons) - 2
+        active = [i for i, w in enumerate(weights) if w > 0]
+        ref_legs = [i for i in active if i != k_int] or active
+        med = float(np.median([cons[i] for i in ref_legs]))
         lo, hi = med * (1 - clip), med * (1 + clip)
-        num = sum(w * min(max(c, lo), hi) for c, w in zip(cons, weights, strict=True) if w > 0)
-        den = sum(w for w in weights if w > 0)
+        self.n_clipped += sum(not lo <= cons[i] <= hi for i in active)  # coverage statistic
+        num = sum(weights[i] * min(max(cons[i], lo), hi) for i in active)
+        den = sum(weights[i] for i in active)
         return max(num / max(den, 1e-12), floor)
 
+    def live_weights(self, row: int, market: int) -> list[float]:
+        """Index row's weights with its internal leg at 0 once stale (and not alone)."""
+        w = [float(x) for x in self.r["index_weights"][row]]
+        k_int = len(w) - 2
+        stale = (self.t - self.last_trade_t[market]) * self.dt > INTERNAL_STALE_S
+        if stale and w[k_int] > 0 and any(x > 0 for i, x in enumerate(w) if i != k_int):
+            w[k_int] = 0.0
+            self.n_stale += 1  # coverage statistic
+        return w
+
     def compute_index(self):
-        w, clip, floor = self.r["index_weights"], self.r["index_clip"], self.r["price_floor"]
+        clip, floor = self.r["index_clip"], self.r["price_floor"]
         base = self.index_price(
-            list(self.ext[0]) + [self.last[SPOT], self.ext_common[0]], w[0], clip[0], floor[0]
+            list(self.ext[0]) + [self.last[SPOT], self.ext_common[0]],
+            self.live_weights(0, SPOT),
+            clip[0],
+            floor[0],
         )
         stab = self.index_price(
-            list(self.ext[1]) + [self.last[STABLE_SPOT], 1.0], w[1], clip[1], floor[1]
+            list(self.ext[1]) + [self.last[STABLE_SPOT], 1.0],
+            self.live_weights(1, STABLE_SPOT),
+            clip[1],
+            floor[1],
         )
         lst = self.index_price(
-            list(self.ext[2]) + [self.last[LST_SPOT], self.lst_rate * base], w[2], clip[2], floor[2]
+            list(self.ext[2]) + [self.last[LST_SPOT], self.lst_rate * base],
+            self.live_weights(2, LST_SPOT),
+            clip[2],
+            floor[2],
         )
         return np.array([base, stab, lst])
 
@@ -522,6 +555,16 @@ class RefExchange:
         p1 = self.index[0] * (1.0 + self.funding_rate * ttf / interval)
         p2 = self.index[0] + self.basis_ma()
         self.mark = float(sorted([p1, p2, self.last[PERP]])[1])
+
+    def funding_cap(self) -> float:
+        """The cap set in the rules, or (0 = auto) 3% when tier 1 allows at most 25x, else
+        0.75 x the tier-1 maintenance rate."""
+        cap = float(self.r["funding_cap"])
+        if cap > 0:
+            return cap
+        if float(self.r["tier_max_lev"][0]) <= 25.0:
+            return 0.03
+        return 0.75 * float(self.r["tier_mmr"][0])
 
     def impact_price(self, side: float, notional_target: float) -> float:
         hit = ASK if side > 0 else BID
@@ -553,7 +596,7 @@ class RefExchange:
         self.prem_n += 1
         avg = self.prem_wsum / self.prem_w
         interest, clamp = float(self.r["funding_interest"]), float(self.r["funding_clamp"])
-        cap, interval = float(self.r["funding_cap"]), float(self.r["funding_interval_s"])
+        cap, interval = self.funding_cap(), float(self.r["funding_interval_s"])
         f8 = avg + min(max(interest - avg, -clamp), clamp)
         rate = min(max(f8 * interval / SECONDS_PER_8H, -cap), cap)
         self.funding_rate = rate

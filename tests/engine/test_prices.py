@@ -55,13 +55,30 @@ def test_funding_outside_band_is_premium_plus_minus_clamp(p_bar, expected):
 
 def test_funding_cap_binds_at_075_mmr1(rules):
     # Cap = 0.75 x MMR1 = 0.75 x 0.40% = 0.30% for the BTC table (MECHANICS 1.1).
-    cap = float(rules.funding_cap)
+    assert float(rules.funding_cap) == 0.0  # `cap: auto` in the config: computed at use
+    cap = float(prices.funding_cap(rules.funding_cap, rules.tier_mmr[0], rules.tier_max_lev[0]))
     assert cap == pytest.approx(0.003, abs=RATE_TOL)
     # P = 1%: F8 = 1% - 0.05% = 0.95% -> capped to +0.30%; P = -1% -> -0.30%.
     assert rate(0.01, cap=cap) == pytest.approx(0.003, abs=RATE_TOL)
     assert rate(-0.01, cap=cap) == pytest.approx(-0.003, abs=RATE_TOL)
     # Just inside the cap it does not bind: P = 0.3% -> 0.25%.
     assert rate(0.003, cap=cap) == pytest.approx(0.0025, abs=RATE_TOL)
+
+
+@pytest.mark.parametrize(
+    "cap, mmr1, max_lev1, expected",
+    [
+        (0.0, 0.004, 125.0, 0.003),  # auto, BTC table: 0.75 x 0.40% = 0.30%
+        (0.0, 0.01, 50.0, 0.0075),  # auto, 50x at 1%: 0.75 x 1% = 0.75%
+        (0.0, 0.02, 25.0, 0.03),  # auto at <= 25x: 3% (MECHANICS 1.1, 5), not 0.75 x 2%
+        (0.0, 0.025, 20.0, 0.03),
+        (0.02, 0.004, 125.0, 0.02),  # a cap set in the rules is kept
+        (0.02, 0.02, 20.0, 0.02),
+    ],
+)
+def test_funding_cap_auto_from_tier1(cap, mmr1, max_lev1, expected):
+    got = float(prices.funding_cap(f32(cap), f32(mmr1), f32(max_lev1)))
+    assert got == pytest.approx(expected, abs=RATE_TOL)
 
 
 @pytest.mark.parametrize(
@@ -188,6 +205,41 @@ def test_index_floor():
     assert _index(c, w, clip=0.03, floor=0.0) == pytest.approx(0.90, abs=1e-6)
     # A floor below the index does nothing.
     assert _index(c, w, clip=0.03, floor=0.5) == pytest.approx(0.90, abs=1e-6)
+
+
+def test_index_two_legs_clip_around_the_redemption_leg():
+    # STABLE as in collateral_depeg's fixed_index (floor left out): 0.2 internal, 0.8
+    # redemption at 1, clip 3%, internal print 0.65. The clip reference is the legs other
+    # than the internal book (here the redemption leg alone, 1.0), so the print is capped
+    # at 0.97: 0.2 x 0.97 + 0.8 x 1.0 = 0.194 + 0.8 = 0.994. Clipping around the two legs'
+    # midpoint 0.825 instead capped the print at 0.80025 and the redemption leg at 0.84975:
+    # 0.2 x 0.80025 + 0.8 x 0.84975 = 0.83985, below even the unclipped 0.93.
+    c = [1.0, 1.0, 1.0, 0.65, 1.0]
+    w = [0.0, 0.0, 0.0, 0.2, 0.8]
+    assert _index(c, w, clip=0.03) == pytest.approx(0.994, abs=1e-6)
+    # The LST default (0.2 internal, 0.8 conversion, clip 3%), the print of the blend test
+    # below: 60,000 capped at 0.97 x 105,000 = 101,850;
+    # 0.2 x 101,850 + 0.8 x 105,000 = 20,370 + 84,000 = 104,370 (the midpoint gave 83,985).
+    c = [0.0, 0.0, 0.0, 60000.0, 105000.0]
+    assert _index(c, w, clip=0.03) == pytest.approx(104370.0, abs=PX_TOL)
+    # A print inside the band is not clipped: 103,000 >= 101,850:
+    # 0.2 x 103,000 + 0.8 x 105,000 = 20,600 + 84,000 = 104,600.
+    c = [0.0, 0.0, 0.0, 103000.0, 105000.0]
+    assert _index(c, w, clip=0.03) == pytest.approx(104600.0, abs=PX_TOL)
+
+
+def test_index_venues_set_the_clip_reference_not_the_internal_book():
+    # Venues 100,000 / 100,100 / 99,900 (0.2 / 0.15 / 0.15) and internal 90,000 (0.5),
+    # clip 5%: the reference is the venues' median, 100,000, so the print is capped at
+    # 95,000: 0.2 x 100,000 + 0.15 x 100,100 + 0.15 x 99,900 + 0.5 x 95,000
+    # = 20,000 + 15,015 + 14,985 + 47,500 = 97,500.
+    c = [100000.0, 100100.0, 99900.0, 90000.0, 0.0]
+    w = [0.2, 0.15, 0.15, 0.5, 0.0]
+    assert _index(c, w, clip=0.05) == pytest.approx(97500.0, abs=PX_TOL)
+    # An index on the internal book alone clips around that book (nothing else to use).
+    c = [100000.0, 100000.0, 100000.0, 90000.0, 0.0]
+    w = [0.0, 0.0, 0.0, 1.0, 0.0]
+    assert _index(c, w, clip=0.01) == pytest.approx(90000.0, abs=PX_TOL)
 
 
 def test_index_wrapped_token_blend():

@@ -135,9 +135,12 @@ class OrderFlow:
     user never adds to its own resting order), 'flash' (at most one limit per tick, cancelled by
     the tick's last order, so no user order rests while the LP refills)."""
 
+    MARKET_P = (0.25, 0.4, 0.15, 0.2)
+
     def __init__(self, seed: int, k: int, n_user: int, n: int, mode: str):
         self.rng = np.random.default_rng(seed)
         self.k, self.n_user, self.n, self.mode = k, n_user, n, mode
+        self.market_p = self.MARKET_P
 
     def _one(self, ref: RefExchange, allow_limit: bool, own_levels: set):
         rng = self.rng
@@ -145,7 +148,7 @@ class OrderFlow:
         a = int(rng.integers(0, self.n_user))
         if u < 0.03:
             a = int(rng.integers(self.n_user, self.n))  # system account -> rejected
-        m = int(rng.choice(4, p=[0.25, 0.4, 0.15, 0.2]))
+        m = int(rng.choice(4, p=self.market_p))
         side = int(rng.choice([-1, 1]))
         kind = int(
             rng.choice([KIND_MARKET, KIND_LIMIT, KIND_CANCEL, KIND_NONE], p=[0.4, 0.4, 0.12, 0.08])
@@ -266,6 +269,7 @@ def compare_state(s, ref: RefExchange, t, check_ahead=True):
     ):
         _close(f"px.{name}", p[name], want, t)
     _exact("px.prem_n", p["prem_n"], ref.prem_n, t)
+    _exact("px.last_trade_t", p["last_trade_t"], np.asarray(ref.last_trade_t), t)
     _exact("px.basis_count", p["basis_count"], len(ref.basis_samples), t)
     w = ref.basis_window
     buf = np.zeros(w)
@@ -295,10 +299,14 @@ def compare_events(ev, rev, t):
     _close("funding_paid", ev.funding_paid, rev["funding_paid"], t)
 
 
-def run_parity(engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=True):
+def run_parity(
+    engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=True, market_p_at=None
+):
     """Run engine and reference side by side; assert agreement after every tick.
 
-    Returns totals of the tick events (for checking what the run exercised).
+    market_p_at(t): the order flow's probabilities of the four markets at tick t (default
+    `OrderFlow.MARKET_P`). Returns totals of the tick events (for checking what the run
+    exercised).
     """
     step, reset = engine
     key = jax.random.PRNGKey(seed)
@@ -323,6 +331,8 @@ def run_parity(engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=T
     }
     for t in range(n_ticks):
         key, k = jax.random.split(key)
+        if market_p_at is not None:
+            flow.market_p = market_p_at(t)
         rows = flow.orders(ref)
         state, ev = step(k, state, _to_orders(rows), params)
         s_np = _np_tree(state)
@@ -376,6 +386,23 @@ def test_parity_shock_liquidations(engine):
     assert tot["liq_book_notional"] > 0, tot
     assert tot["ref"].n_deferred > 0  # liq_per_round bound: some accounts waited a round
     assert tot["ref"].n_bust > 0  # the fund covered a bankrupt cross account's hole
+
+
+def test_parity_index_clip_and_stale_internal_leg(engine):
+    """The LST index (0.2 internal + 0.8 redemption) with a 0.1% clip, so the internal
+    print is often capped around the redemption leg; no LST orders for the first 45
+    ticks, so its last trade (the start price) goes stale after 300 s (tick 31) and the
+    leg drops out, then LST trades again."""
+    params = _params({**BASE_OVERRIDES, "rules.index.lst.clip": 0.001})
+
+    def market_p(t):
+        return (0.3, 0.45, 0.25, 0.0) if t < 45 else (0.2, 0.3, 0.1, 0.4)
+
+    tot = run_parity(engine, params, 90, "flash", seed=6, market_p_at=market_p)
+    ref = tot["ref"]
+    assert ref.n_stale >= 14, ref.n_stale  # ticks 31..44 at least (reprices per tick: 2+)
+    assert ref.n_clipped > 0, ref.n_clipped
+    assert ref.last_trade_t[3] > 45  # LST traded again
 
 
 def test_parity_detects_a_perturbed_reference(engine):

@@ -6,8 +6,11 @@ tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.p
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from support import assert_conserved, make, usdt
+
+from jaxsim.mechanisms import funding
 
 
 def test_funding_settles_at_interval(sim):
@@ -56,3 +59,45 @@ def test_funding_settles_at_interval(sim):
     for sys_acct in (p.dims.fees, p.dims.insurance, p.dims.lp, p.dims.outside):
         assert usdt(after, sys_acct) == usdt(before, sys_acct)
     assert_conserved(p, st0, states[-1])
+
+
+def test_auto_cap_follows_scheduled_tier_changes(sim):
+    """`cap: auto` is computed from the rules in force (MECHANICS 1.1, 5), so a scheduled
+    bracket change moves it. I = 1% per 8 h with a 1% clamp band and a zero premium (the
+    symmetric LP book) give F = 1% per 8-h interval before the cap:
+
+    - BTC table (tier 1: 125x, MMR 0.4%): cap 0.75 x 0.4% = 0.30%, F = 0.30%;
+    - from 30 s, tiers [[0, 50x, 1%], [1M, 20x, 2.5%]]: cap 0.75 x 1% = 0.75%, F = 0.75%;
+    - from 60 s, every tier capped at 20x: tier 1 at <= 25x gets 3%, F = 1% (uncapped).
+    """
+    rows = [
+        {"effective_s": 30.0, "field": "tiers", "value": [[0, 50, 0.01], [1e6, 20, 0.025]]},
+        {"effective_s": 60.0, "field": "max_leverage_cap", "value": 20.0},
+    ]
+    p = make(
+        [{"name": "agent", "usdt": 100000.0}],
+        schedule=rows,
+        **{"rules.funding.interest_8h": 0.01, "rules.funding.clamp_8h": 0.01},
+    )
+    states, evs, _ = sim.run(p, 8)
+    # The tick starting at 30 s (tick 3) and at 60 s (tick 6) carry the changes.
+    # (a table swap writes 3 x 12 padded tier elements, the leverage cap 12)
+    assert [int(e.rules_changed) for e in evs] == [0, 0, 0, 36, 0, 0, 12, 0]
+    rate = [float(s.px.funding_rate) for s in states]
+    want = [0.003] * 3 + [0.0075] * 3 + [0.01] * 2
+    np.testing.assert_allclose(rate, want, rtol=1e-6)
+    cap = [float(funding.cap_in_force(s.rules)) for s in states]
+    np.testing.assert_allclose(cap, [0.003] * 3 + [0.0075] * 3 + [0.03] * 2, rtol=1e-6)
+
+
+def test_explicit_cap_does_not_follow_tier_changes(sim):
+    # A cap set in the rules (0.5% here) stays in force through a bracket change.
+    rows = [{"effective_s": 30.0, "field": "tiers", "value": [[0, 20, 0.025]]}]
+    over = {
+        "rules.funding.interest_8h": 0.01,
+        "rules.funding.clamp_8h": 0.01,
+        "rules.funding.cap": 0.005,
+    }
+    p = make([{"name": "agent", "usdt": 100000.0}], schedule=rows, **over)
+    states, _, _ = sim.run(p, 5)
+    np.testing.assert_allclose([float(s.px.funding_rate) for s in states], [0.005] * 5, rtol=1e-6)

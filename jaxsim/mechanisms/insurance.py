@@ -64,8 +64,9 @@ class Absorbed:
 def absorb(state: SimState, params: Params, a, s, rem, p_bk) -> tuple[SimState, Absorbed]:
     """Place `rem` of account a's position (side s) at its bankruptcy price `p_bk`:
     the insurance fund takes it over within its position cap (all of it with ADL off);
-    with ADL on, the rest closes opposite positions ranked by PnL% x effective leverage
-    (MECHANICS 4.4); whatever ADL cannot place stays with the fund."""
+    with ADL on, the rest closes opposite positions ranked by PnL% x effective leverage,
+    and their open orders are cancelled (MECHANICS 4.4); whatever ADL cannot place stays
+    with the fund."""
     dims, rules = params.dims, state.rules
     n = dims.n_accounts
     dtype = state.acct.bal.dtype
@@ -95,7 +96,9 @@ def absorb(state: SimState, params: Params, a, s, rem, p_bk) -> tuple[SimState, 
         adl_count=jnp.sum(take > 0).astype(jnp.int32),
         left_qty=left,
     )
-    return state.replace(acct=acct), placed
+    # The deleveraged accounts' orders go (one masked pass over the books, no walk).
+    state = matching.cancel_accounts(state.replace(acct=acct), params, take > 0)
+    return state, placed
 
 
 def _adl_takes(state: SimState, params: Params, a, s, x_adl) -> Array:

@@ -834,6 +834,9 @@ class RefExchange:
         left = x_adl - adl_total  # what ADL could not place stays with the fund
         self.settle_perp(a, -s * left, p_bk)
         self.settle_perp(ins, s * left, p_bk)
+        for b, x in taken:  # deleveraged accounts' open orders are cancelled
+            if x > 0:
+                self.cancel_all(b)
         # Clearance fee to the fund, capped at the equity left.
         liq_notional = n_fill + (x_if + x_adl) * p_bk
         fee = min(r["liq_fee"] * liq_notional, max(self.equity(a), 0.0))

@@ -7,8 +7,12 @@ tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.p
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from support import POS_TOL, SHOCK_T1, USD_TOL, assert_conserved, bankrupt_users, make, pos, usdt
+
+from jaxsim.mechanisms import accounts
+from jaxsim.types import BID, KIND_LIMIT, OK, STABLE_SPOT
 
 
 def test_insurance_fund_pays_bankruptcy(sim):
@@ -84,4 +88,44 @@ def test_adl_when_fund_cannot_absorb(sim, fund, cap):
     assert usdt(st, 0) == pytest.approx(0.0, abs=USD_TOL)
     assert usdt(st, p.dims.insurance) == pytest.approx(fund, abs=USD_TOL)
     assert pos(st, p.dims.insurance) == 0.0
+    assert_conserved(p, st0, st)
+
+
+def _adl_users():
+    """The bankrupt 0.4 BTC long and two shorts of 0.5 at 100,000 (see
+    test_adl_when_fund_cannot_absorb: ADL ranks high_lev, account 2, first)."""
+    return bankrupt_users() + [
+        {"name": "low_lev", "usdt": 100000.0, "position": -0.5, "leverage": 10},
+        {"name": "high_lev", "usdt": 2000.0, "position": -0.5, "leverage": 50},
+    ]
+
+
+def test_adl_cancels_the_counterparty_orders(sim):
+    """ADL closes high_lev (account 2) against the bankrupt long and cancels its open
+    orders (MECHANICS 4.4); low_lev (account 1), not deleveraged, keeps its own. Each
+    rested a STABLE bid of 100 at 0.995 in tick 0 (reserving 99.5 USDT; STABLE does not
+    move in the BASE shock). high_lev gets its reserve back: 2,000 + ADL PnL 0.4 x
+    (100,000 - 95,000) = 4,000 USDT."""
+    p = make(
+        _adl_users(),
+        **{"exogenous.shocks": SHOCK_T1, "accounts.insurance_fund": 0.0},
+    )
+    bid = lambda a: {
+        "account": a,
+        "market": STABLE_SPOT,
+        "side": 1,
+        "kind": KIND_LIMIT,
+        "qty": 100.0,
+        "price": 0.995,
+    }
+    states, evs, st0 = sim.run(p, 2, orders_at={0: [bid(1), bid(2)]})
+    assert [int(r) for r in evs[0].order_reason[:2]] == [OK, OK]
+    own = lambda st, a: np.asarray(accounts.own_orders(st, a, STABLE_SPOT)[BID])
+    assert own(states[0], 2).sum() == pytest.approx(100.0)
+    ev, st = evs[1], states[1]
+    assert int(ev.adl_count) == 1 and pos(st, 2) == pytest.approx(-0.1, abs=POS_TOL)
+    assert own(st, 2).sum() == 0.0
+    assert usdt(st, 2) == pytest.approx(4000.0, abs=USD_TOL)
+    assert own(st, 1).sum() == pytest.approx(100.0)
+    assert usdt(st, 1) == pytest.approx(100000.0 - 99.5, abs=USD_TOL)
     assert_conserved(p, st0, st)

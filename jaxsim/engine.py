@@ -89,6 +89,8 @@ def step(
 
     state = exogenous.move_venues(k_exo, state, params)
     state = index_mark.reprice(state, params)
+    # The engine's own collateral sales this tick are banded around this opening index.
+    acc = acc.replace(sale_ref=accounts.asset_prices(state.px))
     state, acc = schedule.apply_due(state, params, acc)
     state = liquidity.requote(state, params)
     state, bg, arb = _background_orders(k_pop, state, params)

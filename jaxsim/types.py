@@ -179,6 +179,7 @@ class ExchangeRules:
     partial_liquidation: Array  # () 1 = reduce by tier before closing fully
     price_band: Array  # (M,) limit price within ref * (1 +/- band)
     if_unwind_per_s: Array  # () fraction of the fund's position unwound per second
+    sale_band: Array  # () engine sales fill no worse than the tick's index (mark) x (1 -/+ band)
 
 
 @struct.dataclass

@@ -21,7 +21,9 @@ Array = jax.Array
 
 def unwind(state: SimState, acc: tick_acc.TickAcc, params: Params):
     """The fund sells `if_unwind_per_s` of its perp position (within the price band around
-    mark) and of the collateral it took from bankrupt accounts (into their spot books)."""
+    mark) and of the collateral it took from bankrupt accounts, into their spot books no
+    lower than the tick's opening index x (1 - `sale_band`); what the band stops is sold
+    in later ticks."""
     ins = params.dims.insurance
     pos = state.acct.pos[ins]
     frac = jnp.minimum(state.rules.if_unwind_per_s * params.dt, 1.0)
@@ -38,8 +40,11 @@ def unwind(state: SimState, acc: tick_acc.TickAcc, params: Params):
         asset = collateral.SALE_ASSET_ARR[jnp.maximum(j - 1, 0)]
         m = jnp.where(first, PERP, collateral.SALE_MARKET_ARR[jnp.maximum(j - 1, 0)])
         s_j = jnp.where(first, side, -1.0)
-        qty = jnp.where(first, jnp.abs(pos), jnp.maximum(state.acct.bal[ins, asset], 0.0)) * frac
-        lim_j = jnp.where(first, lim, 0.0)
+        held = jnp.maximum(state.acct.bal[ins, asset], 0.0)
+        lim_j = jnp.where(first, lim, acc.sale_ref[asset] * (1 - state.rules.sale_band))
+        qty = jnp.where(
+            first, jnp.abs(pos) * frac, collateral.engine_sale_qty(acc, asset, held * frac)
+        )
         state, acc, sold, proceeds = matching.take(state, params, acc, ins, m, s_j, qty, lim_j)
         acc = acc.replace(
             coll_sold=acc.coll_sold.at[asset].add(jnp.where(first, 0.0, sold)),

@@ -47,6 +47,7 @@ VOL_EWMA_S = 300.0
 TINY = 1e-9
 # Collateral sold for a negative USDT balance, in this order, each into its own spot book.
 SALE_ORDER = ((STABLE, STABLE_SPOT), (LST, LST_SPOT), (BASE, SPOT))
+MIN_SALE_USDT = 0.01  # the engine's collateral sales skip anything worth less at index
 
 
 def _sign(x: float) -> float:
@@ -166,6 +167,8 @@ class RefExchange:
         self.vol = self.vol_ref.copy()
         self.n_deferred = 0
         self.n_bust = 0
+        self.n_banded = 0  # coverage statistic: collateral sales the sale band cut short
+        self.sale_ref = self.asset_px()  # the tick's opening index (set again each tick)
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -192,6 +195,7 @@ class RefExchange:
         ref.last_funding_rate = float(px["last_funding_rate"])
         ref.next_funding_s = float(px["next_funding_s"])
         ref.vol = px["vol"].copy()
+        ref.n_deferred = ref.n_bust = ref.n_banded = 0
         q, ah = s["book"]["qty"], s["book"]["ahead"]
         ref.origin = [int(x) for x in s["book"]["origin"]]
         ref.book = [[[[] for _ in range(ref.g)] for _ in (BID, ASK)] for _ in range(N_MARKETS)]
@@ -868,14 +872,12 @@ class RefExchange:
             for asset, m in SALE_ORDER:
                 deficit = max(unpaid_usdt - self.bal[a, USDT], 0.0)
                 quote = deficit * (1 + taker_fee)
-                need_q, before = 0.0, 0.0
-                for j in range(self.g - 1, -1, -1):  # bids from the top
-                    p = self.level_px(m, j)
-                    tot = self.level_tot(m, BID, j)
-                    need_q += min(max((quote - before) / p, 0.0), tot)
-                    before += tot * p
-                qty = min(need_q, max(self.bal[a, asset], 0.0))
-                sold, proceeds = self.take(a, m, -1, qty, 0.0)
+                # No lower than the tick's opening index by the sale band.
+                lim = self.sale_ref[asset] * (1 - float(r["sale_band"]))
+                held = max(self.bal[a, asset], 0.0)
+                qty = self.engine_sale_qty(asset, min(self.quote_qty(m, quote, lim), held))
+                self.n_banded += qty < min(self.quote_qty(m, quote, 0.0), held) * (1 - 1e-9)
+                sold, proceeds = self.take(a, m, -1, qty, lim)
                 acc["coll_sold"][asset] += sold
                 acc["coll_sold_usdt"] += proceeds
             self.bal[a, USDT] -= unpaid_usdt
@@ -911,6 +913,19 @@ class RefExchange:
         acc["adl_notional"] += adl_total * p_bk
         acc["bad_debt"] += max(bad, 0.0)
 
+    def engine_sale_qty(self, asset: int, qty: float) -> float:
+        return qty if qty * self.sale_ref[asset] >= MIN_SALE_USDT else 0.0
+
+    def quote_qty(self, m: int, quote: float, lim: float) -> float:
+        """Units to sell into market m's bids (from the top, none below lim) to raise quote."""
+        need_q, before = 0.0, 0.0
+        for j in range(self.g - 1, -1, -1):
+            p = self.level_px(m, j)
+            tot = self.level_tot(m, BID, j) if p >= lim else 0.0
+            need_q += min(max((quote - before) / p, 0.0), tot)
+            before += tot * p
+        return need_q
+
     def needs_liquidation(self, a: int) -> bool:
         """Margin balance under maintenance at mark, for a user account with any exposure."""
         if a >= self.n_user:
@@ -937,11 +952,16 @@ class RefExchange:
             band = float(self.r["price_band"][PERP])
             lim = self.mark * (1 + band) if side > 0 else self.mark * (1 - band)
             self.take(self.ins, PERP, side, abs(pos) * frac, lim)
-        # ... and sells the collateral it took over into its spot books at the same rate.
+        # ... and sells the collateral it took over into its spot books at the same rate,
+        # no lower than the tick's opening index by the sale band.
         frac = min(float(self.r["if_unwind_per_s"]) * self.dt, 1.0)
+        band = float(self.r["sale_band"])
         for asset, m in SALE_ORDER:
-            qty = max(self.bal[self.ins, asset], 0.0) * frac
-            sold, proceeds = self.take(self.ins, m, -1, qty, 0.0)
+            held = max(self.bal[self.ins, asset], 0.0)
+            lim = self.sale_ref[asset] * (1 - band)
+            qty = self.engine_sale_qty(asset, held * frac)
+            sold, proceeds = self.take(self.ins, m, -1, qty, lim)
+            self.n_banded += sold < qty * (1 - 1e-9)  # stopped by the band (or the book)
             self.acc["coll_sold"][asset] += sold
             self.acc["coll_sold_usdt"] += proceeds
 
@@ -965,6 +985,7 @@ class RefExchange:
         )
         self.exogenous(key)
         self.reprice()
+        self.sale_ref = self.asset_px()
         # (rule schedule: empty by construction, see __init__)
         self.liquidity()
         outs = [self.process_order(o) for o in orders]

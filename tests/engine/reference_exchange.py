@@ -168,6 +168,7 @@ class RefExchange:
         self.n_deferred = 0
         self.n_bust = 0
         self.n_banded = 0  # coverage statistic: collateral sales the sale band cut short
+        self.bad_debt = 0.0  # written off so far (the engine's SimState.bad_debt)
         self.sale_ref = self.asset_px()  # the tick's opening index (set again each tick)
         self.reprice()
         self.liquidity(first_fill=True)
@@ -195,6 +196,7 @@ class RefExchange:
         ref.last_funding_rate = float(px["last_funding_rate"])
         ref.next_funding_s = float(px["next_funding_s"])
         ref.vol = px["vol"].copy()
+        ref.bad_debt = float(s["bad_debt"])
         ref.n_deferred = ref.n_bust = ref.n_banded = 0
         q, ah = s["book"]["qty"], s["book"]["ahead"]
         ref.origin = [int(x) for x in s["book"]["origin"]]
@@ -804,9 +806,10 @@ class RefExchange:
             lim = p_bk if p_bk > 0 else math.inf
         f_fill, n_fill = self.take(a, PERP, -s, cut, lim, fee_rate=0.0) if s != 0 else (0.0, 0.0)
         rem = max(cut - f_fill, 0.0)
-        # Insurance fund takes over within its cap; the rest goes to ADL (if on).
+        # Insurance fund takes over within its cap on its marked equity (unrealized losses
+        # count); the rest goes to ADL (if on).
         ins = self.ins
-        fund = self.bal[ins, USDT]
+        fund = self.equity(ins)
         cap_q = r["if_position_cap"] * max(fund, 0.0) / max(mark, TINY)
         room = max(cap_q - s * self.pos[ins], 0.0)
         x_if = min(rem, room) if r["adl_on"] > 0 else rem
@@ -888,7 +891,6 @@ class RefExchange:
             # collateral worth the deficit at index (in sale order).
             if self.pos[a] == 0 and self.bal[a, USDT] < 0:
                 self.n_bust += 1  # coverage statistic
-                fund0 = self.bal[ins, USDT]
                 hole = -self.bal[a, USDT]
                 owed = hole
                 for asset, _m in SALE_ORDER:
@@ -898,8 +900,7 @@ class RefExchange:
                     owed = max(owed - units * px_a[asset], 0.0)
                 self.bal[a, USDT] += hole
                 self.bal[ins, USDT] -= hole
-                fund1 = self.bal[ins, USDT]
-                bad = max(-fund1, 0.0) - max(-fund0, 0.0)
+                bad = self.write_off()
         liq_n = n_fill + (x_if + x_adl) * p_bk
         if s > 0:
             acc["liq_long"] += liq_n
@@ -925,6 +926,15 @@ class RefExchange:
             need_q += min(max((quote - before) / p, 0.0), tot)
             before += tot * p
         return need_q
+
+    def write_off(self) -> float:
+        """Where the fund's USDT and marked equity are both negative, the smaller shortfall
+        is bad debt: credited to the fund and counted in `bad_debt`. Returns it."""
+        cash = self.bal[self.ins, USDT]
+        w = max(min(-cash, -self.equity(self.ins)), 0.0)
+        self.bal[self.ins, USDT] += w
+        self.bad_debt += w
+        return w
 
     def needs_liquidation(self, a: int) -> bool:
         """Margin balance under maintenance at mark, for a user account with any exposure."""
@@ -952,14 +962,18 @@ class RefExchange:
             band = float(self.r["price_band"][PERP])
             lim = self.mark * (1 + band) if side > 0 else self.mark * (1 - band)
             self.take(self.ins, PERP, side, abs(pos) * frac, lim)
-        # ... and sells the collateral it took over into its spot books at the same rate,
-        # no lower than the tick's opening index by the sale band.
+        # ... and sells the collateral it took over into its spot books at the same rate, or
+        # what raises its USDT overdraft if more, no lower than the tick's opening index by
+        # the sale band.
         frac = min(float(self.r["if_unwind_per_s"]) * self.dt, 1.0)
         band = float(self.r["sale_band"])
         for asset, m in SALE_ORDER:
             held = max(self.bal[self.ins, asset], 0.0)
             lim = self.sale_ref[asset] * (1 - band)
-            qty = self.engine_sale_qty(asset, held * frac)
+            quote = max(-self.bal[self.ins, USDT], 0.0) * (1 + float(self.r["taker_fee"]))
+            qty = self.engine_sale_qty(
+                asset, min(max(held * frac, self.quote_qty(m, quote, lim)), held)
+            )
             sold, proceeds = self.take(self.ins, m, -1, qty, lim)
             self.n_banded += sold < qty * (1 - 1e-9)  # stopped by the band (or the book)
             self.acc["coll_sold"][asset] += sold
@@ -992,6 +1006,7 @@ class RefExchange:
         # (transfers: none in flight; the reference does not model transfer orders)
         settled, paid = self.prices_and_funding()
         self.liquidation_engine()
+        self.acc["bad_debt"] += self.write_off()  # the fund's other losses it cannot back
         self.t += 1
         ev = dict(self.acc)
         ev["order_reason"] = np.array([x[0] for x in outs], np.int32)
@@ -1001,6 +1016,7 @@ class RefExchange:
         ev["funding_settled"] = settled
         ev["funding_paid"] = paid
         ev["insurance_fund"] = float(self.bal[self.ins, USDT])
+        ev["insurance_equity"] = self.equity(self.ins)
         self.events = ev
         return ev
 

@@ -13,7 +13,8 @@ One tick, in the order of docs/design.md (each phase lives in `jaxsim.mechanisms
    settled at interval boundaries;
 7. liquidation: cascade rounds (re-priced between them) liquidate accounts under
    maintenance; the insurance fund takes over or ADL closes what the book cannot absorb;
-   then the fund unwinds part of its inventory;
+   then the fund unwinds part of its inventory, and a deficit the fund cannot back is
+   written off as bad debt;
 8. events for the tick (`jaxsim.events`).
 
 Everything is pure JAX with static loop bounds; `step` is jittable and vmappable over
@@ -34,6 +35,7 @@ from jaxsim.mechanisms import (
     exogenous,
     funding,
     index_mark,
+    insurance,
     liquidation,
     liquidity,
     schedule,
@@ -89,6 +91,8 @@ def step(
 
     state = exogenous.move_venues(k_exo, state, params)
     state = index_mark.reprice(state, params)
+    # The engine's own collateral sales this tick are banded around this opening index.
+    acc = acc.replace(sale_ref=accounts.asset_prices(state.px))
     state, acc = schedule.apply_due(state, params, acc)
     state = liquidity.requote(state, params)
     state, bg, arb = _background_orders(k_pop, state, params)
@@ -99,6 +103,7 @@ def step(
     state = index_mark.reprice(state, params)
     state, paid = funding.sample_and_settle(state, params)
     state, acc = liquidation.run(state, params, acc)
+    state, acc = insurance.write_off(state, params, acc)
     state = _end_tick(state, params, acc, background)
 
     ext = results.rows(slice(bg.kind.shape[0], None))
@@ -183,6 +188,7 @@ def _reset(key: Array, params: Params) -> SimState:
         rules=params.rules,
         enforce=jnp.zeros((dims.n_accounts,), jnp.int32),
         pop=_initial_pop(params, last),
+        bad_debt=jnp.zeros((), dtype),
     )
     state = index_mark.reprice(state, params)
     # Fill the books to the target profile at once (resilience 1 for the first fill).
@@ -335,7 +341,9 @@ def audit(state: SimState, params: Params) -> dict[str, Array]:
 
     `usdt` counts free, isolated, external, in-transit and book-reserved USDT plus
     -sum(pos * entry): realized perp PnL is only zero-sum together with the open
-    positions' entry values (sum(pos) = 0, so this term is the aggregate uPnL at any mark).
+    positions' entry values (sum(pos) = 0, so this term is the aggregate uPnL at any mark);
+    less the bad debt written off so far (`SimState.bad_debt`, also reported as
+    `bad_debt`): a write-off credits the insurance fund with USDT nobody paid in.
     """
     acct = state.acct
     dims = params.dims
@@ -352,11 +360,16 @@ def audit(state: SimState, params: Params) -> dict[str, Array]:
     asset_tot = acct.bal.sum(0) + acct.ext_bal.sum(0) + transit
     ask_res = {MARKET_ASSET[m]: state.book.qty[m, ASK].sum() for m in spot_ms}
     out = {
-        "usdt": asset_tot[USDT] + acct.iso_margin.sum() + bid_usdt - jnp.sum(acct.pos * acct.entry),
+        "usdt": asset_tot[USDT]
+        + acct.iso_margin.sum()
+        + bid_usdt
+        - jnp.sum(acct.pos * acct.entry)
+        - state.bad_debt,
         "base": asset_tot[BASE] + ask_res[BASE],
         "stable": asset_tot[STABLE] + ask_res[STABLE],
         "lst": asset_tot[LST] + ask_res[LST],
         "insurance_fund": acct.bal[dims.insurance, USDT],
+        "bad_debt": state.bad_debt,
         "fees": acct.bal[dims.fees, USDT],
         "oi_long": jnp.sum(jnp.maximum(acct.pos, 0.0)),
         "oi_short": jnp.sum(jnp.maximum(-acct.pos, 0.0)),

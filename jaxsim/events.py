@@ -85,6 +85,7 @@ def build(
     pos = state.acct.pos
     books = _books(state, params, acc)
     fund1 = state.acct.bal[params.dims.insurance, USDT]
+    equity = accounts.marked_equity(state, params)
     rejects = jnp.zeros((N_REASONS,), jnp.int32).at[orders.reason].add(1).at[OK].set(0)
     return TickEvents(
         t=state.t,
@@ -109,10 +110,11 @@ def build(
         liq_notional_short=acc.liq_short,
         liq_accounts=acc.liq_mask.sum().astype(jnp.int32),
         liq_mask=acc.liq_mask,
-        equity=accounts.marked_equity(state, params),
+        equity=equity,
         collateral_sold=acc.coll_sold,
         collateral_sold_usdt=acc.coll_sold_usdt,
         insurance_fund=fund1,
+        insurance_equity=equity[params.dims.insurance],
         insurance_draw=fund0 - fund1,
         if_takeover_notional=acc.takeover,
         adl_count=acc.adl_count,

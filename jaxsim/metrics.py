@@ -31,8 +31,10 @@ Metric names (units):
 - ``if_initial``, ``if_final`` (USDT): the insurance fund before the first tick and after the
   last; ``if_draw`` (USDT): initial - minimum fund (>= 0, the fund's deepest loss);
   ``if_draw_frac``: if_draw / initial; ``if_draw_total`` (USDT): the sum of the positive
-  per-tick draws (a tick's draw is net of the fees paid in that tick); ``bad_debt`` (USDT):
-  deficit left after the fund ran dry, summed.
+  per-tick draws (a tick's draw is net of the fees paid in that tick); ``if_equity_low``
+  (USDT): the lowest marked equity of the fund (USDT + position at mark + collateral at
+  index; present when the events have ``insurance_equity``); ``bad_debt`` (USDT): deficit
+  the fund could not back, written off, summed.
 - ``adl_count``: counterparty positions hit by ADL, summed; ``adl_notional`` (USDT).
 - ``basis_max_abs``, ``basis_min``, ``basis_max``: of (perp mid - spot mid) / spot mid;
   ``mark_gap_max_abs``: max |mark - index| / index.
@@ -257,6 +259,7 @@ QUANTITIES: dict[str, Callable] = {
     "lst_index_rel": _lst_rel("collateral_index"),
     "lst_px_rel": _lst_rel("collateral_px"),
     "fund": _field("insurance_fund"),
+    "fund_equity": _field("insurance_equity"),
     "fund_before": lambda g, xp, rate: g("insurance_fund") + g("insurance_draw"),
     "draw_pos": lambda g, xp, rate: xp.maximum(g("insurance_draw"), 0.0),
     "abs_basis": lambda g, xp, rate: xp.abs(g("basis")),
@@ -360,6 +363,7 @@ EPISODE_METRICS: tuple[Metric, ...] = (
         formula=lambda xp, init, low: _ratio(_if_draw(xp, init, low), init, xp),
     ),
     _m("if_draw_total", "sum:draw_pos"),
+    _m("if_equity_low", "min:fund_equity", field="insurance_equity"),
     _m("bad_debt", "sum:bad_debt"),
     _m("adl_count", "sum:adl_count"),
     _m("adl_notional", "sum:adl_notional"),

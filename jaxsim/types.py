@@ -179,6 +179,7 @@ class ExchangeRules:
     partial_liquidation: Array  # () 1 = reduce by tier before closing fully
     price_band: Array  # (M,) limit price within ref * (1 +/- band)
     if_unwind_per_s: Array  # () fraction of the fund's position unwound per second
+    sale_band: Array  # () engine sales fill no worse than the tick's index (mark) x (1 -/+ band)
 
 
 @struct.dataclass
@@ -393,6 +394,9 @@ class SimState:
     rules: ExchangeRules
     enforce: Array  # (A,) int32 pending rule-enforcement policy per account (0 = none)
     pop: PopState
+    # () USDT written off so far: deficits the insurance fund could not back (bad debt).
+    # The write-off credits the fund, so the USDT ledger (`engine.audit`) counts it.
+    bad_debt: Array
 
 
 @struct.dataclass
@@ -425,11 +429,14 @@ class TickEvents:
     collateral_sold: Array  # (4,) units of each asset sold by the engine
     collateral_sold_usdt: Array  # () proceeds of those sales
     insurance_fund: Array  # () fund balance after the tick
+    insurance_equity: (
+        Array  # () fund's marked equity: USDT + position at mark + collateral at index
+    )
     insurance_draw: Array  # () fund paid out this tick (>0 = fund shrank from losses)
     if_takeover_notional: Array  # ()
     adl_count: Array  # () int32 counterparty positions hit by ADL
     adl_notional: Array  # ()
-    bad_debt: Array  # () deficit left after the fund went below zero
+    bad_debt: Array  # () deficit the fund could not back, written off this tick
     forced_reduce_notional: Array  # () cut by rule enforcement
     collateral_px: Array  # (2,) internal spot price of STABLE, LST
     collateral_index: Array  # (2,) index of STABLE, LST

@@ -168,6 +168,7 @@ RULES = [
     _rule("withdrawal_delay_s", "[0, 2592000]", "withdrawal_delay_s", "at most 30 days"),
     _rule("partial_liquidation", "", "partial_liquidation", "liquidate in steps", kind="bool"),
     _rule("if_unwind_per_h", "[0, 3600]", "if_unwind_per_s", unit=PER_HOUR),
+    _rule("sale_band", "[0, 1]", "sale_band", "engine sales vs the tick's index; 1 = none"),
 ]
 
 _SC = "schedule[]"

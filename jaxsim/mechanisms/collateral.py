@@ -45,6 +45,12 @@ SALE_ASSET_ARR = jnp.array(COLLATERAL_SALE_ORDER, dtype=jnp.int32)
 SALE_MARKET_ARR = jnp.array([ASSET_MARKET[x] for x in COLLATERAL_SALE_ORDER], dtype=jnp.int32)
 
 
+# The engine's collateral sales skip anything worth less (USDT at the tick's opening
+# index): the float rounding dust a whole balance's sale leaves, which would otherwise
+# print a trade of nothing on a later tick.
+MIN_SALE_USDT = 0.01
+
+
 def op_transfer(state, params, acc, o):
     """Transfer in (external wallet to exchange) or out, by the order's kind: one branch
     for both directions, so the compiled program holds a single copy."""
@@ -151,13 +157,32 @@ def arrivals(state: SimState) -> SimState:
     )
 
 
+def engine_sale_qty(acc: tick_acc.TickAcc, asset, qty) -> Array:
+    """`qty` of `asset`, or 0 below `MIN_SALE_USDT` at the tick's opening index."""
+    return jnp.where(qty * acc.sale_ref[asset] >= MIN_SALE_USDT, qty, 0.0)
+
+
+def quote_qty(state: SimState, params: Params, m, usdt, limit) -> Array:
+    """Quantity a seller must sell into market m's bids, no lower than `limit`, to raise
+    `usdt` net of the taker fee (all the bids within the limit when they hold less)."""
+    px = accounts.level_prices(state, params, m)
+    tot = sum_last(state.book.qty[m, BID])
+    return bk.walk_for_quote(tot, px, usdt * (1 + state.rules.taker_fee), limit).sum()
+
+
 def liquidation_sales(
     state: SimState, params: Params, acc: tick_acc.TickAcc, a, cross_liq
 ) -> tuple[SimState, tick_acc.TickAcc]:
     """A cross liquidation's collateral (when `cross_liq`): debts repaid from same-asset
     balances; collateral sold into its own spot book (STABLE, LST, BASE in turn) to cover
     the USDT deficit plus the debts still unpaid (valued at index); those debts then
-    settled with the lender in USDT at index."""
+    settled with the lender in USDT at index.
+
+    The sales fill no lower than the tick's opening index x (1 - `rules.sale_band`)
+    (`TickAcc.sale_ref`): one sale into a thin book cannot print far below the index and,
+    where the index follows the internal book, mark everyone's collateral down with it.
+    What the band stops stays held; a bust account's rest goes to the fund with its hole
+    (`insurance.cover_bust`), and the fund sells it in later ticks."""
     outside = params.dims.outside
     acct = state.acct
     rep = jnp.where(cross_liq, jnp.minimum(jnp.maximum(acct.bal[a], 0.0), acct.debt[a]), 0.0)
@@ -168,7 +193,6 @@ def liquidation_sales(
     px_a = accounts.asset_prices(state.px)
     unpaid = jnp.where(cross_liq, acct.debt[a], 0.0)
     unpaid_usdt = jnp.sum(unpaid * px_a)
-    taker_fee = state.rules.taker_fee
 
     # One book walk in a loop over the collateral assets rather than one per asset: the
     # compiled program holds a single copy of it.
@@ -177,11 +201,11 @@ def liquidation_sales(
         asset = SALE_ASSET_ARR[j]
         m = SALE_MARKET_ARR[j]
         deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
-        px = accounts.level_prices(state, params, m)
-        tot = sum_last(state.book.qty[m, BID])
-        need = bk.walk_for_quote(tot, px, deficit * (1 + taker_fee), 0.0).sum()
+        lim = acc.sale_ref[asset] * (1 - state.rules.sale_band)
+        need = quote_qty(state, params, m, deficit, lim)
         qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))
-        state, acc, sold, proceeds = matching.take(state, params, acc, a, m, -1, qty, 0.0)
+        qty = engine_sale_qty(acc, asset, qty)
+        state, acc, sold, proceeds = matching.take(state, params, acc, a, m, -1, qty, lim)
         acc = acc.replace(
             coll_sold=acc.coll_sold.at[asset].add(sold),
             coll_sold_usdt=acc.coll_sold_usdt + proceeds,

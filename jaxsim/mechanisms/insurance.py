@@ -1,5 +1,19 @@
 """The insurance fund: takeover of what the book could not absorb, auto-deleveraging,
-bankrupt accounts' holes, and the fund's unwind."""
+bankrupt accounts' holes, the fund's unwind, and the write-off of a deficit the fund
+cannot back (bad debt).
+
+Solvency. The fund is worth its marked equity: USDT + its perp position at mark + the
+collateral it took over at index (`fund_equity`, reported as `insurance_equity`). Its
+position cap is on that equity, so a fund whose losses (realized or not) ate its capital
+takes nothing more over and ADL closes the rest (MECHANICS 4.4): with ADL on, a bankrupt
+position's loss beyond the fund is socialised to the counterparties ADL closes at the
+bankruptcy price. What no position can absorb (a bust account's hole after its collateral
+sold below index, a negative isolated margin, the fund's own realized losses, all of it
+with ADL off) the fund pays in USDT; where its USDT and its equity are both negative the
+shortfall is bad debt (`write_off`): credited to the fund from nothing and counted in
+`SimState.bad_debt`, which the USDT ledger (`engine.audit`) subtracts. After a write-off
+the fund's USDT is negative only while its other holdings back it (USDT paid for a bust's
+collateral not yet sold)."""
 
 from __future__ import annotations
 
@@ -21,7 +35,10 @@ Array = jax.Array
 
 def unwind(state: SimState, acc: tick_acc.TickAcc, params: Params):
     """The fund sells `if_unwind_per_s` of its perp position (within the price band around
-    mark) and of the collateral it took from bankrupt accounts (into their spot books)."""
+    mark) and of the collateral it took from bankrupt accounts, into their spot books: that
+    fraction of each, or more where its USDT is negative (it paid bust accounts' holes for
+    that collateral), enough to raise the overdraft. Collateral fills no lower than the
+    tick's opening index x (1 - `sale_band`); what the band stops is sold in later ticks."""
     ins = params.dims.insurance
     pos = state.acct.pos[ins]
     frac = jnp.minimum(state.rules.if_unwind_per_s * params.dt, 1.0)
@@ -38,8 +55,14 @@ def unwind(state: SimState, acc: tick_acc.TickAcc, params: Params):
         asset = collateral.SALE_ASSET_ARR[jnp.maximum(j - 1, 0)]
         m = jnp.where(first, PERP, collateral.SALE_MARKET_ARR[jnp.maximum(j - 1, 0)])
         s_j = jnp.where(first, side, -1.0)
-        qty = jnp.where(first, jnp.abs(pos), jnp.maximum(state.acct.bal[ins, asset], 0.0)) * frac
-        lim_j = jnp.where(first, lim, 0.0)
+        held = jnp.maximum(state.acct.bal[ins, asset], 0.0)
+        lim_j = jnp.where(first, lim, acc.sale_ref[asset] * (1 - state.rules.sale_band))
+        overdraft = jnp.maximum(-state.acct.bal[ins, USDT], 0.0)
+        cover = collateral.quote_qty(state, params, m, overdraft, lim_j)
+        coll_qty = jnp.minimum(jnp.maximum(held * frac, cover), held)
+        qty = jnp.where(
+            first, jnp.abs(pos) * frac, collateral.engine_sale_qty(acc, asset, coll_qty)
+        )
         state, acc, sold, proceeds = matching.take(state, params, acc, ins, m, s_j, qty, lim_j)
         acc = acc.replace(
             coll_sold=acc.coll_sold.at[asset].add(jnp.where(first, 0.0, sold)),
@@ -61,18 +84,25 @@ class Absorbed:
     left_qty: Array  # () ADL could not place: stays with the fund
 
 
+def fund_equity(state: SimState, params: Params) -> Array:
+    """The fund's marked equity: USDT + position at mark + collateral at index (the fund
+    holds no debts, external balances or orders, so this is its `accounts.equity`)."""
+    return accounts.equity(state)[params.dims.insurance]
+
+
 def absorb(state: SimState, params: Params, a, s, rem, p_bk) -> tuple[SimState, Absorbed]:
     """Place `rem` of account a's position (side s) at its bankruptcy price `p_bk`:
-    the insurance fund takes it over within its position cap (all of it with ADL off);
-    with ADL on, the rest closes opposite positions ranked by PnL% x effective leverage
-    (MECHANICS 4.4); whatever ADL cannot place stays with the fund."""
+    the insurance fund takes it over within its position cap, `if_position_cap` x its
+    marked equity (its unrealized losses count; all of it with ADL off); with ADL on, the
+    rest closes opposite positions ranked by PnL% x effective leverage, and their open
+    orders are cancelled (MECHANICS 4.4); whatever ADL cannot place stays with the fund."""
     dims, rules = params.dims, state.rules
     n = dims.n_accounts
     dtype = state.acct.bal.dtype
     mark = state.px.mark
     ins = dims.insurance
     acct = state.acct
-    fund = acct.bal[ins, USDT]
+    fund = fund_equity(state, params)
     cap_q = rules.if_position_cap * jnp.maximum(fund, 0.0) / jnp.maximum(mark, accounts.TINY)
     room = jnp.maximum(cap_q - s * acct.pos[ins], 0.0)
     x_if = jnp.where(rules.adl_on > 0, jnp.minimum(rem, room), rem)
@@ -95,7 +125,9 @@ def absorb(state: SimState, params: Params, a, s, rem, p_bk) -> tuple[SimState, 
         adl_count=jnp.sum(take > 0).astype(jnp.int32),
         left_qty=left,
     )
-    return state.replace(acct=acct), placed
+    # The deleveraged accounts' orders go (one masked pass over the books, no walk).
+    state = matching.cancel_accounts(state.replace(acct=acct), params, take > 0)
+    return state, placed
 
 
 def _adl_takes(state: SimState, params: Params, a, s, x_adl) -> Array:
@@ -120,7 +152,8 @@ def cover_bust(state: SimState, params: Params, a, cross_liq) -> tuple[SimState,
     """Account a's position is closed and its USDT still negative (the books could not
     absorb its collateral): the fund resets the negative wallet and takes collateral worth
     the deficit at index in exchange (MECHANICS 4.1 step 4: leftover collateral goes to
-    the fund). Returns (state, the fund's newly negative USDT: bad debt)."""
+    the fund). What the fund cannot back is written off (`write_off`). Returns (state, the
+    bad debt written off)."""
     ins = params.dims.insurance
     acct = state.acct
     px_a = accounts.asset_prices(state.px)
@@ -135,8 +168,25 @@ def cover_bust(state: SimState, params: Params, a, cross_liq) -> tuple[SimState,
         units = jnp.where(bust, units, 0.0)
         bal = bal.at[a, asset].add(-units).at[ins, asset].add(units)
         owed = jnp.maximum(owed - units * px_a[asset], 0.0)
-    fund0 = acct.bal[ins, USDT]
     acct = acct.replace(bal=bal.at[a, USDT].add(hole).at[ins, USDT].add(-hole))
-    fund1 = acct.bal[ins, USDT]
-    bad = jnp.maximum(-fund1, 0.0) - jnp.maximum(-fund0, 0.0)
-    return state.replace(acct=acct), bad
+    return _write_off(state.replace(acct=acct), params, bust)
+
+
+def _write_off(state: SimState, params: Params, on=True) -> tuple[SimState, Array]:
+    """Where the fund's USDT and its marked equity are both negative (when `on`): the
+    smaller shortfall of the two is bad debt, credited to the fund and added to
+    `SimState.bad_debt`; after it, the USDT is not negative or the equity backs it.
+    Returns (state, the amount written off)."""
+    ins = params.dims.insurance
+    cash = state.acct.bal[ins, USDT]
+    w = jnp.where(on, jnp.maximum(jnp.minimum(-cash, -fund_equity(state, params)), 0.0), 0.0)
+    acct = state.acct.replace(bal=state.acct.bal.at[ins, USDT].add(w))
+    return state.replace(acct=acct, bad_debt=state.bad_debt + w), w
+
+
+def write_off(state: SimState, params: Params, acc: tick_acc.TickAcc):
+    """End of the tick: the fund's losses since the last write-off (its unwind's realized
+    losses, funding, negative isolated margins it paid) that it cannot back are bad debt
+    (`_write_off`), reported in the tick's `bad_debt`."""
+    state, w = _write_off(state, params)
+    return state, acc.replace(bad_debt=acc.bad_debt + w)

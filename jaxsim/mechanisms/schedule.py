@@ -43,9 +43,12 @@ def apply_due(state: SimState, params: Params, acc: tick_acc.TickAcc):
 
 
 def force_reduce(state: SimState, params: Params, acc: tick_acc.TickAcc):
-    """Cut queued force-reduce accounts back to what the rules in force allow, by market order.
+    """Cut queued force-reduce accounts back to what the rules in force allow, by market order
+    no worse than the mark x (1 -/+ `rules.sale_band`) (the mark is the tick's opening
+    one: nothing re-prices it before the cut).
 
-    Up to `dims.liq_per_round` accounts per tick; the rest stay queued for the next tick.
+    Up to `dims.liq_per_round` accounts per tick; the rest stay queued for the next tick,
+    as does an account whose cut the band (or the book) stopped short.
     """
     pending = state.enforce == POLICY_FORCE_REDUCE
     idx, valid = ops.first_k(pending, min(params.dims.liq_per_round, params.dims.n_accounts))
@@ -63,9 +66,8 @@ def force_reduce(state: SimState, params: Params, acc: tick_acc.TickAcc):
         ]
         qty = jnp.maximum(n_now - allowed, 0.0) / mark
         side = -jnp.sign(state.acct.pos[a])
-        state, acc, _, notional = matching.take(
-            state, params, acc, a, PERP, side, qty, jnp.where(side > 0, jnp.inf, 0.0)
-        )
+        lim = mark * (1 + side * state.rules.sale_band)
+        state, acc, _, notional = matching.take(state, params, acc, a, PERP, side, qty, lim)
         # Stays queued while the book could not absorb the whole cut.
         done = ~margin_checks.breaching(state, params)[a]
         enforce = state.enforce.at[a].set(jnp.where(done, 0, state.enforce[a]))

@@ -18,7 +18,8 @@ Array = jax.Array
 
 @struct.dataclass
 class TickAcc:
-    """Per-tick accumulators carried through the phases of a step (A accounts, M markets)."""
+    """Per-tick accumulators carried through the phases of a step (A accounts, M markets),
+    and the tick's reference for the engine's own sales (`sale_ref`)."""
 
     volume: Array  # (M,)
     fees: Array
@@ -35,6 +36,10 @@ class TickAcc:
     forced: Array
     rules_changed: Array
     flow: Array  # () signed taker notional on the BASE books (buys +)
+    # (4,) USDT value of each asset at the tick's opening index (USDT 1): collateral the
+    # engine sells fills no lower than this x (1 - rules.sale_band), whatever later sales
+    # in the tick did to the index (0 = no floor, until the step sets it).
+    sale_ref: Array
 
 
 def zero(dtype, n_accounts: int) -> TickAcc:
@@ -56,6 +61,7 @@ def zero(dtype, n_accounts: int) -> TickAcc:
         forced=z,
         rules_changed=jnp.zeros((), jnp.int32),
         flow=z,
+        sale_ref=jnp.zeros((N_ASSETS,), dtype),
     )
 
 

@@ -292,6 +292,9 @@ def _panel_insurance(a, d: _Dash) -> None:
     for i in others:
         a.plot(h, g("insurance_fund", i), **faint)
     a.plot(h, g("insurance_fund"), color="tab:blue", lw=1.2, label="insurance fund")
+    if "insurance_equity" in d.ev:
+        eq = g("insurance_equity")
+        a.plot(h, eq, color="tab:blue", lw=0.9, ls=":", label="fund marked equity")
     bd = np.cumsum(g("bad_debt"))
     if bd.any():
         a.plot(h, bd, color="k", lw=1.0, ls="--", label="cumulative bad debt")

@@ -165,6 +165,7 @@ TABLE_ROWS = (
     ("STABLE index low", "stable_index_low", "px"),
     ("LST index low / redemption", "lst_index_rel_low", "px"),
     ("insurance fund draw (USDT)", "if_draw", "usd"),
+    ("insurance fund marked equity, low (USDT)", "if_equity_low", "usd"),
     ("bad debt (USDT)", "bad_debt", "usd"),
     ("ADL count", "adl_count", "int"),
     ("ADL notional (USDT)", "adl_notional", "usd"),

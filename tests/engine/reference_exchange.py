@@ -49,6 +49,7 @@ TINY = 1e-9
 INTERNAL_STALE_S = 300.0
 # Collateral sold for a negative USDT balance, in this order, each into its own spot book.
 SALE_ORDER = ((STABLE, STABLE_SPOT), (LST, LST_SPOT), (BASE, SPOT))
+MIN_SALE_USDT = 0.01  # the engine's collateral sales skip anything worth less at index
 
 
 def _sign(x: float) -> float:
@@ -173,6 +174,9 @@ class RefExchange:
         self.n_bust = 0
         self.n_stale = 0
         self.n_clipped = 0
+        self.n_banded = 0  # coverage statistic: collateral sales the sale band cut short
+        self.bad_debt = 0.0  # written off so far (the engine's SimState.bad_debt)
+        self.sale_ref = self.asset_px()  # the tick's opening index (set again each tick)
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -200,6 +204,8 @@ class RefExchange:
         ref.last_funding_rate = float(px["last_funding_rate"])
         ref.next_funding_s = float(px["next_funding_s"])
         ref.vol = px["vol"].copy()
+        ref.bad_debt = float(s["bad_debt"])
+        ref.n_deferred = ref.n_bust = ref.n_banded = 0
         q, ah = s["book"]["qty"], s["book"]["ahead"]
         ref.origin = [int(x) for x in s["book"]["origin"]]
         ref.book = [[[[] for _ in range(ref.g)] for _ in (BID, ASK)] for _ in range(N_MARKETS)]
@@ -843,9 +849,10 @@ class RefExchange:
             lim = p_bk if p_bk > 0 else math.inf
         f_fill, n_fill = self.take(a, PERP, -s, cut, lim, fee_rate=0.0) if s != 0 else (0.0, 0.0)
         rem = max(cut - f_fill, 0.0)
-        # Insurance fund takes over within its cap; the rest goes to ADL (if on).
+        # Insurance fund takes over within its cap on its marked equity (unrealized losses
+        # count); the rest goes to ADL (if on).
         ins = self.ins
-        fund = self.bal[ins, USDT]
+        fund = self.equity(ins)
         cap_q = r["if_position_cap"] * max(fund, 0.0) / max(mark, TINY)
         room = max(cap_q - s * self.pos[ins], 0.0)
         x_if = min(rem, room) if r["adl_on"] > 0 else rem
@@ -877,6 +884,9 @@ class RefExchange:
         left = x_adl - adl_total  # what ADL could not place stays with the fund
         self.settle_perp(a, -s * left, p_bk)
         self.settle_perp(ins, s * left, p_bk)
+        for b, x in taken:  # deleveraged accounts' open orders are cancelled
+            if x > 0:
+                self.cancel_all(b)
         # Clearance fee to the fund, capped at the equity left.
         liq_notional = n_fill + (x_if + x_adl) * p_bk
         fee = min(r["liq_fee"] * liq_notional, max(self.equity(a), 0.0))
@@ -908,14 +918,12 @@ class RefExchange:
             for asset, m in SALE_ORDER:
                 deficit = max(unpaid_usdt - self.bal[a, USDT], 0.0)
                 quote = deficit * (1 + taker_fee)
-                need_q, before = 0.0, 0.0
-                for j in range(self.g - 1, -1, -1):  # bids from the top
-                    p = self.level_px(m, j)
-                    tot = self.level_tot(m, BID, j)
-                    need_q += min(max((quote - before) / p, 0.0), tot)
-                    before += tot * p
-                qty = min(need_q, max(self.bal[a, asset], 0.0))
-                sold, proceeds = self.take(a, m, -1, qty, 0.0)
+                # No lower than the tick's opening index by the sale band.
+                lim = self.sale_ref[asset] * (1 - float(r["sale_band"]))
+                held = max(self.bal[a, asset], 0.0)
+                qty = self.engine_sale_qty(asset, min(self.quote_qty(m, quote, lim), held))
+                self.n_banded += qty < min(self.quote_qty(m, quote, 0.0), held) * (1 - 1e-9)
+                sold, proceeds = self.take(a, m, -1, qty, lim)
                 acc["coll_sold"][asset] += sold
                 acc["coll_sold_usdt"] += proceeds
             self.bal[a, USDT] -= unpaid_usdt
@@ -926,7 +934,6 @@ class RefExchange:
             # collateral worth the deficit at index (in sale order).
             if self.pos[a] == 0 and self.bal[a, USDT] < 0:
                 self.n_bust += 1  # coverage statistic
-                fund0 = self.bal[ins, USDT]
                 hole = -self.bal[a, USDT]
                 owed = hole
                 for asset, _m in SALE_ORDER:
@@ -936,8 +943,7 @@ class RefExchange:
                     owed = max(owed - units * px_a[asset], 0.0)
                 self.bal[a, USDT] += hole
                 self.bal[ins, USDT] -= hole
-                fund1 = self.bal[ins, USDT]
-                bad = max(-fund1, 0.0) - max(-fund0, 0.0)
+                bad = self.write_off()
         liq_n = n_fill + (x_if + x_adl) * p_bk
         if s > 0:
             acc["liq_long"] += liq_n
@@ -950,6 +956,28 @@ class RefExchange:
         acc["adl_count"] += sum(1 for _, x in taken if x > 0)
         acc["adl_notional"] += adl_total * p_bk
         acc["bad_debt"] += max(bad, 0.0)
+
+    def engine_sale_qty(self, asset: int, qty: float) -> float:
+        return qty if qty * self.sale_ref[asset] >= MIN_SALE_USDT else 0.0
+
+    def quote_qty(self, m: int, quote: float, lim: float) -> float:
+        """Units to sell into market m's bids (from the top, none below lim) to raise quote."""
+        need_q, before = 0.0, 0.0
+        for j in range(self.g - 1, -1, -1):
+            p = self.level_px(m, j)
+            tot = self.level_tot(m, BID, j) if p >= lim else 0.0
+            need_q += min(max((quote - before) / p, 0.0), tot)
+            before += tot * p
+        return need_q
+
+    def write_off(self) -> float:
+        """Where the fund's USDT and marked equity are both negative, the smaller shortfall
+        is bad debt: credited to the fund and counted in `bad_debt`. Returns it."""
+        cash = self.bal[self.ins, USDT]
+        w = max(min(-cash, -self.equity(self.ins)), 0.0)
+        self.bal[self.ins, USDT] += w
+        self.bad_debt += w
+        return w
 
     def needs_liquidation(self, a: int) -> bool:
         """Margin balance under maintenance at mark, for a user account with any exposure."""
@@ -977,11 +1005,20 @@ class RefExchange:
             band = float(self.r["price_band"][PERP])
             lim = self.mark * (1 + band) if side > 0 else self.mark * (1 - band)
             self.take(self.ins, PERP, side, abs(pos) * frac, lim)
-        # ... and sells the collateral it took over into its spot books at the same rate.
+        # ... and sells the collateral it took over into its spot books at the same rate, or
+        # what raises its USDT overdraft if more, no lower than the tick's opening index by
+        # the sale band.
         frac = min(float(self.r["if_unwind_per_s"]) * self.dt, 1.0)
+        band = float(self.r["sale_band"])
         for asset, m in SALE_ORDER:
-            qty = max(self.bal[self.ins, asset], 0.0) * frac
-            sold, proceeds = self.take(self.ins, m, -1, qty, 0.0)
+            held = max(self.bal[self.ins, asset], 0.0)
+            lim = self.sale_ref[asset] * (1 - band)
+            quote = max(-self.bal[self.ins, USDT], 0.0) * (1 + float(self.r["taker_fee"]))
+            qty = self.engine_sale_qty(
+                asset, min(max(held * frac, self.quote_qty(m, quote, lim)), held)
+            )
+            sold, proceeds = self.take(self.ins, m, -1, qty, lim)
+            self.n_banded += sold < qty * (1 - 1e-9)  # stopped by the band (or the book)
             self.acc["coll_sold"][asset] += sold
             self.acc["coll_sold_usdt"] += proceeds
 
@@ -1005,12 +1042,14 @@ class RefExchange:
         )
         self.exogenous(key)
         self.reprice()
+        self.sale_ref = self.asset_px()
         # (rule schedule: empty by construction, see __init__)
         self.liquidity()
         outs = [self.process_order(o) for o in orders]
         # (transfers: none in flight; the reference does not model transfer orders)
         settled, paid = self.prices_and_funding()
         self.liquidation_engine()
+        self.acc["bad_debt"] += self.write_off()  # the fund's other losses it cannot back
         self.t += 1
         ev = dict(self.acc)
         ev["order_reason"] = np.array([x[0] for x in outs], np.int32)
@@ -1020,6 +1059,7 @@ class RefExchange:
         ev["funding_settled"] = settled
         ev["funding_paid"] = paid
         ev["insurance_fund"] = float(self.bal[self.ins, USDT])
+        ev["insurance_equity"] = self.equity(self.ins)
         self.events = ev
         return ev
 

@@ -1,7 +1,9 @@
 """Property tests over random order flows and shocks (hypothesis).
 
 Invariants: every asset is conserved across accounts, liquidity provider, outside world,
-fees, insurance fund, book reserves and transfers in flight; long OI = short OI; nothing
+fees, insurance fund, book reserves and transfers in flight, the USDT ledger counting the
+bad debt written off (`SimState.bad_debt`) explicitly; the fund's USDT is negative only
+while its marked equity backs it; long OI = short OI; nothing
 becomes NaN/inf whatever the orders (garbage included) or the shock; a vmapped batch equals
 the same envs run one by one; the same key gives the same trajectory; the jitted rollout
 of `step` traces and compiles once whatever the values.
@@ -142,6 +144,17 @@ def _with_shock(params, ret: float, start_tick: int, asset: int = 0):
     return params.replace(exo=exo)
 
 
+def _assert_fund_backed(a0, a1, ev, tol):
+    """After every tick the insurance fund's USDT is not negative or its marked equity
+    backs it (what neither covered was written off); the USDT ledger's bad-debt term is
+    the sum of the ticks' write-offs."""
+    fund, eq = np.asarray(ev.insurance_fund), np.asarray(ev.insurance_equity)
+    worst = np.min(np.maximum(fund, eq))
+    assert worst >= -tol, f"the fund's USDT and equity both negative: {worst}"
+    written = float(a1["bad_debt"]) - float(a0["bad_debt"])
+    assert written == pytest.approx(float(np.asarray(ev.bad_debt).sum()), rel=1e-5, abs=tol)
+
+
 def _assert_finite(tree, what):
     for path, x in jax.tree_util.tree_leaves_with_path(tree):
         x = np.asarray(x)
@@ -170,6 +183,7 @@ def test_conservation_oi_and_finiteness(run, params, rows, shock, shock_asset, s
     for i, name in enumerate(LEDGER):
         x0, x1 = float(a0[name]), float(a1[name])
         assert abs(x1 - x0) <= 2e-6 * gross[i], f"{name} not conserved: {x0} -> {x1}"
+    _assert_fund_backed(a0, a1, ev, 2e-6 * float(gross[0]))
     np.testing.assert_allclose(
         np.asarray(ev.oi_long), np.asarray(ev.oi_short), rtol=1e-5, atol=1e-4
     )
@@ -338,6 +352,7 @@ def test_conservation_in_x64():
         gross = np.maximum(_gross(s0, p), _gross(s1, p))
         for i, name in enumerate(LEDGER):
             assert abs(float(a1[name]) - float(a0[name])) <= 1e-10 * gross[i], name
+        _assert_fund_backed(a0, a1, ev, 1e-10 * float(gross[0]))
         assert float(np.asarray(ev.liq_accounts).sum()) > 0, "the shock liquidated nobody"
 
 

@@ -238,6 +238,7 @@ def compare_state(s, ref: RefExchange, t, check_ahead=True):
     """s: engine state as a nested NumPy dict."""
     a = s["acct"]
     _exact("t", s["t"], ref.t, t)
+    _close("bad_debt (written off so far)", s["bad_debt"], ref.bad_debt, t)
     for name, want in (
         ("bal", ref.bal),
         ("debt", ref.debt),
@@ -295,6 +296,7 @@ def compare_events(ev, rev, t):
     _close("adl_notional", ev.adl_notional, rev["adl_notional"], t)
     _close("bad_debt", ev.bad_debt, rev["bad_debt"], t)
     _close("insurance_fund", ev.insurance_fund, rev["insurance_fund"], t)
+    _close("insurance_equity", ev.insurance_equity, rev["insurance_equity"], t)
     _exact("funding_settled", bool(ev.funding_settled), bool(rev["funding_settled"]), t)
     _close("funding_paid", ev.funding_paid, rev["funding_paid"], t)
 
@@ -403,6 +405,23 @@ def test_parity_index_clip_and_stale_internal_leg(engine):
     assert ref.n_stale >= 14, ref.n_stale  # ticks 31..44 at least (reprices per tick: 2+)
     assert ref.n_clipped > 0, ref.n_clipped
     assert ref.last_trade_t[3] > 45  # LST traded again
+
+
+def test_parity_fund_deficit_adl_off(engine):
+    """The shock with ADL off, a 2,000 USDT fund and a 0.4% sale band: the fund takes every
+    bankrupt position over and its unwind realizes losses it cannot pay (bad debt, written
+    off); the band cuts collateral sales short (the rest is sold in later ticks)."""
+    over = {
+        **SHOCK_OVERRIDES,
+        "accounts.insurance_fund": 2000.0,
+        "rules.adl": False,
+        "rules.sale_band": 0.004,
+        "rules.if_unwind_per_h": 60.0,
+    }
+    tot = run_parity(engine, _params(over), 130, "flash", seed=6)
+    assert tot["takeover"] > 0 and tot["adl_count"] == 0, tot
+    assert tot["bad_debt"] > 0, tot
+    assert tot["ref"].n_banded > 0
 
 
 def test_parity_detects_a_perturbed_reference(engine):

@@ -1,5 +1,5 @@
-"""`jaxsim.mechanisms.collateral`: a liquidation's collateral sales and transfers between
-venues.
+"""`jaxsim.mechanisms.collateral`: a liquidation's collateral sales (and their price
+band) and transfers between venues.
 
 Testbed scenarios with injected orders through `jaxsim.step` (shape, price model and
 tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.py).
@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 from support import DT, SHOCK_T1, USD_TOL, assert_conserved, make, pos, usdt
 
-from jaxsim.types import KIND_TRANSFER_IN, KIND_TRANSFER_OUT, OK, REJ_INVALID, STABLE, USDT
+from jaxsim.mechanisms import accounts
+from jaxsim.types import (
+    BID,
+    KIND_TRANSFER_IN,
+    KIND_TRANSFER_OUT,
+    OK,
+    REJ_INVALID,
+    STABLE,
+    STABLE_SPOT,
+    USDT,
+)
 
 
 def test_collateral_liquidation_sells_stable(sim):
@@ -35,6 +45,46 @@ def test_collateral_liquidation_sells_stable(sim):
     assert usdt(st, 0) >= -USD_TOL  # the deficit is covered
     assert int(ev.liq_accounts) >= 1
     assert_conserved(p, st0, st)
+
+
+def test_collateral_sales_stop_at_the_sale_band(sim):
+    """The collateral sales of a liquidation fill no lower than the tick's opening index x
+    (1 - sale_band); what the band stops is carried and sold in later ticks.
+
+    The stable_long of the test above on a thinner STABLE book (LP 1,000 per level at the
+    touch) with sale_band 0.11%: the STABLE index (its internal book, weight 1) opens the
+    shock tick at 1.0, so the floor is 1.0 x (1 - 0.0011) = 0.9989 and only the best bid
+    level, 0.999, qualifies; unbanded, the ~4,500 USDT deficit would walk the bids down to
+    ~0.996. The rest of the STABLE goes to the fund with the account's hole, and the fund
+    sells if_unwind_per_h / 3600 x dt = 1/360 of it per tick from the next tick on."""
+    users = [{"name": "stable_long", "stable": 4700.0, "position": 0.45, "leverage": 20}]
+    p = make(
+        users,
+        **{
+            "exogenous.shocks": SHOCK_T1,
+            "markets.lp_depth": {"spot": 2.0, "perp": 3.0, "stable": 1000.0, "lst": 1.0},
+            "rules.sale_band": 0.0011,
+        },
+    )
+    ins = p.dims.insurance
+    states, evs, st0 = sim.run(p, 3)
+    px = np.asarray(accounts.level_prices(states[0], p, STABLE_SPOT))
+    bids = np.asarray(states[0].book.qty[STABLE_SPOT, BID].sum(-1))
+    in_band = bids[px >= 1.0 * (1 - 0.0011)]
+    assert float(states[0].px.index[1]) == 1.0 and px[bids > 0].max() == pytest.approx(0.999)
+    ev, st = evs[1], states[1]
+    sold = float(ev.collateral_sold[STABLE])
+    assert sold == pytest.approx(in_band.sum(), rel=1e-5)
+    assert float(ev.collateral_px[0]) == pytest.approx(0.999)
+    assert pos(st, 0) == 0.0 and usdt(st, 0) >= -USD_TOL
+    # Carried: the unsold STABLE is held (here all of it by the fund, for the hole it paid).
+    held = float(st.acct.bal[0, STABLE]) + float(st.acct.bal[ins, STABLE])
+    assert held == pytest.approx(4700.0 - sold, abs=0.01)
+    fund_stable = float(st.acct.bal[ins, STABLE])
+    assert fund_stable > 0
+    assert float(evs[2].collateral_sold[STABLE]) == pytest.approx(fund_stable / 360.0, rel=1e-4)
+    assert float(evs[2].collateral_px[0]) >= 0.999 * (1 - 0.0011)
+    assert_conserved(p, st0, states[2])
 
 
 @pytest.mark.parametrize("delay_s", [30.0, 25.0, 0.0])

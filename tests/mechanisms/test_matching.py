@@ -1,5 +1,6 @@
 """`jaxsim.mechanisms.matching` (with the maker slots of `accounts`): FIFO queue priority
-and maker credit, fees, maker slots taken and freed, cancels and their refunds.
+and maker credit, fees, maker slots taken and freed, cancels and their refunds (one
+account's, or a masked set's in one pass).
 
 Testbed scenarios with injected orders through `jaxsim.step` (shape, price model and
 tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.py).
@@ -22,6 +23,8 @@ from jaxsim.types import (
     PERP,
     REJ_QUEUE_FULL,
     SPOT,
+    STABLE,
+    STABLE_SPOT,
 )
 
 
@@ -141,3 +144,45 @@ def test_cancel_refunds_spot_reserves(sim):
     assert usdt(states[4], 0) == 100000.0 and base(states[4]) == 2.0
     assert float(np.asarray(accounts.own_orders(states[4], 0, SPOT)).sum()) == 0.0
     assert_conserved(p, st0, states[-1])
+
+
+def test_cancel_accounts_is_cancel_all_in_turn(sim):
+    """`matching.cancel_accounts` (one masked pass, as ADL uses it) leaves the books and
+    balances `cancel_all` leaves account by account. u0, u1, u2 queue STABLE bids of 100
+    at 0.998 in that order (behind the LP's); u0 also rests a STABLE ask of 50 at 1.003.
+    Cancelling u0 and u2: u1 moves forward by u0's 100; u0 gets 99.8 USDT and 50 STABLE
+    back, u2 99.8 USDT."""
+    import jax
+
+    from jaxsim.mechanisms import matching
+
+    users = [{"name": f"u{i}", "usdt": 10000.0, "stable": 1000.0} for i in range(3)]
+    p = make(users)
+    bid = lambda a: {
+        "account": a,
+        "market": STABLE_SPOT,
+        "side": 1,
+        "kind": KIND_LIMIT,
+        "qty": 100.0,
+        "price": 0.998,
+    }
+    ask = {"account": 0, "market": STABLE_SPOT, "side": -1, "kind": KIND_LIMIT, "qty": 50.0}
+    states, evs, _ = sim.run(p, 1, orders_at={0: [bid(0), bid(1), bid(2), {**ask, "price": 1.003}]})
+    assert [int(r) for r in evs[0].order_reason] == [OK] * 4
+    st = states[0]
+    mask = np.zeros(p.dims.n_accounts, bool)
+    mask[[0, 2]] = True
+    got = jax.jit(matching.cancel_accounts)(st, p, mask)
+    want = matching.cancel_all(matching.cancel_all(st, p, 0), p, 2)
+    for x, y in ((got.book.qty, want.book.qty), (got.book.ahead, want.book.ahead)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got.acct.bal), np.asarray(want.acct.bal), atol=1e-6)
+    lvl = int(round(0.998 / 0.0005)) - int(st.book.origin[STABLE_SPOT])
+    ahead = lambda s: np.asarray(accounts.book_by_account(s, p)[1][STABLE_SPOT, BID, lvl])
+    assert ahead(got)[1] == pytest.approx(ahead(st)[1] - 100.0, abs=1e-3)
+    for a in (0, 2):
+        assert float(np.asarray(accounts.own_orders(got, a, STABLE_SPOT)).sum()) == 0.0
+    assert usdt(got, 0) == pytest.approx(usdt(st, 0) + 99.8, abs=1e-3)
+    assert float(got.acct.bal[0, STABLE]) == pytest.approx(float(st.acct.bal[0, STABLE]) + 50.0)
+    assert usdt(got, 2) == pytest.approx(usdt(st, 2) + 99.8, abs=1e-3)
+    assert float(np.asarray(accounts.own_orders(got, 1, STABLE_SPOT)).sum()) == 100.0

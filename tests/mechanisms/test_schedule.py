@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from support import POS_TOL, assert_conserved, make, pos
 
-from jaxsim.types import KIND_MARKET, PERP, REJ_POSITION_LIMIT
+from jaxsim.mechanisms import accounts
+from jaxsim.types import BID, KIND_MARKET, PERP, POLICY_FORCE_REDUCE, REJ_POSITION_LIMIT
 
 
-def _schedule_params(policy):
+def _schedule_params(policy, **over):
     users = [{"name": "whale", "usdt": 100000.0, "position": 5.0, "leverage": 10}]
     rows = [
         {
@@ -25,7 +26,7 @@ def _schedule_params(policy):
             "policy": policy,
         }
     ]
-    return make(users, schedule=rows)
+    return make(users, schedule=rows, **over)
 
 
 def test_schedule_next_change_countdown(sim):
@@ -51,6 +52,32 @@ def test_schedule_force_reduce(sim):
     assert pos(st, 0) == pytest.approx(2.0, rel=0.01)
     assert abs(pos(st, 0)) * float(st.px.mark) <= 200000.0 * (1 + 1e-4)
     assert float(ev.volume[PERP]) == pytest.approx(5.0 - pos(st, 0), abs=POS_TOL)
+    assert_conserved(p, st0, states[-1])
+
+
+def test_schedule_force_reduce_within_the_sale_band(sim):
+    """Force-reduce sells no lower than the mark x (1 - sale_band); the rest stays queued.
+
+    sale_band 0.12%: at the effective tick (tick 5) the mark is 100,000, the floor 99,880,
+    and only the best perp bid level, 99,900, lies above it: the whale sells what rests
+    there, short of the 3 BTC cut, and stays queued; the next tick (the LP refilled)
+    finishes the cut to 200,000 / mark. Unbanded the cut would walk to 99,850."""
+    p = _schedule_params("force_reduce", **{"rules.sale_band": 0.0012})
+    states, evs, st0 = sim.run(p, 7)
+    px = np.asarray(accounts.level_prices(states[4], p, PERP))
+    bids = np.asarray(states[4].book.qty[PERP, BID].sum(-1))
+    assert float(states[4].px.mark) == 100000.0 and px[bids > 0].max() == 99900.0
+    top = float(bids[px == 99900.0][0])
+    assert top < 3.0
+    ev, st = evs[5], states[5]
+    assert float(ev.perp_px) == 99900.0
+    assert pos(st, 0) == pytest.approx(5.0 - top, abs=POS_TOL)
+    assert float(ev.forced_reduce_notional) == pytest.approx(top * 99900.0, rel=1e-5)
+    assert int(st.enforce[0]) == POLICY_FORCE_REDUCE
+    st = states[6]
+    assert pos(st, 0) == pytest.approx(200000.0 / float(st.px.mark), rel=1e-4)
+    assert float(evs[6].perp_px) >= float(states[5].px.mark) * (1 - 0.0012)
+    assert int(st.enforce[0]) == 0
     assert_conserved(p, st0, states[-1])
 
 

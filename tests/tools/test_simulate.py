@@ -326,6 +326,7 @@ def test_liquidation_insurance_and_collateral_metrics():
         # seed 0: fund 1000 -> 900 -> 700 -> 950 -> 1000 (draws net of fees)
         insurance_fund=[[900, 700, 950, 1000], [1000, 1000, 1010, 1020]],
         insurance_draw=[[100, 200, -250, -50], [0, 0, -10, -10]],
+        insurance_equity=[[900, 650, 950, 1000], [1000, 1000, 1010, 1020]],
         adl_count=[[0, 2, 1, 0], [0, 0, 0, 0]],
         collateral_px=np.stack([[[1, 0.97, 0.9, 0.95]] * 2, np.full((2, 4), 100.8)], -1),
         oi_long=[[10, 12, 6, 6], [10, 10, 10, 10]],
@@ -340,6 +341,7 @@ def test_liquidation_insurance_and_collateral_metrics():
     np.testing.assert_allclose(m["if_initial"], [1000, 1000])
     np.testing.assert_allclose(m["if_draw"], [300, 0])
     np.testing.assert_allclose(m["if_draw_total"], [300, 0])
+    np.testing.assert_allclose(m["if_equity_low"], [650, 1000])
     np.testing.assert_allclose(m["adl_count"], [3, 0])
     np.testing.assert_allclose(m["stable_low"], [0.9, 0.9])
     np.testing.assert_allclose(m["lst_px_rel_low"], [0.96, 0.96])

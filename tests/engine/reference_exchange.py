@@ -166,6 +166,7 @@ class RefExchange:
         self.vol = self.vol_ref.copy()
         self.n_deferred = 0
         self.n_bust = 0
+        self.n_kept = 0
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -784,11 +785,13 @@ class RefExchange:
         self.cancel_all(a)
         pos = self.pos[a]
         s = _sign(pos)
-        eq = self.equity(a)
-        p_bk = mark if pos == 0 else mark - eq / pos
-        # Partial liquidation: cut back to just under the current tier's floor.
+        # Bankruptcy price at margin balance 0 (haircuts applied); solvent: MB > 0.
+        mb = self.margin_balance(a)
+        p_bk = mark if pos == 0 else mark - mb / pos
+        solvent = mb > 0
+        # Partial liquidation (solvent accounts): cut back to just under the tier's floor.
         k = self.tier_index(abs(pos) * mark)
-        if r["partial_liquidation"] > 0 and k > 0:
+        if r["partial_liquidation"] > 0 and k > 0 and solvent:
             cut = abs(pos) - r["tier_floor"][k] * (1 - 1e-6) / mark
         else:
             cut = abs(pos)
@@ -799,8 +802,10 @@ class RefExchange:
         else:
             lim = p_bk if p_bk > 0 else math.inf
         f_fill, n_fill = self.take(a, PERP, -s, cut, lim, fee_rate=0.0) if s != 0 else (0.0, 0.0)
-        rem = max(cut - f_fill, 0.0)
-        # Insurance fund takes over within its cap; the rest goes to ADL (if on).
+        # A solvent account keeps what the book did not take (next round); an insolvent
+        # one's goes to the insurance fund within its cap, the rest to ADL (if on).
+        rem = 0.0 if solvent else max(cut - f_fill, 0.0)
+        self.n_kept += solvent and cut - f_fill > 0  # coverage statistic
         ins = self.ins
         fund = self.bal[ins, USDT]
         cap_q = r["if_position_cap"] * max(fund, 0.0) / max(mark, TINY)
@@ -834,9 +839,9 @@ class RefExchange:
         left = x_adl - adl_total  # what ADL could not place stays with the fund
         self.settle_perp(a, -s * left, p_bk)
         self.settle_perp(ins, s * left, p_bk)
-        # Clearance fee to the fund, capped at the equity left.
+        # Clearance fee to the fund, capped at the margin balance left.
         liq_notional = n_fill + (x_if + x_adl) * p_bk
-        fee = min(r["liq_fee"] * liq_notional, max(self.equity(a), 0.0))
+        fee = min(r["liq_fee"] * liq_notional, max(self.margin_balance(a), 0.0))
         iso = self.mode[a] == ISOLATED
         if iso:
             self.iso[a] -= fee

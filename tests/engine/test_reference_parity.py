@@ -366,7 +366,8 @@ def test_parity_lp_refill_flash_orders(engine):
 
 
 def test_parity_shock_liquidations(engine):
-    """A -12% BASE / -4% STABLE shock: liquidation IOCs, takeover, ADL, collateral sales."""
+    """A -12% BASE / -4% STABLE shock: liquidation IOCs, takeover, ADL, collateral sales,
+    solvent accounts keeping what the book left."""
     params = _params(SHOCK_OVERRIDES)
     tot = run_parity(engine, params, 200, "flash", seed=3)
     assert tot["liq_accounts"] > 0, tot
@@ -375,6 +376,7 @@ def test_parity_shock_liquidations(engine):
     assert tot["coll_sold_usdt"] > 0, tot
     assert tot["liq_book_notional"] > 0, tot
     assert tot["ref"].n_deferred > 0  # liq_per_round bound: some accounts waited a round
+    assert tot["ref"].n_kept > 0  # a solvent account kept the part of its cut the book left
     assert tot["ref"].n_bust > 0  # the fund covered a bankrupt cross account's hole
 
 

@@ -135,18 +135,48 @@ def _clearance_fee(state: SimState, params: Params, a, liq, liq_notional) -> Sim
     return state.replace(acct=acct)
 
 
+def _queued(state: SimState, params: Params) -> Array:
+    """(A,) accounts the liquidation engine takes: under maintenance, or queued for
+    liquidation by a rule change and still holding a position."""
+    forced = (state.enforce == POLICY_LIQUIDATE) & (state.acct.pos != 0)
+    return margin_checks.needs_liquidation(state, params) | forced
+
+
+def _worst_first(state: SimState, params: Params, k: int) -> tuple[Array, Array]:
+    """Indices of the (at most) k queued accounts with the lowest margin ratio MB / MM,
+    ties by account index, and their validity (the valid slots are a prefix).
+
+    The accounts nearest to (or furthest past) bankruptcy for their size go first, so a
+    backlog is left among the healthiest. An account with a debt or a negative USDT
+    balance but no position (MM = 0, MB < 0) ranks first. A rule change's `liquidate`
+    queue is ranked by the same ratio: above maintenance it is >= 1, so those accounts
+    come after every account under maintenance."""
+    acct = state.acct
+    mb = accounts.margin_balances(state)
+    mm = mg.maint_margin(jnp.abs(acct.pos) * state.px.mark, state.rules)
+    ratio = jnp.clip(mb / jnp.maximum(mm, accounts.TINY), -1e30, 1e30)
+    queued = _queued(state, params)
+    # top_k keeps the lower index first among equal values.
+    _, idx = jax.lax.top_k(jnp.where(queued, -ratio, -jnp.inf), k)
+    return idx, queued[idx]
+
+
 def run(state: SimState, params: Params, acc: tick_acc.TickAcc):
     """`cascade_rounds` rounds, re-priced between them. Each takes the accounts under
-    maintenance at its start (and those a rule change queued for liquidation), in account
-    order, up to `liq_per_round` of them; the rest wait for the next round or tick."""
+    maintenance at its start (and those a rule change queued for liquidation), worst
+    margin ratio first, up to `liq_per_round` of them; the rest wait for the next round
+    or tick. The accounts still queued when the rounds end are the tick's backlog."""
     k = min(params.dims.liq_per_round, params.dims.n_accounts)
     n_rounds = params.dims.cascade_rounds
 
     def one_round(carry):
         r, _, state, acc = carry
         state = index_mark.reprice(state, params)
+        # A queued account that closed its position itself has nothing left to liquidate.
+        flat = (state.enforce == POLICY_LIQUIDATE) & (state.acct.pos == 0)
+        state = state.replace(enforce=jnp.where(flat, 0, state.enforce))
         forced = state.enforce == POLICY_LIQUIDATE
-        idx, valid = ops.first_k(margin_checks.needs_liquidation(state, params) | forced, k)
+        idx, valid = _worst_first(state, params, k)
         # After the last round only the re-price runs.
         n_valid = jnp.where(r < n_rounds, valid.sum(), 0)  # the valid slots are a prefix
 
@@ -179,6 +209,9 @@ def run(state: SimState, params: Params, acc: tick_acc.TickAcc):
         (jnp.zeros((), jnp.int32), jnp.bool_(True), state, acc),
         state.px.mark,
     )
+    # Queued after the last re-price (a round found nobody, or the rounds ran out): left
+    # for the next tick.
+    acc = acc.replace(liq_backlog=_queued(state, params).sum().astype(jnp.int32))
     # The fund unwinds part of its taken-over position into the book, and sells the
     # collateral it took from bankrupt accounts into its own spot books at the same rate
     # (the liquidation engine keeps selling until the inventory is gone). Most ticks it

@@ -167,6 +167,7 @@ class RefExchange:
         self.n_deferred = 0
         self.n_bust = 0
         self.n_kept = 0
+        self.n_reordered = 0
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -921,16 +922,26 @@ class RefExchange:
         mm = self.maint_margin(abs(self.pos[a]) * self.mark)
         return bool(exposure and self.margin_balance(a) < mm)
 
+    def margin_ratio(self, a: int) -> float:
+        """MB / MM (MM floored at 1e-9, the ratio clipped to +/- 1e30): the queue's key."""
+        mm = self.maint_margin(abs(self.pos[a]) * self.mark)
+        return min(max(self.margin_balance(a) / max(mm, TINY), -1e30), 1e30)
+
     def liquidation_engine(self):
         for _ in range(self.cascade_rounds):
             self.reprice()
-            # This round's queue: accounts under maintenance at its start, in account order,
-            # at most liq_per_round of them; each is re-checked at its turn.
+            # This round's queue: accounts under maintenance at its start, lowest margin
+            # ratio first (ties by index), at most liq_per_round of them; each is re-checked
+            # at its turn.
             queue = [a for a in range(self.n) if self.needs_liquidation(a)]
+            by_index = queue[: self.liq_per_round]
+            queue.sort(key=lambda a: (self.margin_ratio(a), a))
+            self.n_reordered += queue[: self.liq_per_round] != by_index  # coverage statistic
             self.n_deferred += max(len(queue) - self.liq_per_round, 0)  # coverage statistic
             for a in queue[: self.liq_per_round]:
                 self.liquidate(a)
         self.reprice()
+        self.acc["liq_backlog"] = sum(self.needs_liquidation(a) for a in range(self.n))
         # The fund unwinds a fraction of its position into the book (normal taker fee).
         pos = self.pos[self.ins]
         if pos != 0:
@@ -964,6 +975,7 @@ class RefExchange:
             adl_count=0,
             adl_notional=0.0,
             bad_debt=0.0,
+            liq_backlog=0,
         )
         self.exogenous(key)
         self.reprice()

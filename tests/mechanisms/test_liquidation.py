@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import pytest
-from support import SHOCK_T1, USD_TOL, assert_conserved, make, mb_and_mm, pos, usdt
+from support import POS_TOL, SHOCK_T1, USD_TOL, assert_conserved, make, mb_and_mm, pos, usdt
 
 from jaxsim import margin as mg
 from jaxsim.types import STABLE, STABLE_SPOT
@@ -142,7 +142,7 @@ def test_solvent_account_keeps_what_the_book_cannot_take(sim):
     BTC) meets bids only down to p_bk, ~1.3 BTC a level: the book takes part of it (at
     most, after further rounds, down to the then bankruptcy price of what is left, which
     the fills only lower). The rest stays with the account, solvent and still under
-    maintenance. The next tick, with the book refilled, takes it again.
+    maintenance: the tick's backlog. The next tick, with the book refilled, takes it again.
 
     The clearance fee is off: at 1.5% of the filled notional (against MM at 0.65%) it would
     take the whole margin balance at the first fill, and the account would be insolvent at
@@ -164,7 +164,38 @@ def test_solvent_account_keeps_what_the_book_cannot_take(sim):
     assert 89800.0 <= float(ev.liq_notional_long) / sold <= float(st.px.mark)
     mb, mm = mb_and_mm(st)
     assert 0.0 < mb[0] < mm[0]
+    assert int(ev.liq_backlog) == 1
     # Re-checked the next tick.
     assert bool(evs[2].liq_mask[0]) and pos(states[2], 0) < pos(st, 0)
     assert float(evs[2].if_takeover_notional) == 0.0
+    assert_conserved(p, st0, states[2])
+
+
+def test_worst_margin_ratio_first_and_backlog(sim):
+    """One cascade round of at most 4 accounts (`liq_per_round`) takes the 4 lowest margin
+    ratios MB / MM, not the 4 lowest account indices; the other 4 are the tick's backlog.
+
+    Eight cross longs of 0.4 BTC at 100,000 with W USDT each. After the -10% shock (mark
+    ~90,009): MB = 0.9999 W + 0.4 (90,009 - 100,000) = 0.9999 W - 3,996.4, MM = 0.4% x
+    36,004 = 144.0, all under maintenance:
+      W  = 4,100  4,080  4,060  4,040 | 3,000  2,800  2,600  2,400
+      MB = 103.2   83.2   63.2   43.2 |  -997 -1,197 -1,397 -1,597
+      MB/MM 0.72   0.58   0.44   0.30 | -6.9   -8.3   -9.7  -11.1
+    The insolvent accounts 4-7 go first (closed in full, the fund taking what the book did
+    not); accounts 0-3 wait, and the next tick's round takes them.
+    """
+    w = [4100.0, 4080.0, 4060.0, 4040.0, 3000.0, 2800.0, 2600.0, 2400.0]
+    users = [{"name": f"u{i}", "usdt": x, "position": 0.4, "leverage": 20} for i, x in enumerate(w)]
+    # The same shape as test_cascade_needs_rounds (one round): no new compile.
+    p = make(users, **{"exogenous.shocks": SHOCK_T1, "dims.cascade_rounds": 1})
+    assert p.dims.liq_per_round == 4
+    states, evs, st0 = sim.run(p, 3)
+    ev, st = evs[1], states[1]
+    assert [pos(st, a) for a in range(8)] == pytest.approx([0.4] * 4 + [0.0] * 4, abs=POS_TOL)
+    assert [bool(x) for x in ev.liq_mask[:8]] == [False] * 4 + [True] * 4
+    mb, mm = mb_and_mm(st)
+    assert all(mb[a] < mm[a] for a in range(4))
+    assert int(ev.liq_backlog) == 4
+    assert int(evs[0].liq_backlog) == 0
+    assert [bool(x) for x in evs[2].liq_mask[:8]] == [True] * 4 + [False] * 4
     assert_conserved(p, st0, states[2])

@@ -38,7 +38,8 @@ def liquidate_account(
 
     1. cancel its orders;
     2. IOC at the bankruptcy price into the perp book, no trading fee (partial by tiers:
-       cut back to the top of the next lower tier where the rules allow it);
+       a solvent account is cut back to the top of the next lower tier where the rules
+       allow it);
     3. what the book did not absorb: kept by a solvent account for its next turn; an
        insolvent one's goes to the insurance fund within its cap, then ADL;
     4. clearance fee to the fund; a closed isolated position returns its margin;

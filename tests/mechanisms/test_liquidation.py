@@ -11,7 +11,7 @@ import pytest
 from support import POS_TOL, SHOCK_T1, USD_TOL, assert_conserved, make, mb_and_mm, pos, usdt
 
 from jaxsim import margin as mg
-from jaxsim.types import STABLE, STABLE_SPOT
+from jaxsim.types import POLICY_LIQUIDATE, STABLE, STABLE_SPOT
 
 # Cohort 1 (account 0): cross long 0.45 BTC, only 4,700 STABLE as collateral. A -10% shock
 # puts it under maintenance (MB = 4,465 - 4,500 < MM = 162). Its liquidation realizes the
@@ -199,3 +199,42 @@ def test_worst_margin_ratio_first_and_backlog(sim):
     assert int(evs[0].liq_backlog) == 0
     assert [bool(x) for x in evs[2].liq_mask[:8]] == [True] * 4 + [False] * 4
     assert_conserved(p, st0, states[2])
+
+
+def test_forced_liquidation_of_a_solvent_account_stays_queued(sim):
+    """A rule change's `liquidate` policy closes the position in full; a solvent account
+    keeps what the book cannot take and stays queued (and in the backlog) until it is
+    closed, tick after tick as the LP refills; the fund takes nothing.
+
+    Cross long 60 BTC with 2,000,000 USDT; the position limit drops to 200,000 USDT at 50 s
+    (tick 5). MB = 0.9999 x 2,000,000 + 60 (mark - 100,000) ~ 1,998,300 at mark ~99,975:
+    p_bk = 99,975 - 1,998,300 / 60 ~ 66,670, far below every bid, so the IOC takes the
+    whole book (~20 BTC) and the rest waits. Handing it to the fund at p_bk, as before,
+    gave the fund ~40 x (99,975 - 66,670) ~ 1.3M USDT of the account's margin.
+    """
+    rows = [
+        {
+            "announce_s": 20.0,
+            "effective_s": 50.0,
+            "field": "position_limit",
+            "value": 200000.0,
+            "policy": "liquidate",
+        }
+    ]
+    users = [{"name": "whale", "usdt": 2e6, "position": 60.0, "leverage": 10}]
+    p = make(users, schedule=rows)
+    states, evs, st0 = sim.run(p, 10)
+    ins = p.dims.insurance
+    assert all(pos(states[i], 0) == 60.0 for i in range(5))
+    st, ev = states[5], evs[5]
+    assert 0.0 < pos(st, 0) < 60.0
+    assert int(st.enforce[0]) == POLICY_LIQUIDATE
+    assert int(ev.liq_backlog) == 1
+    left = [pos(s, 0) for s in states[5:]]
+    assert all(b < a for a, b in zip(left, left[1:], strict=False) if a > 0)
+    assert left[-1] == 0.0 and int(states[-1].enforce[0]) == 0
+    assert int(evs[-1].liq_backlog) == 0
+    assert sum(float(e.if_takeover_notional) for e in evs) == 0.0
+    assert sum(int(e.adl_count) for e in evs) == 0
+    assert pos(states[-1], ins) == 0.0
+    assert_conserved(p, st0, states[-1])

@@ -110,6 +110,7 @@ def build(
         liq_notional_short=acc.liq_short,
         liq_accounts=acc.liq_mask.sum().astype(jnp.int32),
         liq_mask=acc.liq_mask,
+        liq_backlog=acc.liq_backlog,
         equity=equity,
         collateral_sold=acc.coll_sold,
         collateral_sold_usdt=acc.coll_sold_usdt,

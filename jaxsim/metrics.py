@@ -20,7 +20,9 @@ Metric names (units):
   ``liq_long_frac`` = long / total (NaN without liquidations); ``liq_accounts``: accounts
   liquidated, summed over ticks and cascade rounds (an account liquidated in two ticks counts
   twice); ``liq_peak_tick`` (USDT): the largest one-tick liquidation; ``liq_peak_1h`` (USDT):
-  the largest liquidation within any 1-hour window.
+  the largest liquidation within any 1-hour window. ``liq_backlog_max``: the most accounts
+  left queued for liquidation (under maintenance, or queued by a rule change) when a
+  tick's liquidation rounds ended. Present when the events have ``liq_backlog``.
 - ``stable_low``: min internal STABLE/USDT last price; ``stable_index_low``: min STABLE
   index; ``stable_ext_low``: min external STABLE price.
 - ``lst_index_rel_low``: min of the LST index relative to its redemption value
@@ -276,6 +278,7 @@ QUANTITIES: dict[str, Callable] = {
         q: _field(q)
         for q in (
             "liq_accounts",
+            "liq_backlog",
             "bad_debt",
             "adl_count",
             "adl_notional",
@@ -348,6 +351,7 @@ EPISODE_METRICS: tuple[Metric, ...] = (
     _m("liq_accounts", "sum:liq_accounts"),
     _m("liq_peak_tick", "max:liq"),
     _m("liq_peak_1h", "window_sum_max:liq"),
+    _m("liq_backlog_max", "max:liq_backlog", field="liq_backlog"),
     _m("stable_low", "min:stable_px"),
     _m("stable_index_low", "min:stable_index"),
     _m("stable_ext_low", "min:stable_ext"),

@@ -425,6 +425,7 @@ class TickEvents:
     liq_notional_short: Array  # ()
     liq_accounts: Array  # () int32 accounts liquidated this tick (rounds summed)
     liq_mask: Array  # (A,) bool accounts liquidated this tick
+    liq_backlog: Array  # () int32 accounts still queued for liquidation after the last round
     equity: Array  # (A,) each account's marked equity in USDT (engine.marked_equity), end of tick
     collateral_sold: Array  # (4,) units of each asset sold by the engine
     collateral_sold_usdt: Array  # () proceeds of those sales

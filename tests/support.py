@@ -180,7 +180,7 @@ def mb_and_mm(st):
 # Used by test_insurance.py and test_engine.py.
 def bankrupt_users():
     # 0.4 BTC long at 100,000 with 2,000 USDT (20x). After the -10% shock (mark ~90,009)
-    # equity = 2,000 - 0.4 x 9,991 < 0: bankrupt. Bankruptcy price (equity + Q (p - mark)
-    # = 0): p_bk = 100,000 - 2,000 / 0.4 = 95,000, above every bid, so the IOC at p_bk fills
-    # nothing and the rest goes to the fund (or ADL) at 95,000.
+    # MB = 0.9999 x 2,000 - 0.4 x 9,991 < 0: bankrupt. Bankruptcy price (MB + Q (p - mark)
+    # = 0, USDT haircut 0.01%): p_bk = 100,000 - 1,999.8 / 0.4 = 95,000.5, above every bid,
+    # so the IOC at p_bk fills nothing and the rest goes to the fund (or ADL) at 95,000.5.
     return [{"name": "bust_cross", "usdt": 2000.0, "position": 0.4, "leverage": 20}]

@@ -38,11 +38,20 @@ def liquidate_account(
 
     1. cancel its orders;
     2. IOC at the bankruptcy price into the perp book, no trading fee (partial by tiers:
-       cut back to the top of the next lower tier where the rules allow it);
-    3. what the book did not absorb: insurance-fund takeover within its cap, then ADL;
+       a solvent account is cut back to the top of the next lower tier where the rules
+       allow it);
+    3. what the book did not absorb: kept by a solvent account for its next turn; an
+       insolvent one's goes to the insurance fund within its cap, then ADL;
     4. clearance fee to the fund; a closed isolated position returns its margin;
     5. cross: debts repaid, collateral sold into its own spot books; a hole left after
        that is the fund's, against the collateral left.
+
+    Solvent: margin balance > 0 at mark at the account's turn, i.e. the bankruptcy price
+    is still better than mark. The book can then still bring it back above maintenance:
+    its IOC fills at prices no worse than `p_bk`, which keep the margin balance positive,
+    and what the book did not take waits for the next round or tick (handing it to the
+    fund at `p_bk` would give the fund that share of the account's margin balance). An
+    insolvent account is closed in full: the book first, the rest to the fund and ADL.
     """
     # Re-checked at the account's turn: earlier liquidations this round moved prices.
     liq = active & (
@@ -51,14 +60,19 @@ def liquidate_account(
     state = matching.cancel_all(state, params, a, liq)
     pos = state.acct.pos[a]
     s = jnp.sign(pos)
-    p_bk = mg.bankruptcy_price(pos, state.px.mark, accounts.equity(state)[a])
-    cut = _liquidation_cut(state, a, forced, liq)
+    # MECHANICS 3.4: bankrupt where the margin balance (haircuts applied, as the
+    # maintenance check sees it) is zero; the haircuts are left to pay for the sale of
+    # the collateral.
+    mb = accounts.margin_balance_of(state, a)
+    p_bk = mg.bankruptcy_price(pos, state.px.mark, mb)
+    solvent = mb > 0
+    cut = _liquidation_cut(state, a, forced | ~solvent, liq)
     lim = jnp.where(s > 0, jnp.maximum(p_bk, 0.0), jnp.where(p_bk > 0, p_bk, jnp.inf))
     # No trading fee on the IOC: the clearance fee replaces it.
     state, acc, f_fill, n_fill = matching.take(
         state, params, acc, a, PERP, -s, cut, lim, fee_rate=0.0
     )
-    rem = jnp.maximum(cut - f_fill, 0.0)
+    rem = jnp.where(solvent, 0.0, jnp.maximum(cut - f_fill, 0.0))
     state, absorbed = insurance.absorb(state, params, a, s, rem, p_bk)
     liq_notional = n_fill + (absorbed.fund_qty + absorbed.adl_qty) * p_bk
     state = _clearance_fee(state, params, a, liq, liq_notional)
@@ -79,29 +93,31 @@ def liquidate_account(
     return state, acc
 
 
-def _liquidation_cut(state: SimState, a, forced, liq) -> Array:
+def _liquidation_cut(state: SimState, a, full, liq) -> Array:
     """Quantity of account a's position to close: all of it, or with partial liquidation
-    (and not forced) down to the top of the next lower tier; 0 when not liquidated."""
+    (and not `full`: forced by a rule change, or insolvent) down to the top of the next
+    lower tier; 0 when not liquidated."""
     rules = state.rules
     mark = state.px.mark
     pos = state.acct.pos[a]
     notional = jnp.abs(pos) * mark
     k = mg.tier_index(notional, rules.tier_floor)
-    partial = (rules.partial_liquidation > 0) & (k > 0) & ~forced
+    partial = (rules.partial_liquidation > 0) & (k > 0) & ~full
     target_n = rules.tier_floor[k] * (1 - 1e-6)
     cut = jnp.where(partial, jnp.abs(pos) - target_n / mark, jnp.abs(pos))
     return jnp.where(liq, jnp.clip(cut, 0.0, jnp.abs(pos)), 0.0)
 
 
 def _clearance_fee(state: SimState, params: Params, a, liq, liq_notional) -> SimState:
-    """Clearance fee on the liquidated notional to the fund, never more than the equity
-    left; then a closed isolated position returns its margin (a negative one is paid by
-    the fund)."""
+    """Clearance fee on the liquidated notional to the fund, never more than the margin
+    balance left (the haircut cushion of a bankrupt account's collateral stays to pay for
+    its sale); then a closed isolated position returns its margin (a negative one is paid
+    by the fund)."""
     ins = params.dims.insurance
     acct = state.acct
-    eq_after = accounts.equity(state)[a]
+    mb_after = accounts.margin_balance_of(state, a)
     fee = jnp.where(
-        liq, jnp.minimum(state.rules.liq_fee * liq_notional, jnp.maximum(eq_after, 0.0)), 0.0
+        liq, jnp.minimum(state.rules.liq_fee * liq_notional, jnp.maximum(mb_after, 0.0)), 0.0
     )
     iso = acct.mode[a] == ISOLATED
     acct = acct.replace(
@@ -120,18 +136,48 @@ def _clearance_fee(state: SimState, params: Params, a, liq, liq_notional) -> Sim
     return state.replace(acct=acct)
 
 
+def _queued(state: SimState, params: Params) -> Array:
+    """(A,) accounts the liquidation engine takes: under maintenance, or queued for
+    liquidation by a rule change and still holding a position."""
+    forced = (state.enforce == POLICY_LIQUIDATE) & (state.acct.pos != 0)
+    return margin_checks.needs_liquidation(state, params) | forced
+
+
+def _worst_first(state: SimState, params: Params, k: int) -> tuple[Array, Array]:
+    """Indices of the (at most) k queued accounts with the lowest margin ratio MB / MM,
+    ties by account index, and their validity (the valid slots are a prefix).
+
+    The accounts nearest to (or furthest past) bankruptcy for their size go first, so a
+    backlog is left among the healthiest. An account with a debt or a negative USDT
+    balance but no position (MM = 0, MB < 0) ranks first. A rule change's `liquidate`
+    queue is ranked by the same ratio: above maintenance it is >= 1, so those accounts
+    come after every account under maintenance."""
+    acct = state.acct
+    mb = accounts.margin_balances(state)
+    mm = mg.maint_margin(jnp.abs(acct.pos) * state.px.mark, state.rules)
+    ratio = jnp.clip(mb / jnp.maximum(mm, accounts.TINY), -1e30, 1e30)
+    queued = _queued(state, params)
+    # top_k keeps the lower index first among equal values.
+    _, idx = jax.lax.top_k(jnp.where(queued, -ratio, -jnp.inf), k)
+    return idx, queued[idx]
+
+
 def run(state: SimState, params: Params, acc: tick_acc.TickAcc):
     """`cascade_rounds` rounds, re-priced between them. Each takes the accounts under
-    maintenance at its start (and those a rule change queued for liquidation), in account
-    order, up to `liq_per_round` of them; the rest wait for the next round or tick."""
+    maintenance at its start (and those a rule change queued for liquidation), worst
+    margin ratio first, up to `liq_per_round` of them; the rest wait for the next round
+    or tick. The accounts still queued when the rounds end are the tick's backlog."""
     k = min(params.dims.liq_per_round, params.dims.n_accounts)
     n_rounds = params.dims.cascade_rounds
 
     def one_round(carry):
         r, _, state, acc = carry
         state = index_mark.reprice(state, params)
+        # A queued account that closed its position itself has nothing left to liquidate.
+        flat = (state.enforce == POLICY_LIQUIDATE) & (state.acct.pos == 0)
+        state = state.replace(enforce=jnp.where(flat, 0, state.enforce))
         forced = state.enforce == POLICY_LIQUIDATE
-        idx, valid = ops.first_k(margin_checks.needs_liquidation(state, params) | forced, k)
+        idx, valid = _worst_first(state, params, k)
         # After the last round only the re-price runs.
         n_valid = jnp.where(r < n_rounds, valid.sum(), 0)  # the valid slots are a prefix
 
@@ -139,7 +185,10 @@ def run(state: SimState, params: Params, acc: tick_acc.TickAcc):
             i, st, ac = c
             a = idx[i]
             st, ac = liquidate_account(st, params, ac, a, forced[a], jnp.bool_(True))
-            enforce = st.enforce.at[a].set(jnp.where(forced[a], 0, st.enforce[a]))
+            # A forced account stays queued until its position is closed (a solvent one
+            # keeps what the book could not take).
+            done = forced[a] & (st.acct.pos[a] == 0)
+            enforce = st.enforce.at[a].set(jnp.where(done, 0, st.enforce[a]))
             return i + 1, st.replace(enforce=enforce), ac
 
         # Only the flagged slots run: under vmap a while loop costs the busiest env's
@@ -161,6 +210,9 @@ def run(state: SimState, params: Params, acc: tick_acc.TickAcc):
         (jnp.zeros((), jnp.int32), jnp.bool_(True), state, acc),
         state.px.mark,
     )
+    # Queued after the last re-price (a round found nobody, or the rounds ran out): left
+    # for the next tick.
+    acc = acc.replace(liq_backlog=_queued(state, params).sum().astype(jnp.int32))
     # The fund unwinds part of its taken-over position into the book, and sells the
     # collateral it took from bankrupt accounts into its own spot books at the same rate
     # (the liquidation engine keeps selling until the inventory is gone). Most ticks it

@@ -33,6 +33,7 @@ class TickAcc:
     adl_count: Array
     adl_notional: Array
     bad_debt: Array
+    liq_backlog: Array  # () int32 accounts still queued for liquidation when the rounds end
     forced: Array
     rules_changed: Array
     flow: Array  # () signed taker notional on the BASE books (buys +)
@@ -58,6 +59,7 @@ def zero(dtype, n_accounts: int) -> TickAcc:
         adl_count=jnp.zeros((), jnp.int32),
         adl_notional=z,
         bad_debt=z,
+        liq_backlog=jnp.zeros((), jnp.int32),
         forced=z,
         rules_changed=jnp.zeros((), jnp.int32),
         flow=z,

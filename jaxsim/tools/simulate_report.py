@@ -161,6 +161,7 @@ TABLE_ROWS = (
     ("long share of liquidations", "liq_long_frac", "pct"),
     ("accounts liquidated", "liq_accounts", "int"),
     ("max liquidations in 1 h (USDT)", "liq_peak_1h", "usd"),
+    ("accounts left queued for liquidation, max per tick", "liq_backlog_max", "int"),
     ("STABLE low, internal (USDT)", "stable_low", "px"),
     ("STABLE index low", "stable_index_low", "px"),
     ("LST index low / redemption", "lst_index_rel_low", "px"),

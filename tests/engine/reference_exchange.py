@@ -177,6 +177,8 @@ class RefExchange:
         self.n_banded = 0  # coverage statistic: collateral sales the sale band cut short
         self.bad_debt = 0.0  # written off so far (the engine's SimState.bad_debt)
         self.sale_ref = self.asset_px()  # the tick's opening index (set again each tick)
+        self.n_kept = 0
+        self.n_reordered = 0
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -833,11 +835,13 @@ class RefExchange:
         self.cancel_all(a)
         pos = self.pos[a]
         s = _sign(pos)
-        eq = self.equity(a)
-        p_bk = mark if pos == 0 else mark - eq / pos
-        # Partial liquidation: cut back to just under the current tier's floor.
+        # Bankruptcy price at margin balance 0 (haircuts applied); solvent: MB > 0.
+        mb = self.margin_balance(a)
+        p_bk = mark if pos == 0 else mark - mb / pos
+        solvent = mb > 0
+        # Partial liquidation (solvent accounts): cut back to just under the tier's floor.
         k = self.tier_index(abs(pos) * mark)
-        if r["partial_liquidation"] > 0 and k > 0:
+        if r["partial_liquidation"] > 0 and k > 0 and solvent:
             cut = abs(pos) - r["tier_floor"][k] * (1 - 1e-6) / mark
         else:
             cut = abs(pos)
@@ -848,9 +852,11 @@ class RefExchange:
         else:
             lim = p_bk if p_bk > 0 else math.inf
         f_fill, n_fill = self.take(a, PERP, -s, cut, lim, fee_rate=0.0) if s != 0 else (0.0, 0.0)
-        rem = max(cut - f_fill, 0.0)
-        # Insurance fund takes over within its cap on its marked equity (unrealized losses
-        # count); the rest goes to ADL (if on).
+        # A solvent account keeps what the book did not take (next round); an insolvent
+        # one's goes to the insurance fund within its cap on its marked equity (unrealized
+        # losses count), the rest to ADL (if on).
+        rem = 0.0 if solvent else max(cut - f_fill, 0.0)
+        self.n_kept += solvent and cut - f_fill > 0  # coverage statistic
         ins = self.ins
         fund = self.equity(ins)
         cap_q = r["if_position_cap"] * max(fund, 0.0) / max(mark, TINY)
@@ -887,9 +893,9 @@ class RefExchange:
         for b, x in taken:  # deleveraged accounts' open orders are cancelled
             if x > 0:
                 self.cancel_all(b)
-        # Clearance fee to the fund, capped at the equity left.
+        # Clearance fee to the fund, capped at the margin balance left.
         liq_notional = n_fill + (x_if + x_adl) * p_bk
-        fee = min(r["liq_fee"] * liq_notional, max(self.equity(a), 0.0))
+        fee = min(r["liq_fee"] * liq_notional, max(self.margin_balance(a), 0.0))
         iso = self.mode[a] == ISOLATED
         if iso:
             self.iso[a] -= fee
@@ -987,16 +993,26 @@ class RefExchange:
         mm = self.maint_margin(abs(self.pos[a]) * self.mark)
         return bool(exposure and self.margin_balance(a) < mm)
 
+    def margin_ratio(self, a: int) -> float:
+        """MB / MM (MM floored at 1e-9, the ratio clipped to +/- 1e30): the queue's key."""
+        mm = self.maint_margin(abs(self.pos[a]) * self.mark)
+        return min(max(self.margin_balance(a) / max(mm, TINY), -1e30), 1e30)
+
     def liquidation_engine(self):
         for _ in range(self.cascade_rounds):
             self.reprice()
-            # This round's queue: accounts under maintenance at its start, in account order,
-            # at most liq_per_round of them; each is re-checked at its turn.
+            # This round's queue: accounts under maintenance at its start, lowest margin
+            # ratio first (ties by index), at most liq_per_round of them; each is re-checked
+            # at its turn.
             queue = [a for a in range(self.n) if self.needs_liquidation(a)]
+            by_index = queue[: self.liq_per_round]
+            queue.sort(key=lambda a: (self.margin_ratio(a), a))
+            self.n_reordered += queue[: self.liq_per_round] != by_index  # coverage statistic
             self.n_deferred += max(len(queue) - self.liq_per_round, 0)  # coverage statistic
             for a in queue[: self.liq_per_round]:
                 self.liquidate(a)
         self.reprice()
+        self.acc["liq_backlog"] = sum(self.needs_liquidation(a) for a in range(self.n))
         # The fund unwinds a fraction of its position into the book (normal taker fee).
         pos = self.pos[self.ins]
         if pos != 0:
@@ -1039,6 +1055,7 @@ class RefExchange:
             adl_count=0,
             adl_notional=0.0,
             bad_debt=0.0,
+            liq_backlog=0,
         )
         self.exogenous(key)
         self.reprice()

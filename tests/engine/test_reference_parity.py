@@ -94,6 +94,9 @@ BASE_OVERRIDES = {
 
 SHOCK_OVERRIDES = {
     **BASE_OVERRIDES,
+    # The two collateral-backed longs swapped: in this run a round's queue (lowest margin
+    # ratio first) then differs from account order, and the run covers every path.
+    "accounts.users": USERS[:4] + [USERS[5], USERS[4]],
     "accounts.insurance_fund": 30000.0,  # small fund: its position cap binds -> ADL
     "exogenous.shocks": [
         # a slide (liquidations before bankruptcy: IOC fills, clearance fees) ...
@@ -293,6 +296,7 @@ def compare_events(ev, rev, t):
     _close("collateral_sold_usdt", ev.collateral_sold_usdt, rev["coll_sold_usdt"], t)
     _close("if_takeover_notional", ev.if_takeover_notional, rev["takeover"], t)
     _exact("adl_count", ev.adl_count, rev["adl_count"], t)
+    _exact("liq_backlog", ev.liq_backlog, rev["liq_backlog"], t)
     _close("adl_notional", ev.adl_notional, rev["adl_notional"], t)
     _close("bad_debt", ev.bad_debt, rev["bad_debt"], t)
     _close("insurance_fund", ev.insurance_fund, rev["insurance_fund"], t)
@@ -324,6 +328,7 @@ def run_parity(
         "liq_accounts": 0,
         "takeover": 0.0,
         "adl_count": 0,
+        "liq_backlog": 0,
         "coll_sold_usdt": 0.0,
         "bad_debt": 0.0,
         "fills": 0,
@@ -348,6 +353,7 @@ def run_parity(
         )
         totals["takeover"] += float(ev.if_takeover_notional)
         totals["adl_count"] += int(ev.adl_count)
+        totals["liq_backlog"] += int(ev.liq_backlog)
         totals["coll_sold_usdt"] += float(ev.collateral_sold_usdt)
         totals["bad_debt"] += float(ev.bad_debt)
         totals["fills"] += int(np.sum(np.asarray(ev.order_filled) > 0))
@@ -378,7 +384,8 @@ def test_parity_lp_refill_flash_orders(engine):
 
 
 def test_parity_shock_liquidations(engine):
-    """A -12% BASE / -4% STABLE shock: liquidation IOCs, takeover, ADL, collateral sales."""
+    """A -12% BASE / -4% STABLE shock: liquidation IOCs, takeover, ADL, collateral sales,
+    the queue by margin ratio, solvent accounts keeping what the book left, a backlog."""
     params = _params(SHOCK_OVERRIDES)
     tot = run_parity(engine, params, 200, "flash", seed=3)
     assert tot["liq_accounts"] > 0, tot
@@ -387,6 +394,9 @@ def test_parity_shock_liquidations(engine):
     assert tot["coll_sold_usdt"] > 0, tot
     assert tot["liq_book_notional"] > 0, tot
     assert tot["ref"].n_deferred > 0  # liq_per_round bound: some accounts waited a round
+    assert tot["ref"].n_reordered > 0  # a round's queue was not the lowest indices
+    assert tot["ref"].n_kept > 0  # a solvent account kept the part of its cut the book left
+    assert tot["liq_backlog"] > 0  # some were still queued when a tick's rounds ended
     assert tot["ref"].n_bust > 0  # the fund covered a bankrupt cross account's hole
 
 

@@ -39,9 +39,10 @@ def test_insurance_fund_pays_bankruptcy(sim):
     assert float(st.acct.iso_margin[1]) == pytest.approx(0.0, abs=USD_TOL)
     # Isolated: the loss is capped at the isolated margin; the wallet keeps its 1,000.
     assert usdt(st, 1) == pytest.approx(1000.0, abs=USD_TOL)
-    # The fund took 0.8 BTC at 95,000 (38,000 each) and sold it at <= 90,000: it lost at
-    # least 0.8 x (95,000 - 90,000) = 4,000, at most 0.8 x (95,000 - 88,000) + fees.
-    assert float(ev.if_takeover_notional) == pytest.approx(0.8 * 95000.0, rel=1e-5)
+    # The fund took 0.8 BTC at ~95,000 (cross 95,000.5 after the 0.01% USDT haircut,
+    # isolated 95,000) and sold it at <= 90,000: it lost at least 0.8 x (95,000 - 90,000)
+    # = 4,000, at most 0.8 x (95,000 - 88,000) + fees.
+    assert float(ev.if_takeover_notional) == pytest.approx(0.4 * (95000.5 + 95000.0), rel=1e-6)
     draw = float(ev.insurance_draw)
     assert 4000.0 < draw < 0.8 * 7000.0 + 100.0
     assert usdt(st, ins) == pytest.approx(1e6 - draw, abs=1.0)
@@ -76,18 +77,19 @@ def test_adl_when_fund_cannot_absorb(sim, fund, cap):
     states, evs, st0 = sim.run(p, 2)
     ev, st = evs[1], states[1]
     assert int(ev.adl_count) == 1
-    # The 0.4 BTC goes to the top-ranked short only, at the bankruptcy price 95,000 (no fee):
-    # its realized PnL is 0.4 x (100,000 - 95,000) = 2,000.
+    # The 0.4 BTC goes to the top-ranked short only, at the bankruptcy price 95,000.5 (no
+    # fee): its realized PnL is 0.4 x (100,000 - 95,000.5) = 1,999.8.
     assert pos(st, 2) == pytest.approx(-0.1, abs=POS_TOL)
-    assert usdt(st, 2) == pytest.approx(2000.0 + 2000.0, abs=USD_TOL)
+    assert usdt(st, 2) == pytest.approx(2000.0 + 1999.8, abs=USD_TOL)
     assert float(st.acct.entry[2]) == pytest.approx(100000.0, abs=0.05)
     assert pos(st, 1) == -0.5
     assert usdt(st, 1) == pytest.approx(100000.0, abs=USD_TOL)
-    assert float(ev.adl_notional) == pytest.approx(0.4 * 95000.0, rel=1e-5)
-    # The bankrupt account is closed at zero and the fund is not touched.
+    assert float(ev.adl_notional) == pytest.approx(0.4 * 95000.5, rel=1e-5)
+    # The bankrupt account is closed at zero and the fund pays nothing: it only gets the
+    # 0.2 USDT the closing left (MB 0.2 x 0.9999) as clearance fee.
     assert pos(st, 0) == 0.0
     assert usdt(st, 0) == pytest.approx(0.0, abs=USD_TOL)
-    assert usdt(st, p.dims.insurance) == pytest.approx(fund, abs=USD_TOL)
+    assert usdt(st, p.dims.insurance) == pytest.approx(fund + 0.2, abs=USD_TOL)
     assert pos(st, p.dims.insurance) == 0.0
     assert_conserved(p, st0, st)
 

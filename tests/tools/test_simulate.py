@@ -377,6 +377,14 @@ def test_venue_impact_metrics():
     assert "venue_impact_low" not in mt.episode_metrics(_events())
 
 
+def test_liq_backlog_max():
+    """liq_backlog_max: the most accounts left queued for liquidation at a tick's end;
+    absent from events without the field."""
+    m = mt.episode_metrics(_events(t=4, liq_backlog=[[0, 3, 1, 0], [0, 0, 0, 0]]))
+    np.testing.assert_allclose(m["liq_backlog_max"], [3, 0])
+    assert "liq_backlog_max" not in mt.episode_metrics(_events())
+
+
 def test_excess_kurtosis_known_samples():
     assert mt.excess_kurtosis([-1, -1, 1, 1]) == pytest.approx(-2.0)
     assert mt.excess_kurtosis([0, 0, 0, 0, 0, 0, 0, 0, 1, -1]) == pytest.approx(2.0)

@@ -110,8 +110,9 @@ def test_fund_cap_counts_its_unrealized_loss(sim):
     the short side); it does not unwind (if_unwind_per_h 0). After the -10% shock (mark
     ~90,009) its marked equity is 100,000 + 1 x (90,009 - 150,000) = ~40,009, so its cap
     is 1.0 x 40,009 / 90,009 = 0.44 BTC, below the 1 BTC it holds: no room, and the whole
-    0.4 BTC goes to ADL at p_bk = 95,000. Capped on its USDT (100,000 / 90,009 = 1.11 BTC)
-    it would take over 0.11 BTC.
+    0.4 BTC goes to ADL at p_bk = 95,000.5 (the margin balance's 0.01% USDT haircut), and
+    the fund gets the 0.2 USDT the closing left as clearance fee. Capped on its USDT
+    (100,000 / 90,009 = 1.11 BTC) it would take over 0.11 BTC.
     """
     p = make(
         _adl_users(),
@@ -134,15 +135,15 @@ def test_fund_cap_counts_its_unrealized_loss(sim):
     states, evs, _ = sim.run(p, 2, st=st0)
     ev, st = evs[1], states[1]
     assert float(ev.if_takeover_notional) == 0.0
-    assert float(ev.adl_notional) == pytest.approx(0.4 * 95000.0, rel=1e-5)
+    assert float(ev.adl_notional) == pytest.approx(0.4 * 95000.5, rel=1e-5)
     assert pos(st, 2) == pytest.approx(-0.1, abs=POS_TOL)
-    assert pos(st, ins) == 1.0 and usdt(st, ins) == pytest.approx(100000.0, abs=USD_TOL)
+    assert pos(st, ins) == 1.0 and usdt(st, ins) == pytest.approx(100000.2, abs=USD_TOL)
     # Its marked equity is reported beside its USDT: 100,000 + 1 x (100,000 - 150,000) =
     # 50,000 at the unshocked mark, then 100,000 + 1 x (mark - 150,000).
     assert float(evs[0].insurance_equity) == pytest.approx(50000.0, abs=USD_TOL)
-    want = 100000.0 + (float(st.px.mark) - 150000.0)
+    want = 100000.2 + (float(st.px.mark) - 150000.0)
     assert float(ev.insurance_equity) == pytest.approx(want, abs=USD_TOL)
-    assert float(ev.insurance_fund) == pytest.approx(100000.0, abs=USD_TOL)
+    assert float(ev.insurance_fund) == pytest.approx(100000.2, abs=USD_TOL)
     assert_conserved(p, st0, st)
 
 
@@ -184,7 +185,8 @@ def test_adl_cancels_the_counterparty_orders(sim):
     orders (MECHANICS 4.4); low_lev (account 1), not deleveraged, keeps its own. Each
     rested a STABLE bid of 100 at 0.995 in tick 0 (reserving 99.5 USDT; STABLE does not
     move in the BASE shock). high_lev gets its reserve back: 2,000 + ADL PnL 0.4 x
-    (100,000 - 95,000) = 4,000 USDT."""
+    (100,000 - 95,000.5) = 3,999.8 USDT (p_bk at zero margin balance, the 0.01% USDT
+    haircut included)."""
     p = make(
         _adl_users(),
         **{"exogenous.shocks": SHOCK_T1, "accounts.insurance_fund": 0.0},
@@ -204,7 +206,7 @@ def test_adl_cancels_the_counterparty_orders(sim):
     ev, st = evs[1], states[1]
     assert int(ev.adl_count) == 1 and pos(st, 2) == pytest.approx(-0.1, abs=POS_TOL)
     assert own(st, 2).sum() == 0.0
-    assert usdt(st, 2) == pytest.approx(4000.0, abs=USD_TOL)
+    assert usdt(st, 2) == pytest.approx(3999.8, abs=USD_TOL)
     assert own(st, 1).sum() == pytest.approx(100.0)
     assert usdt(st, 1) == pytest.approx(100000.0 - 99.5, abs=USD_TOL)
     assert_conserved(p, st0, st)

@@ -166,6 +166,8 @@ class RefExchange:
         self.vol = self.vol_ref.copy()
         self.n_deferred = 0
         self.n_bust = 0
+        self.n_iso_deficit = 0
+        self.n_auto_exchange = 0
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -336,19 +338,32 @@ class RefExchange:
             new_entry = px
         else:
             new_entry = entry0
-        increase = abs(new_pos) if flipped else max(abs(new_pos) - abs(pos0), 0.0)
         self.pos[a], self.entry[a] = new_pos, new_entry
         if self.mode[a] == ISOLATED:
-            m1 = self.iso[a] + realized
-            frac = closed / abs(pos0) if abs(pos0) > 0 else 0.0
-            if new_pos == 0:
-                frac = 1.0
-            release = max(m1, 0.0) * frac
-            add_im = increase * px / max(self.lev[a], 1.0)
-            self.iso[a] = m1 - release + add_im
-            self.bal[a, USDT] += release - add_im
+            usdt, self.iso[a], fund = self.isolated_fill(a, pos0, entry0, dq, px)
+            self.bal[a, USDT] += usdt
+            self.bal[self.ins, USDT] += fund
+            self.n_iso_deficit += fund < 0  # coverage statistic
         else:
             self.bal[a, USDT] += realized
+
+    def isolated_fill(self, a, pos0, entry0, dq, px):
+        """(wallet change, new isolated margin, fund change) of an isolated fill: realized
+        PnL into the margin; a partial close returns its fraction of a positive margin; a
+        full close (or flip) settles all of it, a deficit paid by the insurance fund; an
+        increase (a flip's whole new side) takes increase x px / lev from the wallet."""
+        same = pos0 * dq >= 0
+        closed = 0.0 if same else min(abs(dq), abs(pos0))
+        realized = closed * (px - entry0) * _sign(pos0)
+        new_pos = pos0 + dq
+        all_closed = (not same) and abs(dq) >= abs(pos0)
+        increase = abs(new_pos) if all_closed else max(abs(new_pos) - abs(pos0), 0.0)
+        m1 = self.iso[a] + realized
+        add_im = increase * px / max(self.lev[a], 1.0)
+        if all_closed:
+            return max(m1, 0.0) - add_im, add_im, min(m1, 0.0)
+        release = max(m1, 0.0) * (closed / abs(pos0) if abs(pos0) > 0 else 0.0)
+        return release - add_im, m1 - release + add_im, 0.0
 
     # ------------------------------------------------------------------ matching
 

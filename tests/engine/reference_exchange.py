@@ -737,16 +737,21 @@ class RefExchange:
                 pos = self.pos[a]
                 new_pos = pos + side * qty
                 n_new = abs(new_pos) * mark
-                if abs(new_pos) > abs(pos):  # only position-increasing orders are checked
+                # Orders that increase the position or flip it (the new side in full) are
+                # checked; orders that only reduce it are not.
+                if abs(new_pos) > abs(pos) or pos * new_pos < 0:
                     lev = self.lev[a]
-                    impact = side * f_dry * (mark - avg_dry) - n_dry * taker_fee
+                    fee = n_dry * taker_fee
+                    impact = side * f_dry * (mark - avg_dry) - fee
                     orders_im = (self.open_perp_notional(a) + rest * px_lim) / lev
                     im_new = n_new / lev
                     if self.mode[a] == CROSS:
                         free = self.margin_balance(a) + impact - im_new - orders_im
-                    else:
-                        iso_eq = self.iso[a] + pos * (mark - self.entry[a]) + impact
-                        free = self.collateral_value(a) - max(im_new - iso_eq, 0.0) - orders_im
+                    else:  # the wallet pays what settlement takes from it
+                        to_wallet = self.isolated_fill(
+                            a, pos, self.entry[a], side * f_dry, avg_dry
+                        )[0]
+                        free = self.collateral_value(a) + to_wallet - fee - orders_im
                     if n_new > self.r["position_limit"]:
                         reason = REJ_POSITION_LIMIT
                     elif lev > self.max_lev(n_new):

@@ -702,12 +702,13 @@ class RefExchange:
         j_tick = math.floor(raw + 1e-6) if side > 0 else math.ceil(raw - 1e-6)
         level = j_tick - self.origin[m]
         px_lim = float(j_tick) * tick
+        bound = ref * (1 + band) if side > 0 else ref * (1 - band)
         if is_limit:
             limit = px_lim
-        elif price > 0:
-            limit = price
+        elif price > 0:  # a market order's own price, never past the band
+            limit = min(price, bound) if side > 0 else max(price, bound)
         else:
-            limit = ref * (1 + band) if side > 0 else ref * (1 - band)
+            limit = bound
         dry = self.walk(m, side, qty, limit)
         f_dry = sum(dry)
         n_dry = sum(x * self.level_px(m, j) for j, x in enumerate(dry))

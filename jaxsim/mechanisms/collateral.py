@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsim import book as bk
+from jaxsim import margin as mg
 from jaxsim.mechanisms import accounts, margin_checks, matching, tick_acc
 from jaxsim.mechanisms.tick_acc import OrderResults
 from jaxsim.ops import sum_last
@@ -58,12 +59,24 @@ def op_transfer(state, params, acc, o):
     slot = jnp.argmax(slot_free)
     enough = src[a, asset] >= qty
     reason = jnp.where(~has_slot, REJ_INVALID, jnp.where(enough, OK, REJ_BALANCE))
-    # Leaving the exchange must not break the account's initial margin (cross).
+    # Leaving the exchange must not break the account's initial margin. Cross: the margin
+    # balance covers the IM of the position and the resting perp orders. Isolated: the
+    # position's margin is apart, but the wallet funds the margin of resting perp orders
+    # when they fill, so it must keep covering their IM.
     px = accounts.asset_prices(state.px)
-    mb_after = accounts.margin_balance_of(state, a) - qty * px[asset] * (
-        1 - state.rules.haircut[asset]
+    out_value = qty * px[asset] * (1 - state.rules.haircut[asset])
+    cross = acct.mode[a] == CROSS
+    have = jnp.where(
+        cross,
+        accounts.margin_balance_of(state, a),
+        mg.collateral_value(acct.bal[a], acct.debt[a], px, state.rules.haircut),
     )
-    short = (acct.mode[a] == CROSS) & (mb_after < margin_checks.im_total_of(state, params, a))
+    need = jnp.where(
+        cross,
+        margin_checks.im_total_of(state, params, a),
+        accounts.open_order_notional_of(state, params, a) / jnp.maximum(acct.lev[a], 1.0),
+    )
+    short = have - out_value < need
     reason = jnp.where((reason == OK) & short & ~to_exchange, REJ_MARGIN, reason)
     ok = reason == OK
     amt = jnp.where(ok, qty, 0.0)

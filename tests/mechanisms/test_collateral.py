@@ -1,5 +1,5 @@
-"""`jaxsim.mechanisms.collateral`: a liquidation's collateral sales and transfers between
-venues.
+"""`jaxsim.mechanisms.collateral`: a liquidation's collateral sales, transfers between
+venues (and the margin they must leave).
 
 Testbed scenarios with injected orders through `jaxsim.step` (shape, price model and
 tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.py).
@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 from support import DT, SHOCK_T1, USD_TOL, assert_conserved, make, pos, usdt
 
-from jaxsim.types import KIND_TRANSFER_IN, KIND_TRANSFER_OUT, OK, REJ_INVALID, STABLE, USDT
+from jaxsim.types import (
+    KIND_LIMIT,
+    KIND_TRANSFER_IN,
+    KIND_TRANSFER_OUT,
+    OK,
+    PERP,
+    REJ_INVALID,
+    REJ_MARGIN,
+    STABLE,
+    USDT,
+)
 
 
 def test_collateral_liquidation_sells_stable(sim):
@@ -57,3 +67,23 @@ def test_transfers_arrive_after_delay(sim, delay_s):
         assert usdt(st, 0) == (11000.0 if arrived else 9000.0), (i, delay_s)
         assert ext(st) == (4000.0 if arrived else 3000.0), (i, delay_s)
         assert_conserved(p, st0, st)  # in-flight amounts stay on the ledger
+
+
+def test_isolated_withdrawal_keeps_resting_order_margin(sim):
+    """An isolated account's wallet funds the margin of its resting perp orders when they
+    fill, so a withdrawal may not take it below their initial margin.
+
+    10,000 USDT, isolated at 10x, a resting bid for 1 BTC at 99,500: IM 9,950. Leaving
+    5,000 (wallet 5,000 x 0.9999 = 4,999.5 < 9,950) is refused; leaving 40 (9,960 x
+    0.9999 = 9,959.0 >= 9,950) goes through."""
+    users = [{"name": "iso", "usdt": 10000.0, "mode": "isolated", "leverage": 10}]
+    p = make(users)
+    rows = [
+        {"account": 0, "market": PERP, "side": 1, "kind": KIND_LIMIT, "qty": 1.0, "price": 99500.0},
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_OUT, "qty": 5000.0},
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_OUT, "qty": 40.0},
+    ]
+    states, evs, st0 = sim.run(p, 1, orders_at={0: rows})
+    assert [int(r) for r in evs[0].order_reason[:3]] == [OK, REJ_MARGIN, OK]
+    assert usdt(states[0], 0) == pytest.approx(9960.0, abs=USD_TOL)
+    assert_conserved(p, st0, states[0])

@@ -14,6 +14,8 @@ One tick, in the order of docs/design.md (each phase lives in `jaxsim.mechanisms
 7. liquidation: cascade rounds (re-priced between them) liquidate accounts under
    maintenance; the insurance fund takes over or ADL closes what the book cannot absorb;
    then the fund unwinds part of its inventory;
+   collateral: USDT balances below the auto-exchange threshold are covered by
+   converting the account's other collateral;
 8. events for the tick (`jaxsim.events`).
 
 Everything is pure JAX with static loop bounds; `step` is jittable and vmappable over
@@ -99,6 +101,7 @@ def step(
     state = index_mark.reprice(state, params)
     state, paid = funding.sample_and_settle(state, params)
     state, acc = liquidation.run(state, params, acc)
+    state = collateral.auto_exchange(state, params)
     state = _end_tick(state, params, acc, background)
 
     ext = results.rows(slice(bg.kind.shape[0], None))

@@ -163,6 +163,13 @@ RULES = [
     _rule("withdrawal_delay_s", "[0, 2592000]", "withdrawal_delay_s", "at most 30 days"),
     _rule("partial_liquidation", "", "partial_liquidation", "liquidate in steps", kind="bool"),
     _rule("if_unwind_per_h", "[0, 3600]", "if_unwind_per_s", unit=PER_HOUR),
+    _rule(
+        "auto_exchange_usdt",
+        "[0, inf]",
+        "auto_exchange_usdt",
+        "negative USDT beyond this is covered by converting collateral",
+        default=10000.0,
+    ),
 ]
 
 _SC = "schedule[]"

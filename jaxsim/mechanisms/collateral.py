@@ -164,6 +164,36 @@ def arrivals(state: SimState) -> SimState:
     )
 
 
+def auto_exchange(state: SimState, params: Params) -> SimState:
+    """Auto-exchange (MECHANICS 3.3): a user account whose USDT balance is below
+    -`rules.auto_exchange_usdt` (fees, funding, realized losses and clearance fees are all
+    paid in USDT) has its other collateral converted into USDT, STABLE, LST, then BASE,
+    until the balance is back at zero or that collateral is gone.
+
+    The conversion is with the outside world at index less the asset's collateral
+    haircut: the value the margin check already gives those units, so the margin balance
+    does not move, and the account pays the haircut for the credit it ran up. It happens
+    off the books (the liquidation's collateral sales are what hit the spot books); a
+    balance the collateral cannot cover is the liquidation engine's (LTV >= 1)."""
+    acct = state.acct
+    outside = params.dims.outside
+    px = accounts.asset_prices(state.px)
+    usdt = acct.bal[:, USDT]
+    due = (usdt < -state.rules.auto_exchange_usdt) & ~accounts.system_mask(params)
+    owed = jnp.where(due, -usdt, 0.0)
+    bal = acct.bal
+    for asset in COLLATERAL_SALE_ORDER:
+        unit_value = px[asset] * (1.0 - state.rules.haircut[asset])
+        units = jnp.minimum(
+            jnp.maximum(bal[:, asset], 0.0), owed / jnp.maximum(unit_value, accounts.TINY)
+        )
+        raised = units * unit_value
+        bal = bal.at[:, asset].add(-units).at[outside, asset].add(units.sum())
+        bal = bal.at[:, USDT].add(raised).at[outside, USDT].add(-raised.sum())
+        owed = jnp.maximum(owed - raised, 0.0)
+    return state.replace(acct=acct.replace(bal=bal))
+
+
 def liquidation_sales(
     state: SimState, params: Params, acc: tick_acc.TickAcc, a, cross_liq
 ) -> tuple[SimState, tick_acc.TickAcc]:

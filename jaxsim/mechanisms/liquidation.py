@@ -41,8 +41,9 @@ def liquidate_account(
        cut back to the top of the next lower tier where the rules allow it);
     3. what the book did not absorb: insurance-fund takeover within its cap, then ADL;
     4. clearance fee to the fund; a closed isolated position returns its margin;
-    5. cross: debts repaid, collateral sold into its own spot books; a hole left after
-       that is the fund's, against the collateral left.
+    5. cross (and a flat isolated account, whose wallet is what is under water): debts
+       repaid, collateral sold into its own spot books; a hole left after that is the
+       fund's, against the collateral left.
     """
     # Re-checked at the account's turn: earlier liquidations this round moved prices.
     liq = active & (
@@ -50,6 +51,7 @@ def liquidate_account(
     )
     state = matching.cancel_all(state, params, a, liq)
     pos = state.acct.pos[a]
+    flat = pos == 0
     s = jnp.sign(pos)
     p_bk = mg.bankruptcy_price(pos, state.px.mark, accounts.equity(state)[a])
     cut = _liquidation_cut(state, a, forced, liq)
@@ -62,7 +64,7 @@ def liquidate_account(
     state, absorbed = insurance.absorb(state, params, a, s, rem, p_bk)
     liq_notional = n_fill + (absorbed.fund_qty + absorbed.adl_qty) * p_bk
     state = _clearance_fee(state, params, a, liq, liq_notional)
-    cross_liq = liq & (state.acct.mode[a] != ISOLATED)
+    cross_liq = liq & ((state.acct.mode[a] != ISOLATED) | flat)
     state, acc = collateral.liquidation_sales(state, params, acc, a, cross_liq)
     state, bad = insurance.cover_bust(state, params, a, cross_liq)
 

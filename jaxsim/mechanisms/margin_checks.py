@@ -11,6 +11,7 @@ from jaxsim.mechanisms import accounts
 from jaxsim.ops import sum_last
 from jaxsim.types import (
     CROSS,
+    ISOLATED,
     OK,
     REJ_LEVERAGE,
     REJ_MARGIN,
@@ -52,9 +53,18 @@ def max_allowed_notional(mb: Array, rules) -> Array:
 
 
 def needs_liquidation(state: SimState, params: Params) -> Array:
-    """(A,) margin balance below maintenance at mark, for accounts with any exposure."""
+    """(A,) margin balance below maintenance at mark, for accounts with any exposure.
+
+    A flat isolated account has no position margin to check: its wallet is (haircut
+    collateral value below zero, i.e. a negative USDT balance or debts its collateral
+    does not cover, MECHANICS 3.3's LTV >= 1 without positions). Isolated accounts with a
+    position are checked on the position's margin only."""
     acct = state.acct
     mb = accounts.margin_balances(state)
+    wallet = mg.collateral_value(
+        acct.bal, acct.debt, accounts.asset_prices(state.px), state.rules.haircut
+    )
+    mb = jnp.where((acct.mode == ISOLATED) & (acct.pos == 0), wallet, mb)
     mm = mg.maint_margin(jnp.abs(acct.pos) * state.px.mark, state.rules)
     exposure = (acct.pos != 0) | (sum_last(acct.debt) > 0) | (acct.bal[:, USDT] < 0)
     return (mb < mm) & exposure & ~accounts.system_mask(params)

@@ -870,7 +870,7 @@ class RefExchange:
             self.bal[ins, USDT] += min(im, 0.0)
             self.iso[a] = 0.0
         bad = 0.0
-        if not iso:
+        if not iso or pos == 0:  # a flat isolated account: its wallet is under water
             # Repay debts from same-asset balances, then sell collateral for a USDT deficit.
             for k2 in range(4):
                 rep = min(max(self.bal[a, k2], 0.0), self.debt[a, k2])
@@ -935,7 +935,29 @@ class RefExchange:
             return False
         exposure = self.pos[a] != 0 or self.debt[a].sum() > 0 or self.bal[a, USDT] < 0
         mm = self.maint_margin(abs(self.pos[a]) * self.mark)
-        return bool(exposure and self.margin_balance(a) < mm)
+        mb = self.margin_balance(a)
+        if self.mode[a] == ISOLATED and self.pos[a] == 0:  # a flat isolated account's wallet
+            mb = self.collateral_value(a)
+        return bool(exposure and mb < mm)
+
+    def auto_exchange(self):
+        """USDT below -threshold (user accounts): STABLE, LST, BASE converted with the
+        outside world at index x (1 - haircut) until the balance is back at zero."""
+        px, h = self.asset_px(), self.r["haircut"]
+        for a in range(self.n_user):
+            if not self.bal[a, USDT] < -float(self.r["auto_exchange_usdt"]):
+                continue
+            owed = -self.bal[a, USDT]
+            self.n_auto_exchange += 1  # coverage statistic
+            for asset, _m in SALE_ORDER:
+                unit_value = px[asset] * (1.0 - h[asset])
+                units = min(max(self.bal[a, asset], 0.0), owed / max(unit_value, TINY))
+                raised = units * unit_value
+                self.bal[a, asset] -= units
+                self.bal[self.outside, asset] += units
+                self.bal[a, USDT] += raised
+                self.bal[self.outside, USDT] -= raised
+                owed = max(owed - raised, 0.0)
 
     def liquidation_engine(self):
         for _ in range(self.cascade_rounds):
@@ -989,6 +1011,7 @@ class RefExchange:
         # (transfers: none in flight; the reference does not model transfer orders)
         settled, paid = self.prices_and_funding()
         self.liquidation_engine()
+        self.auto_exchange()
         self.t += 1
         ev = dict(self.acc)
         ev["order_reason"] = np.array([x[0] for x in outs], np.int32)

@@ -295,10 +295,11 @@ def compare_events(ev, rev, t):
     _close("funding_paid", ev.funding_paid, rev["funding_paid"], t)
 
 
-def run_parity(engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=True):
+def run_parity(engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=True, script=None):
     """Run engine and reference side by side; assert agreement after every tick.
 
-    Returns totals of the tick events (for checking what the run exercised).
+    `script` (tick -> order rows) replaces the random flow at those ticks (padded with
+    empty rows). Returns totals of the tick events (for checking what the run exercised).
     """
     step, reset = engine
     key = jax.random.PRNGKey(seed)
@@ -324,6 +325,8 @@ def run_parity(engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=T
     for t in range(n_ticks):
         key, k = jax.random.split(key)
         rows = flow.orders(ref)
+        if script and t in script:
+            rows = script[t] + [[KIND_NONE, 0, 0, 0, 0.0, 0.0]] * (len(rows) - len(script[t]))
         state, ev = step(k, state, _to_orders(rows), params)
         s_np = _np_tree(state)
         ev = jax.device_get(ev)
@@ -376,6 +379,29 @@ def test_parity_shock_liquidations(engine):
     assert tot["liq_book_notional"] > 0, tot
     assert tot["ref"].n_deferred > 0  # liq_per_round bound: some accounts waited a round
     assert tot["ref"].n_bust > 0  # the fund covered a bankrupt cross account's hole
+    assert tot["ref"].n_auto_exchange > 0  # USDT below the threshold converted
+
+
+def test_parity_isolated_close_under_water(engine):
+    """An isolated account closes its position below bankruptcy in the first tick (the
+    fund pays the margin's deficit) with no USDT for the fee: the flat account's wallet
+    (30 STABLE) is then liquidated (STABLE sold, the fund resets the rest). Random flow
+    after that."""
+    users = [dict(u) for u in USERS]
+    users[3] = {
+        "name": "iso_under_water",
+        "stable": 30.0,
+        "position": 2.0,
+        "entry": 110000.0,
+        "mode": "isolated",
+        "isolated_margin": 8000.0,
+        "leverage": 20,
+    }
+    params = _params({**BASE_OVERRIDES, "accounts.users": users})
+    close = [[KIND_MARKET, 3, PERP, -1, 2.0, 0.0]]
+    tot = run_parity(engine, params, 40, "flash", seed=6, script={0: close})
+    assert tot["ref"].n_iso_deficit > 0
+    assert tot["ref"].n_bust > 0 and tot["liq_accounts"] > 0
 
 
 def test_parity_detects_a_perturbed_reference(engine):

@@ -1,5 +1,5 @@
 """`jaxsim.mechanisms.collateral`: a liquidation's collateral sales, transfers between
-venues (and the margin they must leave).
+venues (and the margin they must leave), auto-exchange of negative USDT.
 
 Testbed scenarios with injected orders through `jaxsim.step` (shape, price model and
 tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.py).
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import DT, SHOCK_T1, USD_TOL, assert_conserved, make, pos, usdt
+from support import DT, SHOCK_T1, USD_TOL, assert_conserved, make, mb_and_mm, pos, usdt
 
 from jaxsim.types import (
     KIND_LIMIT,
+    KIND_MARKET,
     KIND_TRANSFER_IN,
     KIND_TRANSFER_OUT,
     OK,
@@ -87,3 +88,37 @@ def test_isolated_withdrawal_keeps_resting_order_margin(sim):
     assert [int(r) for r in evs[0].order_reason[:3]] == [OK, REJ_MARGIN, OK]
     assert usdt(states[0], 0) == pytest.approx(9960.0, abs=USD_TOL)
     assert_conserved(p, st0, states[0])
+
+
+def test_auto_exchange_covers_negative_usdt(sim):
+    """MECHANICS 3.3 auto-exchange: USDT below -10,000 (`rules.auto_exchange_usdt`, the
+    default) is brought back to zero by converting the account's collateral with the
+    outside world at index less its haircut (STABLE: 1 x 0.95), the value the margin
+    check already gives it, so the margin balance does not move.
+
+    Both hold 200,000 STABLE and 1 BTC long and sell it at the LP's best bid 99,900 (fee
+    99,900 x 0.05% = 49.95):
+    - from 120,000: realized -20,100, USDT -20,149.95 < -10,000: 20,149.95 / 0.95 =
+      21,210.474 STABLE are converted, USDT 0; MB 190,000 - 20,149.95 either way;
+    - from 105,000: USDT -5,149.95 is within the threshold and stays."""
+    users = [
+        {"name": "deep", "stable": 200000.0, "position": 1.0, "entry": 120000.0},
+        {"name": "shallow", "stable": 200000.0, "position": 1.0, "entry": 105000.0},
+    ]
+    p = make(users)
+    sell = lambda a: {"account": a, "market": PERP, "side": -1, "kind": KIND_MARKET, "qty": 1.0}  # noqa: E731
+    states, evs, st0 = sim.run(p, 1, orders_at={0: [sell(0), sell(1)]})
+    st = states[0]
+    assert [float(x) for x in evs[0].order_avg_px[:2]] == pytest.approx([99900.0, 99900.0])
+    owed = 20100.0 + 49.95
+    assert usdt(st, 0) == pytest.approx(0.0, abs=USD_TOL)
+    assert float(st.acct.bal[0, STABLE]) == pytest.approx(200000.0 - owed / 0.95, abs=0.05)
+    mb, _ = mb_and_mm(st)
+    assert mb[0] == pytest.approx(190000.0 - owed, abs=0.1)
+    assert usdt(st, 1) == pytest.approx(-5149.95, abs=USD_TOL)
+    assert float(st.acct.bal[1, STABLE]) == 200000.0
+    out = p.dims.outside
+    assert float(st.acct.bal[out, STABLE] - st0.acct.bal[out, STABLE]) == pytest.approx(
+        owed / 0.95, abs=0.05
+    )
+    assert_conserved(p, st0, st)

@@ -1,5 +1,6 @@
 """`jaxsim.mechanisms.margin_checks`: the pre-trade perp check (the position limit in
-force scaled to the perp book's depth, flips, isolated accounts).
+force scaled to the perp book's depth, flips, isolated accounts) and the maintenance
+check of flat isolated accounts.
 
 Testbed scenarios with injected orders through `jaxsim.step` (shape, price model and
 tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.py).
@@ -19,6 +20,8 @@ from jaxsim.types import (
     REJ_LEVERAGE,
     REJ_MARGIN,
     REJ_POSITION_LIMIT,
+    STABLE,
+    USDT,
 )
 
 
@@ -135,3 +138,32 @@ def test_isolated_increase_is_checked_as_settled(sim):
     assert float(st.acct.iso_margin[1]) == pytest.approx(25002.5, abs=USD_TOL)
     assert pos(st, 1) == pytest.approx(1.5, abs=POS_TOL)
     assert_conserved(p, st0, st)
+
+
+def test_flat_isolated_account_with_negative_usdt_is_liquidated(sim):
+    """A flat isolated account has no position margin to check: its wallet is checked,
+    and a wallet whose haircut value is negative (MECHANICS 3.3: LTV >= 1 with no
+    position) goes to the liquidation engine like a cross account's.
+
+    Flat, isolated, -50 USDT (say, fees) and 30 STABLE: wallet value 30 x 0.95 - 50 =
+    -21.5 < 0 = MM. The engine sells the 30 STABLE into the STABLE book at its best bid
+    0.999 (in the first tick the LP's 0.9995 level sits inside its half spread): 29.97
+    less the 0.05% taker fee 0.015, USDT -20.045; the fund resets that hole. Before,
+    such an account was never checked (its margin balance is its isolated margin, 0) and
+    kept its -50 USDT for ever."""
+    users = [{"name": "iso_flat", "stable": 30.0, "mode": "isolated"}]
+    p = make(users)
+    st0 = sim.start(p)
+    st0 = st0.replace(acct=st0.acct.replace(bal=st0.acct.bal.at[0, USDT].set(-50.0)))
+    states, evs, _ = sim.run(p, 2, st=st0)
+    ev, st = evs[0], states[0]
+    assert int(ev.liq_accounts) == 1 and bool(ev.liq_mask[0])
+    assert float(ev.collateral_sold[STABLE]) == pytest.approx(30.0, abs=1e-4)
+    assert float(ev.collateral_sold_usdt) == pytest.approx(30.0 * 0.999, abs=1e-3)
+    assert usdt(st, 0) == 0.0 and float(st.acct.bal[0, STABLE]) == 0.0
+    fund = p.dims.insurance
+    hole = 50.0 - 30.0 * 0.999 * (1 - 0.0005)
+    # (float32 resolves the 1e6 fund to 0.0625)
+    assert usdt(st, fund) - usdt(st0, fund) == pytest.approx(-hole, abs=0.07)
+    assert int(evs[1].liq_accounts) == 0
+    assert_conserved(p, st0, states[-1])

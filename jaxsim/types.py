@@ -179,7 +179,7 @@ class ExchangeRules:
     partial_liquidation: Array  # () 1 = reduce by tier before closing fully
     price_band: Array  # (M,) limit price within ref * (1 +/- band)
     if_unwind_per_s: Array  # () fraction of the fund's position unwound per second
-    auto_exchange_usdt: Array  # () USDT below -this: collateral auto-exchanged for USDT
+    borrow_interest: Array  # () interest per 8 h on debts and negative USDT balances
 
 
 @struct.dataclass

@@ -164,11 +164,11 @@ RULES = [
     _rule("partial_liquidation", "", "partial_liquidation", "liquidate in steps", kind="bool"),
     _rule("if_unwind_per_h", "[0, 3600]", "if_unwind_per_s", unit=PER_HOUR),
     _rule(
-        "auto_exchange_usdt",
-        "[0, inf]",
-        "auto_exchange_usdt",
-        "negative USDT beyond this is covered by converting collateral",
-        default=10000.0,
+        "borrow_interest_8h",
+        "[0, 0.01]",
+        "borrow_interest",
+        "interest per 8 h on debts and negative USDT, charged at funding settlements",
+        default=0.0001,
     ),
 ]
 

@@ -11,6 +11,7 @@ from jaxsim import margin as mg
 from jaxsim.mechanisms import accounts, margin_checks, matching, tick_acc
 from jaxsim.mechanisms.tick_acc import OrderResults
 from jaxsim.ops import sum_last
+from jaxsim.prices import SECONDS_PER_8H
 from jaxsim.types import (
     BASE,
     BID,
@@ -164,33 +165,24 @@ def arrivals(state: SimState) -> SimState:
     )
 
 
-def auto_exchange(state: SimState, params: Params) -> SimState:
-    """Auto-exchange (MECHANICS 3.3): a user account whose USDT balance is below
-    -`rules.auto_exchange_usdt` (fees, funding, realized losses and clearance fees are all
-    paid in USDT) has its other collateral converted into USDT, STABLE, LST, then BASE,
-    until the balance is back at zero or that collateral is gone.
+def charge_interest(state: SimState, params: Params, settled) -> SimState:
+    """Interest on what user accounts owe, at each funding settlement (`settled`), for the
+    interval: (debts at index + a negative USDT balance) x `rules.borrow_interest` (per
+    8 h) x interval / 8 h, paid in USDT to the lender (the outside world).
 
-    The conversion is with the outside world at index less the asset's collateral
-    haircut: the value the margin check already gives those units, so the margin balance
-    does not move, and the account pays the haircut for the credit it ran up. It happens
-    off the books (the liquidation's collateral sales are what hit the spot books); a
-    balance the collateral cannot cover is the liquidation engine's (LTV >= 1)."""
-    acct = state.acct
-    outside = params.dims.outside
+    A negative USDT balance (fees, funding, realized losses and clearance fees are paid in
+    USDT whatever the account holds) is credit like a USDT loan: it pays the same interest
+    and the margin check counts it in full, so it is neither free nor unchecked; a
+    liquidation sells collateral into the books to cover it. Charged once per interval
+    rather than per tick so that float32 balances resolve it. The charge may itself take
+    USDT below zero, which then owes interest at the next settlement."""
+    acct, rules = state.acct, state.rules
     px = accounts.asset_prices(state.px)
-    usdt = acct.bal[:, USDT]
-    due = (usdt < -state.rules.auto_exchange_usdt) & ~accounts.system_mask(params)
-    owed = jnp.where(due, -usdt, 0.0)
-    bal = acct.bal
-    for asset in COLLATERAL_SALE_ORDER:
-        unit_value = px[asset] * (1.0 - state.rules.haircut[asset])
-        units = jnp.minimum(
-            jnp.maximum(bal[:, asset], 0.0), owed / jnp.maximum(unit_value, accounts.TINY)
-        )
-        raised = units * unit_value
-        bal = bal.at[:, asset].add(-units).at[outside, asset].add(units.sum())
-        bal = bal.at[:, USDT].add(raised).at[outside, USDT].add(-raised.sum())
-        owed = jnp.maximum(owed - raised, 0.0)
+    owed = sum_last(acct.debt * px) + jnp.maximum(-acct.bal[:, USDT], 0.0)
+    rate = rules.borrow_interest * rules.funding_interval_s / SECONDS_PER_8H
+    due = settled & ~accounts.system_mask(params)
+    interest = jnp.where(due, owed * rate, 0.0)
+    bal = acct.bal.at[:, USDT].add(-interest).at[params.dims.outside, USDT].add(interest.sum())
     return state.replace(acct=acct.replace(bal=bal))
 
 

@@ -167,7 +167,7 @@ class RefExchange:
         self.n_deferred = 0
         self.n_bust = 0
         self.n_iso_deficit = 0
-        self.n_auto_exchange = 0
+        self.n_interest = 0
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -940,24 +940,18 @@ class RefExchange:
             mb = self.collateral_value(a)
         return bool(exposure and mb < mm)
 
-    def auto_exchange(self):
-        """USDT below -threshold (user accounts): STABLE, LST, BASE converted with the
-        outside world at index x (1 - haircut) until the balance is back at zero."""
-        px, h = self.asset_px(), self.r["haircut"]
+    def charge_interest(self):
+        """At a funding settlement: user accounts pay (debts at index + negative USDT) x
+        borrow interest per 8 h x interval / 8 h, in USDT, to the lender (outside)."""
+        px = self.asset_px()
+        rate = float(self.r["borrow_interest"]) * float(self.r["funding_interval_s"])
+        rate /= SECONDS_PER_8H
         for a in range(self.n_user):
-            if not self.bal[a, USDT] < -float(self.r["auto_exchange_usdt"]):
-                continue
-            owed = -self.bal[a, USDT]
-            self.n_auto_exchange += 1  # coverage statistic
-            for asset, _m in SALE_ORDER:
-                unit_value = px[asset] * (1.0 - h[asset])
-                units = min(max(self.bal[a, asset], 0.0), owed / max(unit_value, TINY))
-                raised = units * unit_value
-                self.bal[a, asset] -= units
-                self.bal[self.outside, asset] += units
-                self.bal[a, USDT] += raised
-                self.bal[self.outside, USDT] -= raised
-                owed = max(owed - raised, 0.0)
+            owed = sum(self.debt[a, k] * px[k] for k in range(4))
+            owed += max(-self.bal[a, USDT], 0.0)
+            self.n_interest += owed > 0  # coverage statistic
+            self.bal[a, USDT] -= owed * rate
+            self.bal[self.outside, USDT] += owed * rate
 
     def liquidation_engine(self):
         for _ in range(self.cascade_rounds):
@@ -1010,8 +1004,9 @@ class RefExchange:
         outs = [self.process_order(o) for o in orders]
         # (transfers: none in flight; the reference does not model transfer orders)
         settled, paid = self.prices_and_funding()
+        if settled:
+            self.charge_interest()
         self.liquidation_engine()
-        self.auto_exchange()
         self.t += 1
         ev = dict(self.acc)
         ev["order_reason"] = np.array([x[0] for x in outs], np.int32)

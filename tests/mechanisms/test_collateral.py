@@ -1,5 +1,5 @@
 """`jaxsim.mechanisms.collateral`: a liquidation's collateral sales, transfers between
-venues (and the margin they must leave), auto-exchange of negative USDT.
+venues (and the margin they must leave), interest on debts and negative USDT.
 
 Testbed scenarios with injected orders through `jaxsim.step` (shape, price model and
 tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.py).
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import DT, SHOCK_T1, USD_TOL, assert_conserved, make, mb_and_mm, pos, usdt
+from support import DT, SHOCK_T1, USD_TOL, assert_conserved, make, pos, usdt
 
 from jaxsim.types import (
     KIND_LIMIT,
-    KIND_MARKET,
     KIND_TRANSFER_IN,
     KIND_TRANSFER_OUT,
     OK,
@@ -90,35 +89,29 @@ def test_isolated_withdrawal_keeps_resting_order_margin(sim):
     assert_conserved(p, st0, states[0])
 
 
-def test_auto_exchange_covers_negative_usdt(sim):
-    """MECHANICS 3.3 auto-exchange: USDT below -10,000 (`rules.auto_exchange_usdt`, the
-    default) is brought back to zero by converting the account's collateral with the
-    outside world at index less its haircut (STABLE: 1 x 0.95), the value the margin
-    check already gives it, so the margin balance does not move.
+def test_interest_on_debts_and_negative_usdt(sim):
+    """Debts and a negative USDT balance pay interest to the lender (the outside world) at
+    each funding settlement, for the interval: owed x `rules.borrow_interest_8h` (default
+    0.01%) x interval / 8 h. A negative balance is credit like a USDT loan, not free.
 
-    Both hold 200,000 STABLE and 1 BTC long and sell it at the LP's best bid 99,900 (fee
-    99,900 x 0.05% = 49.95):
-    - from 120,000: realized -20,100, USDT -20,149.95 < -10,000: 20,149.95 / 0.95 =
-      21,210.474 STABLE are converted, USDT 0; MB 190,000 - 20,149.95 either way;
-    - from 105,000: USDT -5,149.95 is within the threshold and stays."""
+    The first settlement ends tick 0 (`first_funding_h` = 10 s); the interval is 8 h:
+    - borrower, 1e7 USDT debt: 1e7 x 0.0001 = 1,000 USDT, its whole USDT balance;
+    - overdrawn, USDT -200,000: 200,000 x 0.0001 = 20, USDT -200,020.
+    The lender receives 1,020; nothing more until the next settlement 8 h later."""
     users = [
-        {"name": "deep", "stable": 200000.0, "position": 1.0, "entry": 120000.0},
-        {"name": "shallow", "stable": 200000.0, "position": 1.0, "entry": 105000.0},
+        {"name": "borrower", "usdt": 1000.0, "stable": 2.2e7, "debt": {"usdt": 1.0e7}},
+        {"name": "overdrawn", "stable": 1.0e6},
     ]
-    p = make(users)
-    sell = lambda a: {"account": a, "market": PERP, "side": -1, "kind": KIND_MARKET, "qty": 1.0}  # noqa: E731
-    states, evs, st0 = sim.run(p, 1, orders_at={0: [sell(0), sell(1)]})
-    st = states[0]
-    assert [float(x) for x in evs[0].order_avg_px[:2]] == pytest.approx([99900.0, 99900.0])
-    owed = 20100.0 + 49.95
-    assert usdt(st, 0) == pytest.approx(0.0, abs=USD_TOL)
-    assert float(st.acct.bal[0, STABLE]) == pytest.approx(200000.0 - owed / 0.95, abs=0.05)
-    mb, _ = mb_and_mm(st)
-    assert mb[0] == pytest.approx(190000.0 - owed, abs=0.1)
-    assert usdt(st, 1) == pytest.approx(-5149.95, abs=USD_TOL)
-    assert float(st.acct.bal[1, STABLE]) == 200000.0
+    p = make(users, **{"first_funding_h": DT / 3600.0})
+    st0 = sim.start(p)
+    st0 = st0.replace(acct=st0.acct.replace(bal=st0.acct.bal.at[1, USDT].set(-2.0e5)))
+    states, evs, _ = sim.run(p, 2, st=st0)
+    assert [bool(e.funding_settled) for e in evs] == [True, False]
     out = p.dims.outside
-    assert float(st.acct.bal[out, STABLE] - st0.acct.bal[out, STABLE]) == pytest.approx(
-        owed / 0.95, abs=0.05
-    )
-    assert_conserved(p, st0, st)
+    for st in states:
+        assert usdt(st, 0) == pytest.approx(0.0, abs=USD_TOL)
+        assert usdt(st, 1) == pytest.approx(-200020.0, abs=USD_TOL)
+        assert usdt(st, out) - usdt(st0, out) == pytest.approx(1020.0, abs=0.07)
+        assert float(st.acct.debt[0, USDT]) == 1.0e7  # paid in USDT, the debt unchanged
+    assert int(evs[0].liq_accounts) == 0
+    assert_conserved(p, st0, states[-1])

@@ -10,7 +10,7 @@ One tick, in the order of docs/design.md (each phase lives in `jaxsim.mechanisms
    learning agents', are processed in sequence (`orders.process`);
 5. collateral: transfers between the exchange and external venues arrive;
 6. index_mark + funding: index and mark re-priced, basis and premium sampled, funding
-   settled at interval boundaries;
+   settled at interval boundaries, and with it interest on debts and negative USDT;
 7. liquidation: cascade rounds (re-priced between them) liquidate accounts under
    maintenance; the insurance fund takes over or ADL closes what the book cannot absorb;
    then the fund unwinds part of its inventory, and a deficit the fund cannot back is
@@ -102,6 +102,7 @@ def step(
     state = collateral.arrivals(state)
     state = index_mark.reprice(state, params)
     state, paid = funding.sample_and_settle(state, params)
+    state = collateral.charge_interest(state, params, paid.settled)
     state, acc = liquidation.run(state, params, acc)
     state, acc = insurance.write_off(state, params, acc)
     state = _end_tick(state, params, acc, background)

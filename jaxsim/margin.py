@@ -128,6 +128,37 @@ def adl_score(pos: Array, entry: Array, mark: Array, equity: Array) -> Array:
     return jnp.where(pos == 0, -jnp.inf, score)
 
 
+def isolated_fill(
+    pos: Array, entry: Array, margin: Array, lev: Array, dq: Array, px: Array
+) -> tuple[Array, Array, Array]:
+    """Isolated margin moves of a perp fill dq at px: (wallet USDT change, new isolated
+    margin, the insurance fund's USDT change).
+
+    Realized PnL lands in the position's margin. Closing a fraction of the position
+    returns that fraction of a positive margin to the wallet (a negative one stays with
+    what is left of the position, for the liquidation engine). Closing all of it (to zero
+    or through zero) settles the whole margin: a surplus goes to the wallet, a deficit
+    (the position lost more than its margin) is paid by the insurance fund, as when the
+    liquidation engine closes it: an isolated position's loss is capped at its margin
+    (MECHANICS 3.3) and no negative margin outlives the position. Any increase (the new
+    side of a flip in full) moves `increase x px / lev` from the wallet into the margin.
+    """
+    same = pos * dq >= 0
+    closed = jnp.where(same, 0.0, jnp.minimum(jnp.abs(dq), jnp.abs(pos)))
+    realized = closed * (px - entry) * jnp.sign(pos)
+    new_pos = pos + dq
+    all_closed = (~same) & (jnp.abs(dq) >= jnp.abs(pos))
+    increase = jnp.where(
+        all_closed, jnp.abs(new_pos), jnp.maximum(jnp.abs(new_pos) - jnp.abs(pos), 0.0)
+    )
+    m1 = margin + realized
+    frac = closed / jnp.maximum(jnp.abs(pos), 1e-30)
+    release = jnp.where(all_closed, jnp.maximum(m1, 0.0), jnp.maximum(m1, 0.0) * frac)
+    fund = jnp.where(all_closed, jnp.minimum(m1, 0.0), 0.0)
+    add_im = increase * px / jnp.maximum(lev, 1.0)
+    return release - add_im, m1 - release - fund + add_im, fund
+
+
 def apply_perp_fill(pos: Array, entry: Array, dq: Array, px: Array) -> tuple[Array, Array, Array]:
     """New (position, entry, realized PnL) after trading dq at average price px.
 

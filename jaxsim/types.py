@@ -180,6 +180,7 @@ class ExchangeRules:
     price_band: Array  # (M,) limit price within ref * (1 +/- band)
     if_unwind_per_s: Array  # () fraction of the fund's position unwound per second
     sale_band: Array  # () engine sales fill no worse than the tick's index (mark) x (1 -/+ band)
+    borrow_interest: Array  # () interest per 8 h on debts and negative USDT balances
 
 
 @struct.dataclass

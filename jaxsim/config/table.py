@@ -169,6 +169,13 @@ RULES = [
     _rule("partial_liquidation", "", "partial_liquidation", "liquidate in steps", kind="bool"),
     _rule("if_unwind_per_h", "[0, 3600]", "if_unwind_per_s", unit=PER_HOUR),
     _rule("sale_band", "[0, 1]", "sale_band", "engine sales vs the tick's index; 1 = none"),
+    _rule(
+        "borrow_interest_8h",
+        "[0, 0.01]",
+        "borrow_interest",
+        "interest per 8 h on debts and negative USDT, charged at funding settlements",
+        default=0.0001,
+    ),
 ]
 
 _SC = "schedule[]"

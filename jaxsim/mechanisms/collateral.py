@@ -7,9 +7,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxsim import book as bk
+from jaxsim import margin as mg
 from jaxsim.mechanisms import accounts, margin_checks, matching, tick_acc
 from jaxsim.mechanisms.tick_acc import OrderResults
 from jaxsim.ops import sum_last
+from jaxsim.prices import SECONDS_PER_8H
 from jaxsim.types import (
     BASE,
     BID,
@@ -64,12 +66,24 @@ def op_transfer(state, params, acc, o):
     slot = jnp.argmax(slot_free)
     enough = src[a, asset] >= qty
     reason = jnp.where(~has_slot, REJ_INVALID, jnp.where(enough, OK, REJ_BALANCE))
-    # Leaving the exchange must not break the account's initial margin (cross).
+    # Leaving the exchange must not break the account's initial margin. Cross: the margin
+    # balance covers the IM of the position and the resting perp orders. Isolated: the
+    # position's margin is apart, but the wallet funds the margin of resting perp orders
+    # when they fill, so it must keep covering their IM.
     px = accounts.asset_prices(state.px)
-    mb_after = accounts.margin_balance_of(state, a) - qty * px[asset] * (
-        1 - state.rules.haircut[asset]
+    out_value = qty * px[asset] * (1 - state.rules.haircut[asset])
+    cross = acct.mode[a] == CROSS
+    have = jnp.where(
+        cross,
+        accounts.margin_balance_of(state, a),
+        mg.collateral_value(acct.bal[a], acct.debt[a], px, state.rules.haircut),
     )
-    short = (acct.mode[a] == CROSS) & (mb_after < margin_checks.im_total_of(state, params, a))
+    need = jnp.where(
+        cross,
+        margin_checks.im_total_of(state, params, a),
+        accounts.open_order_notional_of(state, params, a) / jnp.maximum(acct.lev[a], 1.0),
+    )
+    short = have - out_value < need
     reason = jnp.where((reason == OK) & short & ~to_exchange, REJ_MARGIN, reason)
     ok = reason == OK
     amt = jnp.where(ok, qty, 0.0)
@@ -168,6 +182,27 @@ def quote_qty(state: SimState, params: Params, m, usdt, limit) -> Array:
     px = accounts.level_prices(state, params, m)
     tot = sum_last(state.book.qty[m, BID])
     return bk.walk_for_quote(tot, px, usdt * (1 + state.rules.taker_fee), limit).sum()
+
+
+def charge_interest(state: SimState, params: Params, settled) -> SimState:
+    """Interest on what user accounts owe, at each funding settlement (`settled`), for the
+    interval: (debts at index + a negative USDT balance) x `rules.borrow_interest` (per
+    8 h) x interval / 8 h, paid in USDT to the lender (the outside world).
+
+    A negative USDT balance (fees, funding, realized losses and clearance fees are paid in
+    USDT whatever the account holds) is credit like a USDT loan: it pays the same interest
+    and the margin check counts it in full, so it is neither free nor unchecked; a
+    liquidation sells collateral into the books to cover it. Charged once per interval
+    rather than per tick so that float32 balances resolve it. The charge may itself take
+    USDT below zero, which then owes interest at the next settlement."""
+    acct, rules = state.acct, state.rules
+    px = accounts.asset_prices(state.px)
+    owed = sum_last(acct.debt * px) + jnp.maximum(-acct.bal[:, USDT], 0.0)
+    rate = rules.borrow_interest * rules.funding_interval_s / SECONDS_PER_8H
+    due = settled & ~accounts.system_mask(params)
+    interest = jnp.where(due, owed * rate, 0.0)
+    bal = acct.bal.at[:, USDT].add(-interest).at[params.dims.outside, USDT].add(interest.sum())
+    return state.replace(acct=acct.replace(bal=bal))
 
 
 def liquidation_sales(

@@ -43,8 +43,9 @@ def liquidate_account(
     3. what the book did not absorb: kept by a solvent account for its next turn; an
        insolvent one's goes to the insurance fund within its cap, then ADL;
     4. clearance fee to the fund; a closed isolated position returns its margin;
-    5. cross: debts repaid, collateral sold into its own spot books; a hole left after
-       that is the fund's, against the collateral left.
+    5. cross (and a flat isolated account, whose wallet is what is under water): debts
+       repaid, collateral sold into its own spot books; a hole left after that is the
+       fund's, against the collateral left.
 
     Solvent: margin balance > 0 at mark at the account's turn, i.e. the bankruptcy price
     is still better than mark. The book can then still bring it back above maintenance:
@@ -59,6 +60,7 @@ def liquidate_account(
     )
     state = matching.cancel_all(state, params, a, liq)
     pos = state.acct.pos[a]
+    flat = pos == 0
     s = jnp.sign(pos)
     # MECHANICS 3.4: bankrupt where the margin balance (haircuts applied, as the
     # maintenance check sees it) is zero; the haircuts are left to pay for the sale of
@@ -76,7 +78,7 @@ def liquidate_account(
     state, absorbed = insurance.absorb(state, params, a, s, rem, p_bk)
     liq_notional = n_fill + (absorbed.fund_qty + absorbed.adl_qty) * p_bk
     state = _clearance_fee(state, params, a, liq, liq_notional)
-    cross_liq = liq & (state.acct.mode[a] != ISOLATED)
+    cross_liq = liq & ((state.acct.mode[a] != ISOLATED) | flat)
     state, acc = collateral.liquidation_sales(state, params, acc, a, cross_liq)
     state, bad = insurance.cover_bust(state, params, a, cross_liq)
 

@@ -11,6 +11,7 @@ from jaxsim.mechanisms import accounts
 from jaxsim.ops import sum_last
 from jaxsim.types import (
     CROSS,
+    ISOLATED,
     OK,
     REJ_LEVERAGE,
     REJ_MARGIN,
@@ -52,9 +53,18 @@ def max_allowed_notional(mb: Array, rules) -> Array:
 
 
 def needs_liquidation(state: SimState, params: Params) -> Array:
-    """(A,) margin balance below maintenance at mark, for accounts with any exposure."""
+    """(A,) margin balance below maintenance at mark, for accounts with any exposure.
+
+    A flat isolated account has no position margin to check: its wallet is (haircut
+    collateral value below zero, i.e. a negative USDT balance or debts its collateral
+    does not cover, MECHANICS 3.3's LTV >= 1 without positions). Isolated accounts with a
+    position are checked on the position's margin only."""
     acct = state.acct
     mb = accounts.margin_balances(state)
+    wallet = mg.collateral_value(
+        acct.bal, acct.debt, accounts.asset_prices(state.px), state.rules.haircut
+    )
+    mb = jnp.where((acct.mode == ISOLATED) & (acct.pos == 0), wallet, mb)
     mm = mg.maint_margin(jnp.abs(acct.pos) * state.px.mark, state.rules)
     exposure = (acct.pos != 0) | (sum_last(acct.debt) > 0) | (acct.bal[:, USDT] < 0)
     return (mb < mm) & exposure & ~accounts.system_mask(params)
@@ -63,28 +73,36 @@ def needs_liquidation(state: SimState, params: Params) -> Array:
 def perp_order_check(
     state: SimState, params: Params, a, side, qty, f_dry, n_dry, rest_notional, q_m, px
 ) -> Array:
-    """Reason code of a perp order of account a that increases its position: the position
-    limit in force (scaled to the perp book's depth `q_m` at prices `px` where the rules
-    say so), the tier's max leverage and the initial margin of the new position and all
-    resting orders, after the walk's fill (`f_dry` at notional `n_dry`) and taker fee.
-    Orders that do not increase the position pass (OK)."""
+    """Reason code of a perp order of account a that opens exposure: one that increases
+    the position, or flips it to the other side (the new side is a new position, checked
+    in full even when smaller than the old one: +10 -> -6 opens a 6 short). Checked: the
+    position limit in force (scaled to the perp book's depth `q_m` at prices `px` where
+    the rules say so) and the tier's max leverage at the notional the whole order would
+    reach, then margin after the walk's fill (`f_dry` at notional `n_dry`) and taker fee.
+    Cross: margin balance after the fill's impact covers the initial margin of the new
+    position and of all resting orders. Isolated: the wallet covers what settlement
+    takes from it (`margin.isolated_fill`: the increase's margin at the fill price, less
+    a released margin, plus the fee) and the initial margin of all resting orders.
+    Orders that only reduce the position pass (OK)."""
     acct, rules, mark = state.acct, state.rules, state.px.mark
     pos = acct.pos[a]
     new_pos = pos + side * qty
     n_new = jnp.abs(new_pos) * mark
-    increasing = jnp.abs(new_pos) > jnp.abs(pos)
+    opens = (jnp.abs(new_pos) > jnp.abs(pos)) | (pos * new_pos < 0)
     lev = acct.lev[a]
     mb = accounts.margin_balance_of(state, a)
     avg_dry = n_dry / jnp.maximum(f_dry, 1e-30)
-    impact = side * f_dry * (mark - avg_dry) - n_dry * rules.taker_fee
+    fee = n_dry * rules.taker_fee
+    impact = side * f_dry * (mark - avg_dry) - fee
     orders_im = (accounts.open_order_notional_of(state, params, a) + rest_notional) / lev
-    im_new = n_new / lev
-    free_cross = mb + impact - im_new - orders_im
+    free_cross = mb + impact - n_new / lev - orders_im
     wallet = mg.collateral_value(
         acct.bal[a], acct.debt[a], accounts.asset_prices(state.px), rules.haircut
     )
-    iso_eq = acct.iso_margin[a] + pos * (mark - acct.entry[a]) + impact
-    free_iso = wallet - jnp.maximum(im_new - iso_eq, 0.0) - orders_im
+    to_wallet, _, _ = mg.isolated_fill(
+        pos, acct.entry[a], acct.iso_margin[a], lev, side * f_dry, avg_dry
+    )
+    free_iso = wallet + to_wallet - fee - orders_im
     free = jnp.where(acct.mode[a] == CROSS, free_cross, free_iso)
     limit_now = mg.position_limit_in_force(rules, q_m, px)
     reason = jnp.where(
@@ -94,4 +112,4 @@ def perp_order_check(
             lev > mg.max_leverage(n_new, rules), REJ_LEVERAGE, jnp.where(free < 0, REJ_MARGIN, OK)
         ),
     )
-    return jnp.where(increasing, reason, OK)
+    return jnp.where(opens, reason, OK)

@@ -20,6 +20,7 @@ from jaxsim.types import (
     SPOT,
     USDT,
     AccountState,
+    Dims,
     Params,
     SimState,
 )
@@ -28,31 +29,26 @@ Array = jax.Array
 
 
 def settle_perp(acct: AccountState, dq: Array, px: Array) -> AccountState:
-    """Apply perp fills dq (A,) at prices px (A,) to positions, entries and margins."""
+    """Apply perp fills dq (A,) at prices px (A,) to positions, entries and margins.
+
+    Isolated accounts move margin as `margin.isolated_fill` says; the deficit of an
+    isolated position closed below its bankruptcy price is the insurance fund's."""
     pos0 = acct.pos
     new_pos, new_entry, realized = mg.apply_perp_fill(pos0, acct.entry, dq, px)
-    same = pos0 * dq >= 0
-    closed = jnp.where(same, 0.0, jnp.minimum(jnp.abs(dq), jnp.abs(pos0)))
-    flipped = (~same) & (jnp.abs(dq) > jnp.abs(pos0))
-    increase = jnp.where(
-        flipped, jnp.abs(new_pos), jnp.maximum(jnp.abs(new_pos) - jnp.abs(pos0), 0.0)
-    )
     iso = acct.mode == ISOLATED
-    # Isolated: realized PnL lands in the position's margin, a closed fraction of that
-    # margin returns to the wallet, and initial margin for any increase leaves the wallet.
-    m1 = acct.iso_margin + realized
-    frac = jnp.where(jnp.abs(pos0) > 0, closed / jnp.maximum(jnp.abs(pos0), 1e-30), 0.0)
-    frac = jnp.where(new_pos == 0, 1.0, frac)
-    release = jnp.maximum(m1, 0.0) * frac
-    add_im = increase * px / jnp.maximum(acct.lev, 1.0)
-    iso_new = m1 - release + add_im
-    usdt_delta = jnp.where(iso, release - add_im, realized)
+    iso_usdt, iso_new, fund_pay = mg.isolated_fill(
+        pos0, acct.entry, acct.iso_margin, acct.lev, dq, px
+    )
+    usdt_delta = jnp.where(iso, iso_usdt, realized)
     touched = dq != 0
+    fund = Dims(n_accounts=pos0.shape[-1]).insurance
+    fund_total = jnp.sum(jnp.where(iso & touched, fund_pay, 0.0))
+    bal = acct.bal.at[:, USDT].add(jnp.where(touched, usdt_delta, 0.0))
     return acct.replace(
         pos=jnp.where(touched, new_pos, pos0),
         entry=jnp.where(touched, new_entry, acct.entry),
         iso_margin=jnp.where(iso & touched, iso_new, acct.iso_margin),
-        bal=acct.bal.at[:, USDT].add(jnp.where(touched, usdt_delta, 0.0)),
+        bal=bal.at[fund, USDT].add(fund_total),
     )
 
 

@@ -137,9 +137,11 @@ def book_order(state: SimState, params: Params, acc: tick_acc.TickAcc, o) -> tup
 def _limit_price(state: SimState, params: Params, o, is_limit) -> tuple:
     """(level, px_lim, limit, reason) of an order on market o.market: its limit price on
     the grid (buys round down, sells round up: never a worse price) and that level's
-    index; the price bound of its walk (the limit price, else a market order's explicit
-    price, else the price band around mark / last); and OK, `REJ_OUT_OF_RANGE` (limit
-    price off the grid) or `REJ_PRICE_BAND` (limit price outside the band)."""
+    index; the price bound of its walk (a limit order's limit price; for a market order
+    the band around mark / last, or its explicit price where that is tighter: a market
+    order never sweeps past the band, MECHANICS 6 `marketTakeBound`, and what is left
+    beyond it goes unfilled); and OK, `REJ_OUT_OF_RANGE` (limit price off the grid) or
+    `REJ_PRICE_BAND` (limit price outside the band)."""
     m, side = o.market, o.side
     n_levels = params.dims.n_levels
     tick = params.markets.tick_size[m]
@@ -153,7 +155,9 @@ def _limit_price(state: SimState, params: Params, o, is_limit) -> tuple:
     px_lim = j_tick * tick
     in_band = jnp.abs(px_lim - ref) <= band * ref
     take_bound = jnp.where(side > 0, ref * (1 + band), ref * (1 - band))
-    limit = jnp.where(is_limit, px_lim, jnp.where(o.price > 0, o.price, take_bound))
+    own = jnp.where(o.price > 0, o.price, take_bound)
+    market_limit = jnp.where(side > 0, jnp.minimum(own, take_bound), jnp.maximum(own, take_bound))
+    limit = jnp.where(is_limit, px_lim, market_limit)
     reason = jnp.where(~in_range, REJ_OUT_OF_RANGE, jnp.where(~in_band, REJ_PRICE_BAND, OK))
     return level, px_lim, limit, reason
 

@@ -179,6 +179,8 @@ class RefExchange:
         self.sale_ref = self.asset_px()  # the tick's opening index (set again each tick)
         self.n_kept = 0
         self.n_reordered = 0
+        self.n_iso_deficit = 0
+        self.n_interest = 0
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -352,19 +354,32 @@ class RefExchange:
             new_entry = px
         else:
             new_entry = entry0
-        increase = abs(new_pos) if flipped else max(abs(new_pos) - abs(pos0), 0.0)
         self.pos[a], self.entry[a] = new_pos, new_entry
         if self.mode[a] == ISOLATED:
-            m1 = self.iso[a] + realized
-            frac = closed / abs(pos0) if abs(pos0) > 0 else 0.0
-            if new_pos == 0:
-                frac = 1.0
-            release = max(m1, 0.0) * frac
-            add_im = increase * px / max(self.lev[a], 1.0)
-            self.iso[a] = m1 - release + add_im
-            self.bal[a, USDT] += release - add_im
+            usdt, self.iso[a], fund = self.isolated_fill(a, pos0, entry0, dq, px)
+            self.bal[a, USDT] += usdt
+            self.bal[self.ins, USDT] += fund
+            self.n_iso_deficit += fund < 0  # coverage statistic
         else:
             self.bal[a, USDT] += realized
+
+    def isolated_fill(self, a, pos0, entry0, dq, px):
+        """(wallet change, new isolated margin, fund change) of an isolated fill: realized
+        PnL into the margin; a partial close returns its fraction of a positive margin; a
+        full close (or flip) settles all of it, a deficit paid by the insurance fund; an
+        increase (a flip's whole new side) takes increase x px / lev from the wallet."""
+        same = pos0 * dq >= 0
+        closed = 0.0 if same else min(abs(dq), abs(pos0))
+        realized = closed * (px - entry0) * _sign(pos0)
+        new_pos = pos0 + dq
+        all_closed = (not same) and abs(dq) >= abs(pos0)
+        increase = abs(new_pos) if all_closed else max(abs(new_pos) - abs(pos0), 0.0)
+        m1 = self.iso[a] + realized
+        add_im = increase * px / max(self.lev[a], 1.0)
+        if all_closed:
+            return max(m1, 0.0) - add_im, add_im, min(m1, 0.0)
+        release = max(m1, 0.0) * (closed / abs(pos0) if abs(pos0) > 0 else 0.0)
+        return release - add_im, m1 - release + add_im, 0.0
 
     # ------------------------------------------------------------------ matching
 
@@ -738,12 +753,13 @@ class RefExchange:
         j_tick = math.floor(raw + 1e-6) if side > 0 else math.ceil(raw - 1e-6)
         level = j_tick - self.origin[m]
         px_lim = float(j_tick) * tick
+        bound = ref * (1 + band) if side > 0 else ref * (1 - band)
         if is_limit:
             limit = px_lim
-        elif price > 0:
-            limit = price
+        elif price > 0:  # a market order's own price, never past the band
+            limit = min(price, bound) if side > 0 else max(price, bound)
         else:
-            limit = ref * (1 + band) if side > 0 else ref * (1 - band)
+            limit = bound
         dry = self.walk(m, side, qty, limit)
         f_dry = sum(dry)
         n_dry = sum(x * self.level_px(m, j) for j, x in enumerate(dry))
@@ -773,16 +789,21 @@ class RefExchange:
                 pos = self.pos[a]
                 new_pos = pos + side * qty
                 n_new = abs(new_pos) * mark
-                if abs(new_pos) > abs(pos):  # only position-increasing orders are checked
+                # Orders that increase the position or flip it (the new side in full) are
+                # checked; orders that only reduce it are not.
+                if abs(new_pos) > abs(pos) or pos * new_pos < 0:
                     lev = self.lev[a]
-                    impact = side * f_dry * (mark - avg_dry) - n_dry * taker_fee
+                    fee = n_dry * taker_fee
+                    impact = side * f_dry * (mark - avg_dry) - fee
                     orders_im = (self.open_perp_notional(a) + rest * px_lim) / lev
                     im_new = n_new / lev
                     if self.mode[a] == CROSS:
                         free = self.margin_balance(a) + impact - im_new - orders_im
-                    else:
-                        iso_eq = self.iso[a] + pos * (mark - self.entry[a]) + impact
-                        free = self.collateral_value(a) - max(im_new - iso_eq, 0.0) - orders_im
+                    else:  # the wallet pays what settlement takes from it
+                        to_wallet = self.isolated_fill(
+                            a, pos, self.entry[a], side * f_dry, avg_dry
+                        )[0]
+                        free = self.collateral_value(a) + to_wallet - fee - orders_im
                     if n_new > self.r["position_limit"]:
                         reason = REJ_POSITION_LIMIT
                     elif lev > self.max_lev(n_new):
@@ -908,7 +929,7 @@ class RefExchange:
             self.bal[ins, USDT] += min(im, 0.0)
             self.iso[a] = 0.0
         bad = 0.0
-        if not iso:
+        if not iso or pos == 0:  # a flat isolated account: its wallet is under water
             # Repay debts from same-asset balances, then sell collateral for a USDT deficit.
             for k2 in range(4):
                 rep = min(max(self.bal[a, k2], 0.0), self.debt[a, k2])
@@ -991,7 +1012,23 @@ class RefExchange:
             return False
         exposure = self.pos[a] != 0 or self.debt[a].sum() > 0 or self.bal[a, USDT] < 0
         mm = self.maint_margin(abs(self.pos[a]) * self.mark)
-        return bool(exposure and self.margin_balance(a) < mm)
+        mb = self.margin_balance(a)
+        if self.mode[a] == ISOLATED and self.pos[a] == 0:  # a flat isolated account's wallet
+            mb = self.collateral_value(a)
+        return bool(exposure and mb < mm)
+
+    def charge_interest(self):
+        """At a funding settlement: user accounts pay (debts at index + negative USDT) x
+        borrow interest per 8 h x interval / 8 h, in USDT, to the lender (outside)."""
+        px = self.asset_px()
+        rate = float(self.r["borrow_interest"]) * float(self.r["funding_interval_s"])
+        rate /= SECONDS_PER_8H
+        for a in range(self.n_user):
+            owed = sum(self.debt[a, k] * px[k] for k in range(4))
+            owed += max(-self.bal[a, USDT], 0.0)
+            self.n_interest += owed > 0  # coverage statistic
+            self.bal[a, USDT] -= owed * rate
+            self.bal[self.outside, USDT] += owed * rate
 
     def margin_ratio(self, a: int) -> float:
         """MB / MM (MM floored at 1e-9, the ratio clipped to +/- 1e30): the queue's key."""
@@ -1065,6 +1102,8 @@ class RefExchange:
         outs = [self.process_order(o) for o in orders]
         # (transfers: none in flight; the reference does not model transfer orders)
         settled, paid = self.prices_and_funding()
+        if settled:
+            self.charge_interest()
         self.liquidation_engine()
         self.acc["bad_debt"] += self.write_off()  # the fund's other losses it cannot back
         self.t += 1

@@ -306,13 +306,22 @@ def compare_events(ev, rev, t):
 
 
 def run_parity(
-    engine, params, n_ticks, mode, seed, ref_hook=None, check_ahead=True, market_p_at=None
+    engine,
+    params,
+    n_ticks,
+    mode,
+    seed,
+    ref_hook=None,
+    check_ahead=True,
+    market_p_at=None,
+    script=None,
 ):
     """Run engine and reference side by side; assert agreement after every tick.
 
     market_p_at(t): the order flow's probabilities of the four markets at tick t (default
-    `OrderFlow.MARKET_P`). Returns totals of the tick events (for checking what the run
-    exercised).
+    `OrderFlow.MARKET_P`). `script` (tick -> order rows) replaces the random flow at those
+    ticks (padded with empty rows). Returns totals of the tick events (for checking what
+    the run exercised).
     """
     step, reset = engine
     key = jax.random.PRNGKey(seed)
@@ -341,6 +350,8 @@ def run_parity(
         if market_p_at is not None:
             flow.market_p = market_p_at(t)
         rows = flow.orders(ref)
+        if script and t in script:
+            rows = script[t] + [[KIND_NONE, 0, 0, 0, 0.0, 0.0]] * (len(rows) - len(script[t]))
         state, ev = step(k, state, _to_orders(rows), params)
         s_np = _np_tree(state)
         ev = jax.device_get(ev)
@@ -398,6 +409,29 @@ def test_parity_shock_liquidations(engine):
     assert tot["ref"].n_kept > 0  # a solvent account kept the part of its cut the book left
     assert tot["liq_backlog"] > 0  # some were still queued when a tick's rounds ended
     assert tot["ref"].n_bust > 0  # the fund covered a bankrupt cross account's hole
+    assert tot["ref"].n_interest > 0  # debts and negative USDT paid interest
+
+
+def test_parity_isolated_close_under_water(engine):
+    """An isolated account closes its position below bankruptcy in the first tick (the
+    fund pays the margin's deficit) with no USDT for the fee: the flat account's wallet
+    (30 STABLE) is then liquidated (STABLE sold, the fund resets the rest). Random flow
+    after that."""
+    users = [dict(u) for u in USERS]
+    users[3] = {
+        "name": "iso_under_water",
+        "stable": 30.0,
+        "position": 2.0,
+        "entry": 110000.0,
+        "mode": "isolated",
+        "isolated_margin": 8000.0,
+        "leverage": 20,
+    }
+    params = _params({**BASE_OVERRIDES, "accounts.users": users})
+    close = [[KIND_MARKET, 3, PERP, -1, 2.0, 0.0]]
+    tot = run_parity(engine, params, 40, "flash", seed=6, script={0: close})
+    assert tot["ref"].n_iso_deficit > 0
+    assert tot["ref"].n_bust > 0 and tot["liq_accounts"] > 0
 
 
 def test_parity_index_clip_and_stale_internal_leg(engine):

@@ -1,5 +1,6 @@
 """`jaxsim.mechanisms.collateral`: a liquidation's collateral sales (and their price
-band) and transfers between venues.
+band), transfers between venues (and the margin they must leave), interest on debts and
+negative USDT.
 
 Testbed scenarios with injected orders through `jaxsim.step` (shape, price model and
 tolerances: tests/support.py; the session-scoped `sim` fixture: tests/conftest.py).
@@ -14,10 +15,13 @@ from support import DT, SHOCK_T1, USD_TOL, assert_conserved, make, pos, usdt
 from jaxsim.mechanisms import accounts
 from jaxsim.types import (
     BID,
+    KIND_LIMIT,
     KIND_TRANSFER_IN,
     KIND_TRANSFER_OUT,
     OK,
+    PERP,
     REJ_INVALID,
+    REJ_MARGIN,
     STABLE,
     STABLE_SPOT,
     USDT,
@@ -107,3 +111,51 @@ def test_transfers_arrive_after_delay(sim, delay_s):
         assert usdt(st, 0) == (11000.0 if arrived else 9000.0), (i, delay_s)
         assert ext(st) == (4000.0 if arrived else 3000.0), (i, delay_s)
         assert_conserved(p, st0, st)  # in-flight amounts stay on the ledger
+
+
+def test_isolated_withdrawal_keeps_resting_order_margin(sim):
+    """An isolated account's wallet funds the margin of its resting perp orders when they
+    fill, so a withdrawal may not take it below their initial margin.
+
+    10,000 USDT, isolated at 10x, a resting bid for 1 BTC at 99,500: IM 9,950. Leaving
+    5,000 (wallet 5,000 x 0.9999 = 4,999.5 < 9,950) is refused; leaving 40 (9,960 x
+    0.9999 = 9,959.0 >= 9,950) goes through."""
+    users = [{"name": "iso", "usdt": 10000.0, "mode": "isolated", "leverage": 10}]
+    p = make(users)
+    rows = [
+        {"account": 0, "market": PERP, "side": 1, "kind": KIND_LIMIT, "qty": 1.0, "price": 99500.0},
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_OUT, "qty": 5000.0},
+        {"account": 0, "market": USDT, "kind": KIND_TRANSFER_OUT, "qty": 40.0},
+    ]
+    states, evs, st0 = sim.run(p, 1, orders_at={0: rows})
+    assert [int(r) for r in evs[0].order_reason[:3]] == [OK, REJ_MARGIN, OK]
+    assert usdt(states[0], 0) == pytest.approx(9960.0, abs=USD_TOL)
+    assert_conserved(p, st0, states[0])
+
+
+def test_interest_on_debts_and_negative_usdt(sim):
+    """Debts and a negative USDT balance pay interest to the lender (the outside world) at
+    each funding settlement, for the interval: owed x `rules.borrow_interest_8h` (default
+    0.01%) x interval / 8 h. A negative balance is credit like a USDT loan, not free.
+
+    The first settlement ends tick 0 (`first_funding_h` = 10 s); the interval is 8 h:
+    - borrower, 1e7 USDT debt: 1e7 x 0.0001 = 1,000 USDT, its whole USDT balance;
+    - overdrawn, USDT -200,000: 200,000 x 0.0001 = 20, USDT -200,020.
+    The lender receives 1,020; nothing more until the next settlement 8 h later."""
+    users = [
+        {"name": "borrower", "usdt": 1000.0, "stable": 2.2e7, "debt": {"usdt": 1.0e7}},
+        {"name": "overdrawn", "stable": 1.0e6},
+    ]
+    p = make(users, **{"first_funding_h": DT / 3600.0})
+    st0 = sim.start(p)
+    st0 = st0.replace(acct=st0.acct.replace(bal=st0.acct.bal.at[1, USDT].set(-2.0e5)))
+    states, evs, _ = sim.run(p, 2, st=st0)
+    assert [bool(e.funding_settled) for e in evs] == [True, False]
+    out = p.dims.outside
+    for st in states:
+        assert usdt(st, 0) == pytest.approx(0.0, abs=USD_TOL)
+        assert usdt(st, 1) == pytest.approx(-200020.0, abs=USD_TOL)
+        assert usdt(st, out) - usdt(st0, out) == pytest.approx(1020.0, abs=0.07)
+        assert float(st.acct.debt[0, USDT]) == 1.0e7  # paid in USDT, the debt unchanged
+    assert int(evs[0].liq_accounts) == 0
+    assert_conserved(p, st0, states[-1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import POS_TOL, assert_conserved, make, pos, usdt
+from support import POS_TOL, USD_TOL, assert_conserved, make, pos, usdt
 
 from jaxsim.mechanisms import accounts
 from jaxsim.types import (
@@ -186,3 +186,38 @@ def test_cancel_accounts_is_cancel_all_in_turn(sim):
     assert float(got.acct.bal[0, STABLE]) == pytest.approx(float(st.acct.bal[0, STABLE]) + 50.0)
     assert usdt(got, 2) == pytest.approx(usdt(st, 2) + 99.8, abs=1e-3)
     assert float(np.asarray(accounts.own_orders(got, 1, STABLE_SPOT)).sum()) == 100.0
+
+
+def test_isolated_close_settles_the_whole_margin(sim):
+    """Closing an isolated position in full settles its whole margin: a surplus goes to
+    the wallet, a deficit is the insurance fund's (the position's loss is capped at its
+    margin); no margin, negative or not, outlives the position.
+
+    1 BTC long from 110,000 on 5,000 isolated margin (20x), 1,000 USDT in the wallet,
+    sold at the LP's best bid 99,900: realized -10,100, margin -5,100. The fund pays
+    5,100; the wallet pays only the taker fee, 99,900 x 0.05% = 49.95, and keeps 950.05.
+    Before, -5,100 stayed in `iso_margin` of a flat account."""
+    users = [
+        {
+            "name": "iso_under_water",
+            "usdt": 1000.0,
+            "position": 1.0,
+            "entry": 110000.0,
+            "mode": "isolated",
+            "isolated_margin": 5000.0,
+            "leverage": 20,
+        }
+    ]
+    p = make(users)
+    sell = {"account": 0, "market": PERP, "side": -1, "kind": KIND_MARKET, "qty": 1.0}
+    states, evs, st0 = sim.run(p, 1, orders_at={0: [sell]})
+    st = states[0]
+    assert int(evs[0].order_reason[0]) == OK
+    assert float(evs[0].order_avg_px[0]) == pytest.approx(99900.0, abs=0.01)
+    assert pos(st, 0) == 0.0
+    assert float(st.acct.iso_margin[0]) == 0.0
+    assert usdt(st, 0) == pytest.approx(1000.0 - 49.95, abs=USD_TOL)
+    fund = p.dims.insurance
+    assert usdt(st, fund) - usdt(st0, fund) == pytest.approx(-5100.0, abs=USD_TOL)
+    assert int(evs[0].liq_accounts) == 0
+    assert_conserved(p, st0, st)

@@ -99,3 +99,46 @@ def test_reject_reasons(sim):
     assert np.isfinite(np.asarray(evs[1].order_filled)).all()
     assert pos(states[2], 0) == pytest.approx(0.001, abs=1e-7)
     assert_conserved(p, st0, states[-1])
+
+
+def test_market_order_price_is_held_to_the_band(sim):
+    """A market order's explicit price never takes it past the price band (MECHANICS 6,
+    `marketTakeBound`): the walk stops at mark x (1 +/- band) and the rest goes unfilled.
+
+    Perp band 0.1% of mark 100,000: buys walk up to 100,100, sells down to 99,900. The
+    LP's asks at 100,050 and 100,100 (3 x exp(-5/50) = 2.714 and 3 x exp(-10/50) = 2.456)
+    are all a 10 BTC buy priced at 100,700 may take (5.170); a 10 BTC sell priced at
+    99,300 takes only the LP's bid at 99,900 (2.456; in the first tick the LP's 99,950
+    level sits inside its half spread) and not 99,850 (2.222) below it. The rest of each
+    goes unfilled."""
+    users = [{"name": "buyer", "usdt": 1.0e7}, {"name": "seller", "usdt": 1.0e7}]
+    p = make(users, **{"rules.price_band.perp": 0.001})
+    rows = [
+        {
+            "account": 0,
+            "market": PERP,
+            "side": 1,
+            "kind": KIND_MARKET,
+            "qty": 10.0,
+            "price": 1.007e5,
+        },
+        {
+            "account": 1,
+            "market": PERP,
+            "side": -1,
+            "kind": KIND_MARKET,
+            "qty": 10.0,
+            "price": 9.93e4,
+        },
+    ]
+    states, evs, st0 = sim.run(p, 1, orders_at={0: rows})
+    ev = evs[0]
+    near = [3.0 * (np.exp(-0.1) + np.exp(-0.2)), 3.0 * np.exp(-0.2)]  # 5.170, 2.456
+    assert [int(r) for r in ev.order_reason[:2]] == [OK, OK]
+    for i, side in ((0, 1), (1, -1)):
+        assert float(ev.order_filled[i]) == pytest.approx(near[i], rel=1e-4)
+        assert float(ev.order_unfilled[i]) == pytest.approx(10.0 - near[i], rel=1e-4)
+        worst = 100000.0 * (1 + 0.001 * side)
+        assert side * (float(ev.order_avg_px[i]) - worst) <= 0.0
+    assert pos(states[0], 0) == pytest.approx(near[0], rel=1e-4)
+    assert_conserved(p, st0, states[0])

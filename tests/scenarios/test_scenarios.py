@@ -318,6 +318,34 @@ def test_accident_without_whale_is_clearly_smaller(accident, accident_no_whale):
     assert _frac(ok) >= MIN_FRACTION, msg
 
 
+# SCENARIOS.md's whale sells "~2% of OI-equivalent"; the baseline's block (175 BASE) is
+# ~19% of the ~920 BASE long OI. With a source-sized block (`source_whale`: 19 BASE) the
+# dip is the outflows' and the noise's (median 1.9%, 1.1-3.2% over the tests' seeds): the
+# block's own venue impact is ~0.4% (2.2M USDT at 20 bps per M) and its spot-book dip
+# refills, while the most levered cohorts' liquidation levels sit 2-4% below the price, so
+# no seed liquidates anything. For a 2% block to start the cascade, the market must
+# already sit within ~0.5% of the first liquidation cluster when the block arrives (or
+# the block must be worked far more aggressively into a much thinner book); a thinner
+# spot book alone (lp_depth 0.5-0.8) deepened the dip to ~3.5% and still liquidated
+# nothing. Measured with the event log's `liq_notional_long` and `dd_spot`.
+@pytest.mark.xfail(
+    strict=True,
+    reason="a source-sized (2% of OI) whale does not start the cascade: no liquidations, "
+    "median drawdown 1.9% on the tests' seeds (see the comment above)",
+)
+def test_accident_with_a_source_sized_whale():
+    """The accident's signature with the whale's block at SCENARIOS.md's ~2% of OI."""
+    _, _, m, _, _ = _run("leverage_accident", "source_whale", ACCIDENT_TICKS)
+    ok = (
+        (m["dd_spot"] >= 0.05)
+        & (m["dd_spot"] <= 0.11)
+        & (m["liq_total"] > 0)
+        & (np.nan_to_num(m["liq_long_frac"]) > 0.8)
+    )
+    msg = _report("accident source whale", ok, dd=m["dd_spot"], liq=m["liq_total"] / 1e6)
+    assert _frac(ok) >= MIN_FRACTION, msg
+
+
 @pytest.fixture(scope="module")
 def accident_cap():
     return _run("leverage_accident", "leverage_cap_10x", ACCIDENT_TICKS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import os
 import re
 from pathlib import Path
@@ -33,15 +34,17 @@ def list_variants(name: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=128)
-def _parse_yaml(text: str):
-    return yaml.safe_load(text) or {}
+def _parse_yaml(name: str, text: str):
+    stream = io.StringIO(text)
+    stream.name = name  # named in YAML's syntax errors, as when parsing the open file
+    return yaml.safe_load(stream) or {}
 
 
 def _read_yaml(path: Path) -> dict:
     """The file's mapping (a fresh copy: callers edit it). Parsed once per distinct file
     content: building a distribution's pool or an evaluation's scenario table reads the
     same few files hundreds of times, at ~10-20 ms a parse."""
-    data = _parse_yaml(Path(path).read_text(encoding="utf-8"))
+    data = _parse_yaml(str(path), Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return copy.deepcopy(data)

@@ -26,12 +26,46 @@ _FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 
+# Most tests also compile with XLA's expensive optimizations off: JAX's
+# `jax_disable_most_optimizations` (LLVM at -O0 without its expensive passes, the options of
+# support.FAST_COMPILE; same semantics) compiles the exchange step in ~60% of the time, and
+# the code runs ~2.5x slower: a good trade for tests that run a few ticks. Set here for the
+# test process and inherited by its CLI subprocesses. The long runs of tests/scenarios/ (and
+# any test marked `xla_optimized`) keep the optimizations: see pytest_runtest_protocol.
+# `JAX_DISABLE_MOST_OPTIMIZATIONS=0` turns the trade off for the whole run.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+_LESS_OPTIMIZED = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "yes", "on")
+_OPTIMIZED_DIRS = ("scenarios",)  # test folders whose programs run long
+
 # Property tests draw a fixed, derandomized set of examples by default, so a run's result
 # never depends on the draw (CI included); `HYPOTHESIS_PROFILE=explore` draws fresh random
 # examples each run to hunt for new failures.
 _hyp_settings.register_profile("fixed", derandomize=True, print_blob=True)
 _hyp_settings.register_profile("explore", print_blob=True)
 _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "xla_optimized: compile with XLA's optimizations (a test whose programs run long)",
+    )
+
+
+def _keeps_optimizations(item) -> bool:
+    return item.path.parent.name in _OPTIMIZED_DIRS or item.get_closest_marker("xla_optimized")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Sets `jax_disable_most_optimizations` for the test's setup, call and teardown (it is
+    read at each compilation; a program compiled once is reused whatever the flag)."""
+    import jax
+
+    jax.config.update(
+        "jax_disable_most_optimizations", _LESS_OPTIMIZED and not _keeps_optimizations(item)
+    )
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -74,6 +74,8 @@ def make(users, **over):
 
 # Compile-time savings for the test suite only (LLVM's expensive passes off: ~40% faster
 # compiles, same semantics); falls back to a plain compile if the backend refuses them.
+# conftest.py's `jax_disable_most_optimizations` applies the same options to every program
+# outside tests/scenarios/; these keep `fast_compiled` fast when that is turned off.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 

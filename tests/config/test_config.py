@@ -108,6 +108,23 @@ def test_unknown_variant():
     _raises(None, "variant", "nope", variant="nope")
 
 
+def test_scenario_files_reread_when_changed_and_never_shared(tmp_path):
+    """Parsed YAML is cached per file content: an edited file gives its new values, a
+    caller editing the dict it got changes nobody else's, syntax errors name the file."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: calm\nrules:\n  fees:\n    taker: 0.0007\n")
+    cfg = scenario_config(path)
+    assert cfg["rules"]["fees"]["taker"] == 0.0007
+    want = copy.deepcopy(cfg)
+    cfg["rules"]["fees"]["taker"] = 1.0
+    assert scenario_config(path) == want
+    path.write_text("extends: calm\nrules:\n  fees:\n    taker: 0.0009\n")
+    assert scenario_config(path)["rules"]["fees"]["taker"] == 0.0009
+    path.write_text("extends: calm\nrules: [1,\n")
+    with pytest.raises(Exception, match="mine.yaml"):
+        scenario_config(path)
+
+
 def test_schedule_bad_field():
     rows = [{"effective_s": 100.0, "field": "max_fun", "value": 1.0}]
     _raises({"schedule": rows}, "schedule[0].field", "max_fun")

@@ -291,6 +291,14 @@ class AccountInit:
     iso_margin: Array  # (A,)
     mode: Array  # (A,) int32 CROSS / ISOLATED
     lev: Array  # (A,) chosen leverage
+    # An account's own trading-fee rates (a market-maker programme, a VIP level): where its
+    # mask is set the rate replaces rules.maker_fee / rules.taker_fee for that account and
+    # stays fixed when the schedule changes the rules; elsewhere the rules in force apply
+    # (`mechanisms.accounts.fee_rates`). System accounts have none.
+    maker_fee: Array  # (A,) own maker fee rate (negative = rebate), read where own_maker_fee
+    taker_fee: Array  # (A,) own taker fee rate, read where own_taker_fee
+    own_maker_fee: Array  # (A,) bool: the account pays maker_fee, not rules.maker_fee
+    own_taker_fee: Array  # (A,) bool: the account pays taker_fee, not rules.taker_fee
 
 
 @struct.dataclass

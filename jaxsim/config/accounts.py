@@ -9,7 +9,13 @@ from jaxsim.config.table import ASSET_KEYS, FIELDS
 from jaxsim.types import N_SYSTEM, AccountInit, Dims, ExchangeRules
 
 _USER = "accounts.users[]"
-_USER_KEYS = ("name", *(f.key for f in FIELDS.under(_USER)))
+# A user row's keys: the first component below the row of each field (`fees` for
+# `accounts.users[].fees.maker`).
+_USER_KEYS = (
+    "name",
+    *dict.fromkeys(f.path[len(_USER) + 1 :].split(".")[0] for f in FIELDS.under(_USER)),
+)
+_FEE_KEYS = tuple(f.key for f in FIELDS.under(f"{_USER}.fees"))
 
 
 def check_isolated_margin(mode: int, iso: float, where: str) -> None:
@@ -30,7 +36,20 @@ def _user(u, f: str, price0: list[float], max_lev0: float) -> dict:
     lev = FIELDS[f"{_USER}.leverage"].read(u, f, hi=max_lev0)
     iso = FIELDS[f"{_USER}.isolated_margin"].read(u, f)
     check_isolated_margin(mode, iso, f)
-    return dict(row, pos=pos, entry=entry, mode=mode, lev=lev, iso=iso)
+    return dict(row, pos=pos, entry=entry, mode=mode, lev=lev, iso=iso, fees=_fees(u, f))
+
+
+def _fees(u: dict, f: str) -> dict[str, float]:
+    """The user's own fee rates, `{"maker": x, "taker": y}`, each only where given (a rate
+    not given follows rules.fees)."""
+    fees = u.get("fees", {})
+    where = f"{f}.fees"
+    if not isinstance(fees, dict):
+        raise ConfigError(f"{where} must be a mapping with keys {list(_FEE_KEYS)}, got {fees!r}")
+    extra = sorted(set(fees) - set(_FEE_KEYS))
+    if extra:
+        raise ConfigError(f"unknown key '{where}.{extra[0]}'; allowed: {list(_FEE_KEYS)}")
+    return {k: FIELDS[f"{_USER}.fees.{k}"].read(fees, where) for k in _FEE_KEYS if k in fees}
 
 
 def build_accounts(acc: dict, dims: Dims, price0: list[float], rules: ExchangeRules) -> AccountInit:
@@ -50,6 +69,9 @@ def build_accounts(acc: dict, dims: Dims, price0: list[float], rules: ExchangeRu
     pos, entry, iso = np.zeros(n), np.zeros(n), np.zeros(n)
     mode = np.zeros(n, np.int32)
     lev = np.full(n, 10.0)
+    # Own fee rates: users only (the system accounts follow rules.fees).
+    fee = {k: np.zeros(n) for k in _FEE_KEYS}
+    own = {k: np.zeros(n, bool) for k in _FEE_KEYS}
     max_lev0 = float(rules.tier_max_lev[0])
     for i, u in enumerate(users):
         r = _user(u, f"accounts.users[{i}]", price0, max_lev0)
@@ -62,6 +84,8 @@ def build_accounts(acc: dict, dims: Dims, price0: list[float], rules: ExchangeRu
             r["lev"],
             r["iso"],
         )
+        for k, x in r["fees"].items():
+            fee[k][i], own[k][i] = x, True
     for key, row in (("lp", dims.lp), ("outside", dims.outside)):
         bal[row] = FIELDS[f"accounts.{key}"].read(acc, "accounts")
     bal[dims.insurance, 0] = FIELDS["accounts.insurance_fund"].read(acc, "accounts")
@@ -72,5 +96,16 @@ def build_accounts(acc: dict, dims: Dims, price0: list[float], rules: ExchangeRu
         pos[dims.lp] = -net
         entry[dims.lp] = price0[0]
     return AccountInit(
-        bal=bal, debt=debt, ext_bal=ext, pos=pos, entry=entry, iso_margin=iso, mode=mode, lev=lev
+        bal=bal,
+        debt=debt,
+        ext_bal=ext,
+        pos=pos,
+        entry=entry,
+        iso_margin=iso,
+        mode=mode,
+        lev=lev,
+        maker_fee=fee["maker"],
+        taker_fee=fee["taker"],
+        own_maker_fee=own["maker"],
+        own_taker_fee=own["taker"],
     )

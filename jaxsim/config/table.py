@@ -201,6 +201,21 @@ ACCOUNTS = [
     row(f"{_U}.mode", kind="choice", keys=("cross", "isolated"), default="cross"),
     row(f"{_U}.leverage", "[1, inf]", default=10.0, target="accounts.lev", help="<= tier 1's"),
     row(f"{_U}.isolated_margin", "[0, inf]", default=0.0, target="accounts.iso_margin"),
+    # The account's own fee rates (ranges as rules.fees); absent = the regular schedule.
+    row(
+        f"{_U}.fees.maker",
+        "[-0.01, 0.01]",
+        default=None,
+        target="accounts.maker_fee",
+        help="own maker rate, negative = rebate; fixed (schedules move rules.fees only)",
+    ),
+    row(
+        f"{_U}.fees.taker",
+        "[0, 0.01]",
+        default=None,
+        target="accounts.taker_fee",
+        help="own taker rate; fixed (schedules move rules.fees only)",
+    ),
     row("accounts.lp", "[0, inf]", **AS, target="accounts.bal", help="LP balances"),
     row("accounts.outside", "[0, inf]", **AS, target="accounts.bal", help="outside world"),
     row("accounts.insurance_fund", "[0, inf]", target="accounts.bal", help="USDT"),

@@ -51,6 +51,41 @@ def test_unknown_user_key():
     )
 
 
+def test_user_fee_rates_name_field_and_range():
+    """`accounts.users[].fees` takes maker (rules.fees.maker's range) and taker (rules.fees.taker's)."""
+
+    def user_fees(fees):
+        return {"accounts.users": [{"name": "x", "usdt": 1.0, "fees": fees}]}
+
+    _raises(user_fees({"maker": 0.02}), "accounts.users[0].fees.maker", "[-0.01, 0.01]")
+    _raises(user_fees({"maker": -0.05}), "accounts.users[0].fees.maker", "[-0.01, 0.01]")
+    _raises(user_fees({"taker": -0.0001}), "accounts.users[0].fees.taker", "[0.0, 0.01]")
+    _raises(user_fees({"taker": "vip9"}), "accounts.users[0].fees.taker", "number")
+    _raises(user_fees({"rebate": 0.0001}), "accounts.users[0].fees.rebate", "maker", "taker")
+    _raises(user_fees(0.0001), "accounts.users[0].fees", "mapping")
+
+
+def test_user_fee_rates_fill_the_account_params():
+    """A rate given replaces the regular one for that account (the mask says which);
+    missing rates and the system accounts follow rules.fees."""
+    users = [
+        {"name": "lpp", "usdt": 1.0, "fees": {"maker": -0.00005}},
+        {"name": "vip", "usdt": 1.0, "fees": {"maker": 0.0, "taker": 0.00017}},
+        {"name": "plain", "usdt": 1.0, "fees": {}},
+        {"name": "none", "usdt": 1.0},
+    ]
+    p = load_scenario(TESTBED, overrides={"accounts.users": users})
+    a, n = p.accounts, p.dims.n_accounts
+    own_m = np.asarray(a.own_maker_fee)
+    own_t = np.asarray(a.own_taker_fee)
+    assert own_m.dtype == bool and own_m.shape == own_t.shape == (n,)
+    assert own_m.tolist() == [True, True] + [False] * (n - 2)
+    assert own_t.tolist() == [False, True] + [False] * (n - 2)
+    assert float(a.maker_fee[0]) == pytest.approx(-0.00005)
+    assert float(a.maker_fee[1]) == 0.0  # a rate of zero is a rate (the mask is set)
+    assert float(a.taker_fee[1]) == pytest.approx(0.00017)
+
+
 def test_index_weights_must_sum_to_one():
     _raises({"rules.index.base.venues": [0.5, 0.3, 0.3]}, "rules.index.base", "sum to 1")
     _raises({"rules.index.lst": {"internal": 0.5, "redemption": 0.4}}, "rules.index.lst")

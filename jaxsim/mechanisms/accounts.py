@@ -108,6 +108,22 @@ def open_order_notional_of(state: SimState, params: Params, a) -> Array:
     return jnp.sum((own[BID] + own[ASK]) * level_prices(state, params, PERP))
 
 
+def fee_rates(state: SimState, params: Params) -> tuple[Array, Array]:
+    """(maker (A,), taker (A,)) trading-fee rates each account pays now: its own rate
+    where it has one (`accounts.users[].fees`, a negotiated programme: fixed, a rule
+    change does not move it), else the rules in force (`rules.fees`, which the schedule
+    may change). System accounts have no own rates."""
+    ai, r = params.accounts, state.rules
+    maker = jnp.where(ai.own_maker_fee, ai.maker_fee, r.maker_fee)
+    taker = jnp.where(ai.own_taker_fee, ai.taker_fee, r.taker_fee)
+    return maker, taker
+
+
+def taker_rate_of(state: SimState, params: Params, a) -> Array:
+    """() taker fee rate account `a` pays now (`fee_rates`)."""
+    return fee_rates(state, params)[1][a]
+
+
 def system_mask(params: Params) -> Array:
     """(A,) True for the system accounts (LP, insurance fund, fee account, outside world)."""
     n = params.dims.n_accounts

@@ -176,12 +176,17 @@ def engine_sale_qty(acc: tick_acc.TickAcc, asset, qty) -> Array:
     return jnp.where(qty * acc.sale_ref[asset] >= MIN_SALE_USDT, qty, 0.0)
 
 
-def quote_qty(state: SimState, params: Params, m, usdt, limit) -> Array:
-    """Quantity a seller must sell into market m's bids, no lower than `limit`, to raise
-    `usdt` net of the taker fee (all the bids within the limit when they hold less)."""
+def quote_qty(state: SimState, params: Params, m, usdt, limit, a) -> Array:
+    """Quantity seller `a` must sell into market m's bids, no lower than `limit`, to raise
+    `usdt` net of its taker fee (all the bids within the limit when they hold less).
+
+    The fee is the one `matching.take` charges the seller: a liquidated user's own rate
+    where it has one (`accounts.fee_rates`), else the rules in force; the insurance fund,
+    a system account, pays the regular rate."""
     px = accounts.level_prices(state, params, m)
     tot = sum_last(state.book.qty[m, BID])
-    return bk.walk_for_quote(tot, px, usdt * (1 + state.rules.taker_fee), limit).sum()
+    fee = accounts.taker_rate_of(state, params, a)
+    return bk.walk_for_quote(tot, px, usdt * (1 + fee), limit).sum()
 
 
 def charge_interest(state: SimState, params: Params, settled) -> SimState:
@@ -237,7 +242,7 @@ def liquidation_sales(
         m = SALE_MARKET_ARR[j]
         deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
         lim = acc.sale_ref[asset] * (1 - state.rules.sale_band)
-        need = quote_qty(state, params, m, deficit, lim)
+        need = quote_qty(state, params, m, deficit, lim, a)
         qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))
         qty = engine_sale_qty(acc, asset, qty)
         state, acc, sold, proceeds = matching.take(state, params, acc, a, m, -1, qty, lim)

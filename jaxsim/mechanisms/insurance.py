@@ -38,7 +38,8 @@ def unwind(state: SimState, acc: tick_acc.TickAcc, params: Params):
     mark) and of the collateral it took from bankrupt accounts, into their spot books: that
     fraction of each, or more where its USDT is negative (it paid bust accounts' holes for
     that collateral), enough to raise the overdraft. Collateral fills no lower than the
-    tick's opening index x (1 - `sale_band`); what the band stops is sold in later ticks."""
+    tick's opening index x (1 - `sale_band`); what the band stops is sold in later ticks.
+    The fund is a system account: its sales pay the regular taker rate in force."""
     ins = params.dims.insurance
     pos = state.acct.pos[ins]
     frac = jnp.minimum(state.rules.if_unwind_per_s * params.dt, 1.0)
@@ -58,7 +59,7 @@ def unwind(state: SimState, acc: tick_acc.TickAcc, params: Params):
         held = jnp.maximum(state.acct.bal[ins, asset], 0.0)
         lim_j = jnp.where(first, lim, acc.sale_ref[asset] * (1 - state.rules.sale_band))
         overdraft = jnp.maximum(-state.acct.bal[ins, USDT], 0.0)
-        cover = collateral.quote_qty(state, params, m, overdraft, lim_j)
+        cover = collateral.quote_qty(state, params, m, overdraft, lim_j, ins)
         coll_qty = jnp.minimum(jnp.maximum(held * frac, cover), held)
         qty = jnp.where(
             first, jnp.abs(pos) * frac, collateral.engine_sale_qty(acc, asset, coll_qty)

@@ -78,7 +78,8 @@ def perp_order_check(
     in full even when smaller than the old one: +10 -> -6 opens a 6 short). Checked: the
     position limit in force (scaled to the perp book's depth `q_m` at prices `px` where
     the rules say so) and the tier's max leverage at the notional the whole order would
-    reach, then margin after the walk's fill (`f_dry` at notional `n_dry`) and taker fee.
+    reach, then margin after the walk's fill (`f_dry` at notional `n_dry`) and its taker fee
+    (the account's rate, `accounts.fee_rates`).
     Cross: margin balance after the fill's impact covers the initial margin of the new
     position and of all resting orders. Isolated: the wallet covers what settlement
     takes from it (`margin.isolated_fill`: the increase's margin at the fill price, less
@@ -92,7 +93,7 @@ def perp_order_check(
     lev = acct.lev[a]
     mb = accounts.margin_balance_of(state, a)
     avg_dry = n_dry / jnp.maximum(f_dry, 1e-30)
-    fee = n_dry * rules.taker_fee
+    fee = n_dry * accounts.taker_rate_of(state, params, a)
     impact = side * f_dry * (mark - avg_dry) - fee
     orders_im = (accounts.open_order_notional_of(state, params, a) + rest_notional) / lev
     free_cross = mb + impact - n_new / lev - orders_im

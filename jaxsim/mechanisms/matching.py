@@ -76,7 +76,8 @@ def take(
     """Account `a` takes `qty` on market `m` (side +1 buy / -1 sell) up to `limit`.
 
     Walks the book, credits makers by FIFO queue position, settles balances or perp
-    positions and fees. No checks: callers decide whether the order is allowed.
+    positions and fees (each account's rate, `accounts.fee_rates`; `fee_rate` given:
+    the taker's rate instead). No checks: callers decide whether the order is allowed.
     Returns (state, acc, filled qty, filled notional).
     """
     q_m, ah_m = market_book(state, m)
@@ -101,10 +102,12 @@ def take_on(state, params, acc, q_m, ah_m, a, m, side, qty, limit, fee_rate=None
     notional = jnp.sum(fill_lvl * px)
     maker_q = accounts.per_account(state.book, f.sum(0), n)
     maker_n = accounts.per_account(state.book, jnp.einsum("gq,g->q", f, px), n)
-    rules = state.rules
-    t_fee_rate = rules.taker_fee if fee_rate is None else fee_rate
+    # Each account's own rates where it has them, else the rules in force; an explicit
+    # `fee_rate` replaces the taker's (0 on a liquidation IOC).
+    maker_rate, taker_rate = accounts.fee_rates(state, params)
+    t_fee_rate = taker_rate[a] if fee_rate is None else fee_rate
     fee_t = notional * t_fee_rate
-    fee_m = maker_n * rules.maker_fee
+    fee_m = maker_n * maker_rate
     taker = accounts.onehot(a, n, state.acct.bal.dtype)
     acct = _settle_fill(state.acct, params, taker, m, side, filled, notional, maker_q, maker_n)
     acct = acct.replace(bal=_pay_fees(acct.bal, params, taker, fee_t, fee_m))

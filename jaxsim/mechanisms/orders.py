@@ -112,7 +112,7 @@ def book_order(state: SimState, params: Params, acc: tick_acc.TickAcc, o) -> tup
         state, params, a, side, qty, f_dry, n_dry, rest * px_lim, q_m, px
     )
     check = jnp.where(
-        m == PERP, perp_reason, _spot_check(state, a, m, side, qty, n_dry, rest * px_lim)
+        m == PERP, perp_reason, _spot_check(state, params, a, m, side, qty, n_dry, rest * px_lim)
     )
     reason = jnp.where(reason == OK, check, reason)
     reason = jnp.where(is_cancel, OK, reason)
@@ -162,12 +162,12 @@ def _limit_price(state: SimState, params: Params, o, is_limit) -> tuple:
     return level, px_lim, limit, reason
 
 
-def _spot_check(state: SimState, a, m, side, qty, n_dry, rest_notional) -> Array:
+def _spot_check(state: SimState, params: Params, a, m, side, qty, n_dry, rest_notional) -> Array:
     """OK when account a's free balances pay for a spot order: a buy the walk's notional
-    with the taker fee plus what its resting remainder reserves, a sell the quantity."""
+    with its taker fee plus what its resting remainder reserves, a sell the quantity."""
     acct = state.acct
     asset = accounts.MARKET_ASSET_ARR[m]
-    need_usdt = n_dry * (1 + state.rules.taker_fee) + rest_notional
+    need_usdt = n_dry * (1 + accounts.taker_rate_of(state, params, a)) + rest_notional
     spot_ok = jnp.where(
         side > 0,
         acct.bal[a, USDT] >= need_usdt - accounts.TINY * need_usdt,

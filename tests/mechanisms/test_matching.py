@@ -21,6 +21,8 @@ from jaxsim.types import (
     KIND_MARKET,
     OK,
     PERP,
+    REJ_BALANCE,
+    REJ_MARGIN,
     REJ_QUEUE_FULL,
     SPOT,
     STABLE,
@@ -221,3 +223,113 @@ def test_isolated_close_settles_the_whole_margin(sim):
     assert usdt(st, fund) - usdt(st0, fund) == pytest.approx(-5100.0, abs=USD_TOL)
     assert int(evs[0].liq_accounts) == 0
     assert_conserved(p, st0, st)
+
+
+# Fee programme rates (docs/mechanics.md 6): Binance USD-M Futures Liquidity Provider
+# Program, top tier maker rebate -0.005%; VIP9 taker fee 0.017%. The testbed's regular
+# schedule (rules.fees) is maker 0.02%, taker 0.05%.
+LPP_MAKER = -0.00005
+VIP9_TAKER = 0.00017
+
+
+def test_own_fee_rates_taker_and_rebate_maker(sim):
+    """u0 (programme maker, -0.005%) and u1 (regular maker, 0.02%) bid 0.3 each at
+    100,000, u0 first; u2 (own taker rate 0.017%) sells 0.4 into them. u0's 0.3 x 100,000
+    earns a 1.5 USDT rebate, u1 pays 0.1 x 100,000 x 0.02% = 2 USDT, u2 pays 0.4 x 100,000
+    x 0.017% = 6.8 USDT (not the regular 20). The fee account takes 6.8 + 2 - 1.5 = 7.3."""
+    users = [
+        {"name": "lpp_maker", "usdt": 100000.0, "fees": {"maker": LPP_MAKER}},
+        {"name": "maker", "usdt": 100000.0},
+        {"name": "vip_taker", "usdt": 100000.0, "fees": {"taker": VIP9_TAKER}},
+    ]
+    p = make(users)
+    px = 100000.0  # inside the LP spread: the two bids are alone at their level
+    rest = [
+        {"account": 0, "market": PERP, "side": 1, "kind": KIND_LIMIT, "qty": 0.3, "price": px},
+        {"account": 1, "market": PERP, "side": 1, "kind": KIND_LIMIT, "qty": 0.3, "price": px},
+    ]
+    sell = [{"account": 2, "market": PERP, "side": -1, "kind": KIND_MARKET, "qty": 0.4}]
+    states, evs, st0 = sim.run(p, 2, orders_at={0: rest, 1: sell})
+    assert [int(r) for r in evs[0].order_reason[:2]] == [OK, OK]
+    st, ev = states[1], evs[1]
+    assert int(ev.order_reason[0]) == OK
+    assert float(ev.order_avg_px[0]) == pytest.approx(px, abs=0.05)
+    assert [pos(st, a) for a in range(3)] == pytest.approx([0.3, 0.1, -0.4], abs=POS_TOL)
+    paid = np.asarray(ev.fees_paid, np.float64)
+    assert paid[0] == pytest.approx(-1.5, rel=1e-4)  # a rebate: negative fee
+    assert paid[1] == pytest.approx(2.0, rel=1e-4)
+    assert paid[2] == pytest.approx(6.8, rel=1e-4)
+    assert float(ev.fees) == pytest.approx(7.3, rel=1e-4)
+    assert paid.sum() == pytest.approx(7.3, rel=1e-4)
+    # Opening positions realize nothing: the USDT balances move by the fees alone.
+    for a, want in ((0, 1.5), (1, -2.0), (2, -6.8)):
+        assert usdt(st, a) - usdt(st0, a) == pytest.approx(want, abs=0.02)
+    fees = p.dims.fees
+    assert usdt(st, fees) - usdt(st0, fees) == pytest.approx(7.3, abs=1e-3)
+    assert_conserved(p, st0, st)
+
+
+def test_own_fee_rates_pass_the_pre_trade_checks(sim):
+    """The pre-trade checks charge the account's own taker rate. Spot: u0 (0.017%) and
+    u1 (regular 0.05%) each hold 1,000.8 USDT and buy 0.01 BASE at the best ask 100,050:
+    1,000.5 + the fee is 1,000.67 for u0 (accepted) and 1,001.00 for u1 (balance).
+    Perp, isolated at 10x: u2 (0.017%) and u3 (regular) hold 1,003 USDT (1,002.90 of
+    collateral after the 0.01% USDT haircut) and buy 0.1 at 100,050, moving 1,000.5 into
+    the margin: the fee, 1.70, leaves u2 0.70; 5.00 would leave u3 -2.60 (margin)."""
+    users = [
+        {"name": "vip_spot", "usdt": 1000.8, "fees": {"taker": VIP9_TAKER}},
+        {"name": "spot", "usdt": 1000.8},
+        {"name": "vip_iso", "usdt": 1003.0, "mode": "isolated", "fees": {"taker": VIP9_TAKER}},
+        {"name": "iso", "usdt": 1003.0, "mode": "isolated"},
+    ]
+    p = make(users)
+    st0 = sim.start(p)
+    st1, ev0 = sim.tick(st0, p)
+    ask_spot, ask_perp = float(ev0.best_ask[SPOT]), float(ev0.best_ask[PERP])
+    assert (ask_spot, ask_perp) == (100050.0, 100050.0)
+
+    def buy(a, m, q):
+        return {"account": a, "market": m, "side": 1, "kind": KIND_MARKET, "qty": q}
+
+    rows = [buy(0, SPOT, 0.01), buy(1, SPOT, 0.01), buy(2, PERP, 0.1), buy(3, PERP, 0.1)]
+    st2, ev = sim.tick(st1, p, rows)
+    assert [int(r) for r in ev.order_reason] == [OK, REJ_BALANCE, OK, REJ_MARGIN]
+    assert float(ev.order_avg_px[0]) == pytest.approx(ask_spot, abs=0.05)
+    assert usdt(st2, 0) == pytest.approx(1000.8 - 1000.5 * (1 + VIP9_TAKER), abs=2e-3)
+    assert usdt(st2, 2) == pytest.approx(1003.0 - 1000.5 - 10005.0 * VIP9_TAKER, abs=2e-3)
+    assert float(st2.acct.iso_margin[2]) == pytest.approx(1000.5, abs=2e-3)
+    assert_conserved(p, st0, st2)
+
+
+def test_scheduled_fee_change_moves_the_regular_rate_only(sim):
+    """A schedule moves rules.fees to maker 0.04%, taker 0.1% at tick 1. u0 (own rates:
+    taker 0.017%, maker -0.005%) and u1 (regular) buy 0.1 perp from the LP at ticks 0 and
+    2: u0 pays 0.017% both times; u1 pays 0.05%, then 0.1%; the LP (a system account)
+    pays the regular maker rate, 0.02%, then 0.04%."""
+    users = [
+        {"name": "programme", "usdt": 100000.0, "fees": {"maker": LPP_MAKER, "taker": VIP9_TAKER}},
+        {"name": "regular", "usdt": 100000.0},
+    ]
+    schedule = [
+        {"effective_s": 10.0, "field": "maker_fee", "value": 0.0004},
+        {"effective_s": 10.0, "field": "taker_fee", "value": 0.001},
+    ]
+    p = make(users, schedule=schedule)
+    buy = lambda a: {"account": a, "market": PERP, "side": 1, "kind": KIND_MARKET, "qty": 0.1}
+    plan = {0: [buy(0), buy(1)], 2: [buy(0), buy(1)]}
+    states, evs, st0 = sim.run(p, 3, orders_at=plan)
+    lp = p.dims.lp
+    for t, (taker, maker) in ((0, (0.0005, 0.0002)), (2, (0.001, 0.0004))):
+        ev = evs[t]
+        assert [int(r) for r in ev.order_reason[:2]] == [OK, OK]
+        notional = np.asarray(ev.order_filled[:2], np.float64) * np.asarray(
+            ev.order_avg_px[:2], np.float64
+        )
+        assert notional == pytest.approx([10005.0, 10005.0], rel=1e-4)
+        paid = np.asarray(ev.fees_paid, np.float64)
+        assert paid[0] == pytest.approx(notional[0] * VIP9_TAKER, rel=1e-4)
+        assert paid[1] == pytest.approx(notional[1] * taker, rel=1e-4)
+        assert paid[lp] == pytest.approx(notional.sum() * maker, rel=1e-4)
+        assert float(ev.fees) == pytest.approx(paid.sum(), rel=1e-5)
+    assert float(states[2].rules.taker_fee) == pytest.approx(0.001)
+    assert_conserved(p, st0, states[-1])

@@ -137,6 +137,17 @@ class RefExchange:
     def max_lev(self, notional: float) -> float:
         return float(self.r["tier_max_lev"][self.tier_index(notional)])
 
+    def maker_rate(self, a: int) -> float:
+        """Account a's maker fee rate: its own (`accounts.users[].fees.maker`) if it has
+        one, else the rule's."""
+        ai = self._init_acct
+        return float(ai["maker_fee"][a]) if ai["own_maker_fee"][a] else float(self.r["maker_fee"])
+
+    def taker_rate(self, a: int) -> float:
+        """Account a's taker fee rate: its own if it has one, else the rule's."""
+        ai = self._init_acct
+        return float(ai["taker_fee"][a]) if ai["own_taker_fee"][a] else float(self.r["taker_fee"])
+
     # ------------------------------------------------------------------ reset
 
     def reset(self):
@@ -181,6 +192,9 @@ class RefExchange:
         self.n_reordered = 0
         self.n_iso_deficit = 0
         self.n_interest = 0
+        self.n_own_maker = 0  # coverage statistics: maker fills at an account's own rate,
+        self.n_own_taker = 0  # and takes at its own taker rate (collateral sales too),
+        self.n_own_rate_sales = 0  # collateral sales of a liquidation at the account's own rate
         self.reprice()
         self.liquidity(first_fill=True)
         return self
@@ -209,7 +223,8 @@ class RefExchange:
         ref.next_funding_s = float(px["next_funding_s"])
         ref.vol = px["vol"].copy()
         ref.bad_debt = float(s["bad_debt"])
-        ref.n_deferred = ref.n_bust = ref.n_banded = 0
+        ref.n_deferred = ref.n_bust = ref.n_banded = ref.n_own_maker = ref.n_own_taker = 0
+        ref.n_own_rate_sales = 0
         q, ah = s["book"]["qty"], s["book"]["ahead"]
         ref.origin = [int(x) for x in s["book"]["origin"]]
         ref.book = [[[[] for _ in range(ref.g)] for _ in (BID, ASK)] for _ in range(N_MARKETS)]
@@ -437,9 +452,10 @@ class RefExchange:
                 fill_prices.append(p)
         if filled <= 0:
             return 0.0, 0.0
-        t_rate = float(self.r["taker_fee"]) if fee_rate is None else fee_rate
-        mk_rate = float(self.r["maker_fee"])
+        t_rate = self.taker_rate(a) if fee_rate is None else fee_rate
         fee_t = notional * t_rate
+        if fee_rate is None and self._init_acct["own_taker_fee"][a]:
+            self.n_own_taker += 1
         asset = MARKET_ASSET[m]
         if m != PERP:
             if side > 0:
@@ -454,9 +470,13 @@ class RefExchange:
                     self.bal[o, asset] += q_o  # makers' USDT was reserved in the book
         fee_m_total = 0.0
         for o, n_o in maker_n.items():
-            self.bal[o, USDT] -= n_o * mk_rate
-            fee_m_total += n_o * mk_rate
+            fee_o = n_o * self.maker_rate(o)
+            self.bal[o, USDT] -= fee_o
+            self.acc["fees_paid"][o] += fee_o
+            fee_m_total += fee_o
+            self.n_own_maker += bool(self._init_acct["own_maker_fee"][o])
         self.bal[a, USDT] -= fee_t
+        self.acc["fees_paid"][a] += fee_t
         self.bal[self.fees, USDT] += fee_t + fee_m_total
         if m == PERP:
             for o in sorted(maker_q):
@@ -776,7 +796,7 @@ class RefExchange:
         elif f_dry <= 0:
             reason = REJ_NO_LIQUIDITY
         if reason == OK:
-            taker_fee = float(self.r["taker_fee"])
+            taker_fee = self.taker_rate(a)
             if m != PERP:
                 asset = MARKET_ASSET[m]
                 if side > 0:
@@ -941,7 +961,7 @@ class RefExchange:
             px_a = self.asset_px()
             unpaid = [self.debt[a, k2] for k2 in range(4)]
             unpaid_usdt = sum(unpaid[k2] * px_a[k2] for k2 in range(4))
-            taker_fee = float(r["taker_fee"])
+            taker_fee = self.taker_rate(a)  # what `take` charges the account below
             for asset, m in SALE_ORDER:
                 deficit = max(unpaid_usdt - self.bal[a, USDT], 0.0)
                 quote = deficit * (1 + taker_fee)
@@ -951,6 +971,7 @@ class RefExchange:
                 qty = self.engine_sale_qty(asset, min(self.quote_qty(m, quote, lim), held))
                 self.n_banded += qty < min(self.quote_qty(m, quote, 0.0), held) * (1 - 1e-9)
                 sold, proceeds = self.take(a, m, -1, qty, lim)
+                self.n_own_rate_sales += sold > 0 and bool(self._init_acct["own_taker_fee"][a])
                 acc["coll_sold"][asset] += sold
                 acc["coll_sold_usdt"] += proceeds
             self.bal[a, USDT] -= unpaid_usdt
@@ -1066,7 +1087,7 @@ class RefExchange:
         for asset, m in SALE_ORDER:
             held = max(self.bal[self.ins, asset], 0.0)
             lim = self.sale_ref[asset] * (1 - band)
-            quote = max(-self.bal[self.ins, USDT], 0.0) * (1 + float(self.r["taker_fee"]))
+            quote = max(-self.bal[self.ins, USDT], 0.0) * (1 + self.taker_rate(self.ins))
             qty = self.engine_sale_qty(
                 asset, min(max(held * frac, self.quote_qty(m, quote, lim)), held)
             )
@@ -1082,6 +1103,7 @@ class RefExchange:
         self.acc = dict(
             volume=np.zeros(N_MARKETS),
             fees=0.0,
+            fees_paid=np.zeros(self.n),
             liq_long=0.0,
             liq_short=0.0,
             liq_accounts=0,

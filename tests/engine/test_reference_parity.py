@@ -107,6 +107,16 @@ SHOCK_OVERRIDES = {
     ],
 }
 
+# Own fee rates (`accounts.users[].fees`, docs/mechanics.md 6): the agent is a programme
+# maker with a rebate (-0.005%, the top tier of Binance's USD-M Futures Liquidity Provider
+# Program), account 1 a VIP9 taker (0.017%), account 5 (LST collateral and a USDT debt: it
+# sells collateral when liquidated) pays its own rates on both sides. The others and the
+# system accounts pay rules.fees.
+FEE_USERS = [dict(u) for u in USERS]
+FEE_USERS[0]["fees"] = {"maker": -0.00005}
+FEE_USERS[1]["fees"] = {"taker": 0.00017}
+FEE_USERS[5]["fees"] = {"maker": 0.0, "taker": 0.0003}
+
 # Variant with no LP refill after reset (the LP only pulls excess): users' orders may rest
 # across ticks while the book holds only what reset placed.
 NO_REFILL = {"markets.lp_resilience_per_s": {"spot": 0.0, "perp": 0.0, "stable": 0.0, "lst": 0.0}}
@@ -289,6 +299,7 @@ def compare_events(ev, rev, t):
     _close("order_unfilled", ev.order_unfilled, rev["order_unfilled"], t)
     _close("volume", ev.volume, rev["volume"], t)
     _close("fees", ev.fees, rev["fees"], t)
+    _close("fees_paid (per account)", ev.fees_paid, rev["fees_paid"], t)
     _close("liq_notional_long", ev.liq_notional_long, rev["liq_long"], t)
     _close("liq_notional_short", ev.liq_notional_short, rev["liq_short"], t)
     _exact("liq_accounts", ev.liq_accounts, rev["liq_accounts"], t)
@@ -466,6 +477,28 @@ def test_parity_fund_deficit_adl_off(engine):
     assert tot["takeover"] > 0 and tot["adl_count"] == 0, tot
     assert tot["bad_debt"] > 0, tot
     assert tot["ref"].n_banded > 0
+
+
+def test_parity_own_fee_rates(engine):
+    """Accounts with their own fee rates trade with each other and with regular accounts
+    and the LP: the rebate maker's resting orders are hit, the VIP taker takes (the
+    per-account fees paid are compared each tick, as everywhere)."""
+    params = _params({**BASE_OVERRIDES, "accounts.users": FEE_USERS})
+    tot = run_parity(engine, params, N_TICKS, "free", seed=7)
+    ref = tot["ref"]
+    assert ref.n_own_maker > 0 and ref.n_own_taker > 0, (ref.n_own_maker, ref.n_own_taker)
+    assert tot["fills"] > 100, tot
+
+
+def test_parity_own_fee_rates_shock(engine):
+    """The shock run with own fee rates: a liquidated account with its own taker rate
+    sells its collateral at that rate (the quote raised covers its own fee)."""
+    users = FEE_USERS[:4] + [FEE_USERS[5], FEE_USERS[4]]
+    params = _params({**SHOCK_OVERRIDES, "accounts.users": users})
+    tot = run_parity(engine, params, 200, "flash", seed=3)
+    ref = tot["ref"]
+    assert tot["liq_accounts"] > 0 and tot["coll_sold_usdt"] > 0, tot
+    assert ref.n_own_rate_sales > 0 and ref.n_own_maker > 0, ref.n_own_rate_sales
 
 
 def test_parity_detects_a_perturbed_reference(engine):

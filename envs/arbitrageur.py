@@ -62,7 +62,7 @@ class Arbitrageur(RoleEnv):
     (the engine keeps it in flight, valued in the equity meanwhile). Spot is long-only
     (no borrowing).
 
-    Observation: float32 (D,) with D = len(obs_names) = 47 common + 4 role entries
+    Observation: float32 (D,) with D = len(obs_names) = 49 common + 4 role entries
     ((N, D) for N learners; every entry clipped to [-10, 10]):
 
     {common}

@@ -52,6 +52,7 @@ from jaxsim.engine import tie_to_key
 from jaxsim.mechanisms import funding
 from jaxsim.mechanisms.accounts import asset_prices, margin_balances
 from jaxsim.mechanisms.accounts import marked_equity as engine_marked_equity
+from jaxsim.mechanisms.accounts import slot_of as own_slot
 from jaxsim.mechanisms.margin_checks import needs_liquidation
 from jaxsim.ops import tie
 from jaxsim.types import (
@@ -140,6 +141,8 @@ COMMON_OBS: tuple[tuple[str, str], ...] = (
     ("leverage", "chosen leverage / 125"),
     ("margin_ratio", "maintenance margin / margin balance (liquidation at 1), in [0, 2]"),
     ("liq_distance", "(margin balance - maintenance) / position notional, in [0, 1]; 1 flat"),
+    ("perp_bid_queue", "perp notional queued ahead of own best bid / initial equity (0: none)"),
+    ("perp_ask_queue", "perp notional queued ahead of own best ask / initial equity (0: none)"),
     ("episode_progress", "steps taken / max_steps_in_episode"),
 )
 COMMON_OBS_NAMES: tuple[str, ...] = tuple(n for n, _ in COMMON_OBS)
@@ -224,6 +227,7 @@ def load_sim_params(
     min_orders: int = 1,
     n_agents: int = 1,
     clone_agent: bool = False,
+    learner_fees: dict | None = None,
 ) -> tuple[Params, dict]:
     """Load a scenario for a role: `jaxsim.load_scenario` plus the rows the learners need.
 
@@ -237,11 +241,18 @@ def load_sim_params(
         clone_agent: give accounts 1..n_agents-1 copies of user 0's starting account,
             inserted after it (the scenario's other users keep their names and behaviours
             and the account axis grows by n_agents - 1).
+        learner_fees: the role's own fee rates ({maker, taker}, `accounts.users[].fees`)
+            for the learner accounts whose scenario row sets none.
 
     Returns:
         (params, cfg): the validated `jaxsim.Params` and the merged config dict.
     """
     cfg = scenario_config(scenario, variant, overrides)
+    if learner_fees:
+        users = list(cfg["accounts"].get("users") or [])
+        for i in range(min(n_agents, len(users))):
+            users[i] = {"fees": dict(learner_fees), **users[i]}
+        cfg["accounts"]["users"] = users
     if clone_agent and n_agents > 1:
         users = list(cfg["accounts"].get("users") or [])
         if not users:
@@ -518,6 +529,7 @@ def own_features(state: EnvState, params: EnvParams, accounts: Array) -> dict[st
         accounts
     ]
     steps = jnp.maximum(params.max_steps_in_episode, 1).astype(mark.dtype)
+    queue = jax.vmap(lambda acc: queue_ahead(sim, params.sim, acc, PERP))(accounts)  # (N, 2)
     return {
         "equity": state.equity / eq0 - 1.0,
         "perp_position": pos * mark / eq0 / params.notional_scale,
@@ -532,7 +544,22 @@ def own_features(state: EnvState, params: EnvParams, accounts: Array) -> dict[st
         "margin_ratio": ratio,
         "liq_distance": jnp.clip(dist, 0.0, 1.0),
         "episode_progress": jnp.broadcast_to(state.time / steps, pos.shape),
+        "perp_bid_queue": queue[:, BID] / eq0,
+        "perp_ask_queue": queue[:, ASK] / eq0,
     }
+
+
+def queue_ahead(sim: SimState, sp: Params, account: Array, m: int) -> Array:
+    """(2,) notional queued ahead of `account`'s best resting bid and best ask on market m
+    (the size a taker must fill before the account's order trades; 0 without one)."""
+    px = level_prices(sim, sp, m)
+    has, slot = own_slot(sim.book, account)
+    own = jnp.where(has, sim.book.qty[m, :, :, slot], 0.0)  # (2, G)
+    ahead = jnp.where(has, sim.book.ahead[m, :, :, slot], 0.0)
+    best_bid = jnp.max(jnp.where(own[BID] > 0, px, -jnp.inf))
+    best_ask = jnp.min(jnp.where(own[ASK] > 0, px, jnp.inf))
+    at = jnp.stack([(own[BID] > 0) & (px == best_bid), (own[ASK] > 0) & (px == best_ask)])
+    return jnp.sum(jnp.where(at, ahead * px, 0.0), -1)
 
 
 def finite_clip(x: Array) -> Array:
@@ -619,6 +646,9 @@ class RoleEnv:
     role_obs: ClassVar[tuple[tuple[str, str], ...]] = ()
     orders_per_agent: ClassVar[int] = 0
     settings_cls: ClassVar[type] = object
+    # The learners' own fee rates (`accounts.users[].fees`), applied where the scenario's
+    # row for the learner sets none; {} = the venue's regular schedule (`rules.fees`).
+    learner_fees: ClassVar[dict] = {}
 
     def __init__(self, n_agents: int = 1):
         if int(n_agents) < 1:
@@ -716,6 +746,7 @@ class RoleEnv:
             min_orders=self.orders_per_agent * self.n_agents,
             n_agents=self.n_agents,
             clone_agent=self.n_agents > 1,
+            learner_fees=self.learner_fees,
         )
         if max_steps_in_episode is None:
             horizon = cfg.get("horizon_s")

@@ -61,7 +61,7 @@ class FusedSettings:
 class FusedRoles(RoleEnv):
     """The three roles behind one step; `params.role.role_id` picks the acting one.
 
-    Observation: the acting role's vector (47 common + 4 role entries, named `role_0..3`
+    Observation: the acting role's vector (49 common + 4 role entries, named `role_0..3`
     here). Action: float32 (5,), the acting role reads its first A entries.
     """
 

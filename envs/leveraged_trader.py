@@ -65,7 +65,7 @@ class LeveragedTrader(RoleEnv):
     is bought and sold on the exchange's own spot books, so a depeg moves both its price
     and the margin it provides (after the haircut in force).
 
-    Observation: float32 (D,) with D = len(obs_names) = 47 common + 4 role entries
+    Observation: float32 (D,) with D = len(obs_names) = 49 common + 4 role entries
     ((N, D) for N learners; every entry clipped to [-10, 10]):
 
     {common}

@@ -57,6 +57,7 @@ class MarketMakerSettings:
     min_size_frac: float = 0.01
     inventory_penalty: float = 1e-4
     hedge_slippage: float = 0.01
+    requote_tolerance: float = 0.5
 
     _ranges: ClassVar[dict] = {
         "min_offset_bps": (-100.0, 1000.0),
@@ -65,17 +66,22 @@ class MarketMakerSettings:
         "min_size_frac": (0.0, 1.0),
         "inventory_penalty": (0.0, 100.0),
         "hedge_slippage": (0.0, 1.0),
+        "requote_tolerance": (0.0, 1.0),
     }
 
 
 class MarketMaker(RoleEnv):
     """Market maker on the BASE perp (and, with `quote_spot=True`, the BASE/USDT book).
 
-    Every step cancels the learner's resting quotes and re-quotes one bid and one ask
-    around the reference mid (the book's mid without the learner's own orders; the mark
-    when a side is empty), after an optional hedge.
+    Every step quotes one bid and one ask around the reference mid (the book's mid without
+    the learner's own orders; the mark when a side is empty), after an optional hedge. A
+    side whose resting quote already sits at the new price with about the new size (within
+    `requote_tolerance`) is left alone and keeps its place in the queue, as a real quoter
+    does; the other sides are cancelled and quoted again at the back of the queue. The
+    learner's account has the role's fee programme (`learner_fees`: a maker rebate, a
+    VIP taker rate) unless the scenario gives it rates of its own.
 
-    Observation: float32 (D,) with D = len(obs_names) = 47 common + 4 role entries
+    Observation: float32 (D,) with D = len(obs_names) = 49 common + 4 role entries
     ((N, D) for N learners; every entry clipped to [-10, 10]):
 
     {common}
@@ -95,7 +101,7 @@ class MarketMaker(RoleEnv):
       capped by the free USDT / BASE the quote reserves):
         5 spot_bid_offset, 6 spot_ask_offset, 7 spot_bid_size, 8 spot_ask_size
     Orders per step (4 rows, 7 with quote_spot; `dims.max_orders` is raised to fit):
-        [cancel perp quotes, hedge (market), bid (limit), ask (limit)]
+        [cancel the perp sides quoted again, hedge (market), bid (limit), ask (limit)]
         + [cancel spot quotes, spot bid (limit), spot ask (limit)]
     The engine rounds bids down and asks up to its tick grid; prices outside the grid or
     the price band are rejected by it (`info["order_reason"]`).
@@ -110,6 +116,9 @@ class MarketMaker(RoleEnv):
 
     role = "market_maker"
     settings_cls = MarketMakerSettings
+    # A venue's market-maker programme: Binance USDⓈ-M futures Liquidity Provider Program
+    # top tier maker rebate -0.005% (2023-04 table), VIP9 taker 0.017% (docs/mechanics.md 6).
+    learner_fees: ClassVar[dict] = {"maker": -0.00005, "taker": 0.00017}
     role_obs = (
         ("quote_bid_dist", "own best perp bid below mid, units of 10 bp (0 if none)"),
         ("quote_ask_dist", "own best perp ask above mid, units of 10 bp (0 if none)"),
@@ -165,13 +174,16 @@ class MarketMaker(RoleEnv):
         hedge_px = mark * (1.0 + hedge_side * s.hedge_slippage)
         hedge_kind = jnp.where(hedge_qty > 0, KIND_MARKET, KIND_NONE)
         z = jnp.zeros((), dtype)
+        keep = self._kept(sim, sp, account, bid_px, ask_px, qty, on, s.requote_tolerance)
+        # One cancel row for the sides that are quoted again (+1 bids, -1 asks, 0 both).
+        cancel_side = jnp.where(keep[0], -1, jnp.where(keep[1], 1, 0))
         market = [PERP, PERP, PERP, PERP]
-        side = [0, hedge_side, 1, -1]
+        side = [cancel_side, hedge_side, 1, -1]
         kind = [
-            KIND_CANCEL,
+            jnp.where(keep[0] & keep[1], KIND_NONE, KIND_CANCEL),
             hedge_kind,
-            jnp.where(on[0], KIND_LIMIT, KIND_NONE),
-            jnp.where(on[1], KIND_LIMIT, KIND_NONE),
+            jnp.where(on[0] & ~keep[0], KIND_LIMIT, KIND_NONE),
+            jnp.where(on[1] & ~keep[1], KIND_LIMIT, KIND_NONE),
         ]
         qtys = [z, hedge_qty, qty[0], qty[1]]
         prices = [z, hedge_px, bid_px, ask_px]
@@ -196,6 +208,23 @@ class MarketMaker(RoleEnv):
             qtys += [z, sq_bid, sq_ask]
             prices += [z, sb, sa]
         return order_rows(account, market, side, kind, qtys, prices, dtype)
+
+    def _kept(self, sim, sp, account, bid_px, ask_px, qty, on, tol):
+        """(2,) bool: the side's resting quote stays (keeps its queue place): it is the
+        side's only resting level, at the price the new quote rounds to on the grid (bids
+        down, asks up, as the engine rounds), and its size left is within `tol` of the new
+        size. Otherwise the side is cancelled and quoted again at the back of the queue."""
+        own = own_orders(sim, account, PERP)
+        px = level_prices(sim, sp, PERP)
+        tick = sp.markets.tick_size[PERP]
+        tgt = jnp.stack([jnp.floor(bid_px / tick + 1e-6), jnp.ceil(ask_px / tick - 1e-6)])
+        has = own > 0
+        n_lv = has.sum(-1)
+        rest_px = jnp.sum(jnp.where(has, px, 0.0), -1) / jnp.maximum(n_lv, 1)
+        rest_sz = own.sum(-1)
+        same_px = jnp.round(rest_px / tick) == tgt
+        close = jnp.abs(rest_sz - qty) <= tol * qty
+        return on & (n_lv == 1) & same_px & close
 
     def role_features(
         self, state: EnvState, params: EnvParams, account: Array, equity0: Array

@@ -47,7 +47,10 @@ KIND_TRANSFER_IN = 5  # external venue -> exchange, arrives after the delay
 KIND_SET_LEVERAGE = 6  # qty = new chosen leverage
 KIND_BORROW = 7  # borrow `qty` of asset `market` from the lender (the outside world)
 KIND_REPAY = 8  # repay `qty` of asset `market` debt
-N_KINDS = 9
+# Post-only limit (Binance timeInForce GTX): rests whole, rejected (REJ_WOULD_TAKE) if any
+# part of it would fill on arrival.
+KIND_POST_ONLY = 9
+N_KINDS = 10
 KIND_NAMES = (
     "none",
     "market",
@@ -58,6 +61,7 @@ KIND_NAMES = (
     "set_leverage",
     "borrow",
     "repay",
+    "post_only",
 )
 
 # ---------------------------------------------------------------- reject reasons
@@ -72,7 +76,8 @@ REJ_OUT_OF_RANGE = 7  # limit price outside the book's price grid
 REJ_NO_LIQUIDITY = 8  # market order found nothing to fill within its limit
 REJ_SYSTEM = 9  # order from a system account (LP, outside world, insurance fund, fees)
 REJ_QUEUE_FULL = 10  # a limit order would rest, but every maker slot (dims.n_makers) is taken
-N_REASONS = 11
+REJ_WOULD_TAKE = 11  # a post-only order would fill against the book on arrival (GTX)
+N_REASONS = 12
 REASON_NAMES = (
     "ok",
     "invalid",
@@ -85,6 +90,7 @@ REASON_NAMES = (
     "no_liquidity",
     "system_account",
     "queue_full",
+    "would_take",
 )
 
 # ---------------------------------------------------------------- rule-change policies

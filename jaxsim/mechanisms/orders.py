@@ -20,6 +20,7 @@ from jaxsim.types import (
     KIND_LIMIT,
     KIND_MARKET,
     KIND_NONE,
+    KIND_POST_ONLY,
     KIND_REPAY,
     KIND_SET_LEVERAGE,
     KIND_TRANSFER_IN,
@@ -39,6 +40,7 @@ from jaxsim.types import (
     REJ_PRICE_BAND,
     REJ_QUEUE_FULL,
     REJ_SYSTEM,
+    REJ_WOULD_TAKE,
     USDT,
     Orders,
     Params,
@@ -58,7 +60,8 @@ def validate(o, params: Params) -> Array:
     finite = jnp.isfinite(o.qty) & jnp.isfinite(o.price)
     kind_ok = (o.kind >= 1) & (o.kind < N_KINDS)
     acct_ok = (o.account >= 0) & (o.account < params.dims.n_accounts)
-    is_trade = (o.kind == KIND_MARKET) | (o.kind == KIND_LIMIT)
+    has_limit = (o.kind == KIND_LIMIT) | (o.kind == KIND_POST_ONLY)
+    is_trade = (o.kind == KIND_MARKET) | has_limit
     is_asset_op = (
         (o.kind == KIND_TRANSFER_OUT)
         | (o.kind == KIND_TRANSFER_IN)
@@ -72,7 +75,7 @@ def validate(o, params: Params) -> Array:
     )
     side_ok = jnp.where(is_trade, (o.side == 1) | (o.side == -1), True)
     qty_ok = jnp.where(o.kind == KIND_CANCEL, True, o.qty > 0)
-    price_ok = jnp.where(o.kind == KIND_LIMIT, o.price > 0, o.price >= 0)
+    price_ok = jnp.where(has_limit, o.price > 0, o.price >= 0)
     valid = finite & kind_ok & acct_ok & mkt_ok & side_ok & qty_ok & price_ok
     reason = jnp.where(valid, OK, REJ_INVALID)
     reason = jnp.where(valid & (o.account >= n_user), REJ_SYSTEM, reason)
@@ -80,12 +83,16 @@ def validate(o, params: Params) -> Array:
 
 
 def book_order(state: SimState, params: Params, acc: tick_acc.TickAcc, o) -> tuple:
-    """Market (IOC walk), limit (walk, then rest the remainder) or cancel order; `o.kind`
-    decides. Market m's book is read once and written back once: under vmap every branch
-    of the order switch runs, so one book branch costs one write of the slice.
+    """Market (IOC walk), limit (walk, then rest the remainder), post-only (rest whole, or
+    `REJ_WOULD_TAKE` if any of it would fill now) or cancel order; `o.kind` decides.
+    Market m's book is read once and written back once: under vmap every branch of the
+    order switch runs, so one book branch costs one write of the slice.
     Returns (state, acc, OrderResults of this one order)."""
     is_cancel = o.kind == KIND_CANCEL
-    is_limit = o.kind == KIND_LIMIT
+    is_post = o.kind == KIND_POST_ONLY
+    # A post-only order takes the limit path: with nothing marketable, all of it is the
+    # remainder that rests (price, band, slot, margin / balance checks as for a limit).
+    is_limit = (o.kind == KIND_LIMIT) | is_post
     a, m, side = o.account, o.market, o.side
     qty = jnp.where(is_cancel, 0.0, o.qty)
     q_m, ah_m = matching.market_book(state, m)
@@ -106,6 +113,11 @@ def book_order(state: SimState, params: Params, acc: tick_acc.TickAcc, o) -> tup
     limit_reason = jnp.where(
         (price_reason == OK) & (rest > DUST * qty) & ~slot_ok, REJ_QUEUE_FULL, price_reason
     )
+    # Post-only (Binance GTX): any fill on arrival (its limit price reaches the opposite
+    # best) rejects it whole; a price off the grid or band is reported first.
+    limit_reason = jnp.where(
+        is_post & (price_reason == OK) & (f_dry > 0), REJ_WOULD_TAKE, limit_reason
+    )
     market_reason = jnp.where(f_dry <= 0, REJ_NO_LIQUIDITY, OK)
     reason = jnp.where(is_limit, limit_reason, market_reason)
     perp_reason = margin_checks.perp_order_check(
@@ -118,11 +130,12 @@ def book_order(state: SimState, params: Params, acc: tick_acc.TickAcc, o) -> tup
     reason = jnp.where(is_cancel, OK, reason)
     ok = (reason == OK) & ~is_cancel
 
+    # An accepted post-only order has nothing to take: it skips the walk.
     state, acc, q_m, ah_m, filled, notional = matching.take_on(
-        state, params, acc, q_m, ah_m, a, m, side, jnp.where(ok, qty, 0.0), limit
+        state, params, acc, q_m, ah_m, a, m, side, jnp.where(ok & ~is_post, qty, 0.0), limit
     )
-    # A limit order's remainder rests at the back of its level's queue (a market order's
-    # remainder is reported unfilled).
+    # A limit (or post-only) order's remainder rests at the back of its level's queue (a
+    # market order's remainder is reported unfilled).
     rest_sz = jnp.where(ok & is_limit, jnp.maximum(qty - filled, 0.0), 0.0)
     # Summed level fills round: a remainder below 1e-6 of the order is a complete fill, not
     # dust left resting across the book.
@@ -220,7 +233,7 @@ def op_set_leverage(state, params, acc, o):
     return state.replace(acct=acct.replace(lev=lev)), acc, OrderResults(reason, z, z, z)
 
 
-# One branch per operation; market, limit and cancel orders share `book_order`.
+# One branch per operation; market, limit, post-only and cancel orders share `book_order`.
 _BRANCHES = (
     op_none,
     book_order,
@@ -241,6 +254,7 @@ _KIND_BRANCH = {
     KIND_SET_LEVERAGE: 3,
     KIND_BORROW: 4,
     KIND_REPAY: 5,
+    KIND_POST_ONLY: 1,
 }
 
 

@@ -14,12 +14,13 @@ two standard-normal vectors with `jax.random` from the same key the engine uses 
 not what is being tested; the price formulas applied to them are). Call `step` with jax x64
 enabled so the draws are float64 like the engine's.
 
-Scope: everything `jaxsim.step` does for order kinds none / market / limit / cancel, with an
-empty rule schedule and no transfers in flight (`RefExchange` raises NotImplementedError on
-anything else rather than silently differing); accounts queued for enforcement by a rule
-change (`SimState.enforce`) are therefore never present. The engine is the spec for what docs/mechanics.md
-leaves open (phase order, LP replenishment, limit-price rounding, fee charging, isolated
-margin moves, liquidation steps, ADL ranking, collateral sales).
+Scope: everything `jaxsim.step` does for order kinds none / market / limit / cancel /
+post-only, with an empty rule schedule and no transfers in flight (`RefExchange` raises
+NotImplementedError on anything else rather than silently differing); accounts queued for
+enforcement by a rule change (`SimState.enforce`) are therefore never present. The engine is
+the spec for what docs/mechanics.md leaves open (phase order, LP replenishment, limit-price
+rounding, fee charging, isolated margin moves, liquidation steps, ADL ranking, collateral
+sales).
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ N_MARKETS = 4
 MARKET_ASSET = (BASE, BASE, STABLE, LST)
 BID, ASK = 0, 1
 KIND_NONE, KIND_MARKET, KIND_LIMIT, KIND_CANCEL = 0, 1, 2, 3
-N_KINDS = 9
+KIND_POST_ONLY = 9
+N_KINDS = 10
 OK, REJ_INVALID, REJ_BALANCE, REJ_MARGIN, REJ_POSITION_LIMIT, REJ_LEVERAGE = 0, 1, 2, 3, 4, 5
 REJ_PRICE_BAND, REJ_OUT_OF_RANGE, REJ_NO_LIQUIDITY, REJ_SYSTEM = 6, 7, 8, 9
-REJ_QUEUE_FULL = 10
+REJ_QUEUE_FULL, REJ_WOULD_TAKE = 10, 11
 CROSS, ISOLATED = 0, 1
 N_SYSTEM = 4
 SECONDS_PER_8H = 8.0 * 3600.0
@@ -752,17 +754,21 @@ class RefExchange:
             and 0 <= a < self.n
             and 0 <= m < N_MARKETS
         )
-        if kind in (KIND_MARKET, KIND_LIMIT) and side not in (1, -1):
+        priced = kind in (KIND_LIMIT, KIND_POST_ONLY)  # a limit price is required
+        if kind in (KIND_MARKET, KIND_LIMIT, KIND_POST_ONLY) and side not in (1, -1):
             valid = False
         if kind != KIND_CANCEL and not qty > 0:
             valid = False
-        if (kind == KIND_LIMIT and not price > 0) or (kind != KIND_LIMIT and not price >= 0):
+        if (priced and not price > 0) or (not priced and not price >= 0):
             valid = False
         if not valid:
             return REJ_INVALID
         return REJ_SYSTEM if a >= self.n_user else OK
 
-    def trade(self, o, is_limit: bool):
+    def trade(self, o, is_limit: bool, post_only: bool = False):
+        """Market order (is_limit False), limit order, or post-only (is_limit and
+        post_only: a limit order rejected with REJ_WOULD_TAKE when any of it would fill
+        now, otherwise all of it rests)."""
         kind, a, m, side, qty, price = o
         tick = self.tick[m]
         mark = self.mark
@@ -791,6 +797,8 @@ class RefExchange:
                 reason = REJ_OUT_OF_RANGE
             elif not abs(px_lim - ref) <= band * ref:
                 reason = REJ_PRICE_BAND
+            elif post_only and f_dry > 0:
+                reason = REJ_WOULD_TAKE
             elif rest > 1e-6 * qty and not self.can_rest(a):
                 reason = REJ_QUEUE_FULL
         elif f_dry <= 0:
@@ -832,7 +840,10 @@ class RefExchange:
                         reason = REJ_MARGIN
         if reason != OK:
             return reason, 0.0, 0.0, qty
-        filled, notional = self.take(a, m, side, qty, limit)
+        if post_only:  # nothing of it is marketable (f_dry == 0): no walk
+            filled, notional = 0.0, 0.0
+        else:
+            filled, notional = self.take(a, m, side, qty, limit)
         avg = notional / filled if filled > 0 else 0.0
         if not is_limit:
             return reason, filled, avg, qty - filled
@@ -859,6 +870,8 @@ class RefExchange:
             return self.trade(o, is_limit=False)
         if kind == KIND_LIMIT:
             return self.trade(o, is_limit=True)
+        if kind == KIND_POST_ONLY:
+            return self.trade(o, is_limit=True, post_only=True)
         if kind == KIND_CANCEL:
             sides = [sd for sd, on in ((BID, side >= 0), (ASK, side <= 0)) if on]
             self.cancel(a, m, sides)

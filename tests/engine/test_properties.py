@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from support import TESTBED
 
 import jaxsim
-from jaxsim.types import N_MARKETS, Orders
+from jaxsim.types import KIND_POST_ONLY, N_KINDS, N_MARKETS, REJ_WOULD_TAKE, Orders
 
 N_TICKS = 30
 K = 3
@@ -106,7 +106,7 @@ order_row = st.tuples(
     st.integers(-1, n_accounts),  # account, incl. out of range and system accounts
     st.integers(-1, N_MARKETS),  # market
     st.sampled_from([-1, 1, 1, -1, 0, 2]),  # side
-    st.integers(0, 9),  # kind, incl. unknown 9
+    st.integers(0, N_KINDS),  # kind (post-only included), incl. unknown N_KINDS
     qty_st,
     st.one_of(st.floats(0.2, 1.8), st.sampled_from([0.0, -1.0, np.nan, np.inf])),  # price x ref
 )
@@ -203,7 +203,9 @@ def test_conservation_oi_and_finiteness(run, params, rows, shock, shock_asset, s
 
 
 def test_garbage_orders_are_rejected_not_applied(run, params):
-    """NaN/inf/negative quantities, unknown kinds and out-of-range accounts change nothing."""
+    """NaN/inf/negative quantities, unknown kinds and out-of-range accounts change nothing;
+    nor do malformed post-only rows or a post-only bid that would take."""
+    po = KIND_POST_ONLY
     rows = []
     bad = [
         (0, 1, 1, 1, np.nan, 0.0),
@@ -215,6 +217,11 @@ def test_garbage_orders_are_rejected_not_applied(run, params):
         (0, 1, 1, 2, 1.0, np.nan),
         (0, 1, 1, 12, 1.0, 0.0),
         (8, 1, 1, 1, 1.0, 0.0),
+        (0, 1, 1, po, np.nan, 1.0),
+        (0, 1, 1, po, 1.0, 0.0),  # no limit price
+        (0, 1, 0, po, 1.0, 1.0),  # no side
+        (0, 0, 1, po, 1.0, np.inf),
+        (0, 1, 1, po, 1.0, 1.01),  # bid 1% above the mark: crosses the LP's asks
     ]
     for i in range(N_TICKS * K):
         rows.append(bad[i % len(bad)])
@@ -222,6 +229,8 @@ def test_garbage_orders_are_rejected_not_applied(run, params):
     s0, s1, ev = run(jax.random.PRNGKey(1), p, _orders(rows, p))
     reasons = np.asarray(ev.order_reason)
     assert np.all(reasons != 0), "a garbage order was accepted"
+    crossing = np.array([r[3] == po and r[5] == 1.01 for r in rows]).reshape(N_TICKS, K)
+    assert crossing.any() and np.all(reasons[crossing] == REJ_WOULD_TAKE)
     np.testing.assert_array_equal(np.asarray(ev.order_filled), 0.0)
     np.testing.assert_allclose(np.asarray(s1.acct.pos), np.asarray(s0.acct.pos))
     np.testing.assert_allclose(np.asarray(s1.acct.bal[0]), np.asarray(s0.acct.bal[0]))

@@ -1,8 +1,8 @@
 """Tick-by-tick parity of `jaxsim.step` with the slow reference in `reference_exchange.py`.
 
 Both run side by side over a few hundred ticks of random external orders (market / limit /
-cancel on all four markets, both sides, several users, sizes and prices that are sometimes
-rejected, some system-account and malformed orders); after every tick the whole state and the
+post-only / cancel on all four markets, both sides, several users, sizes and prices that are
+sometimes rejected, some system-account and malformed orders); after every tick the whole state and the
 tick's order results and liquidation counters are compared.
 
 Precision: the comparison runs in float64 (`jax.enable_x64` only inside this module's
@@ -26,6 +26,7 @@ test_regression_* reproduce them minimally):
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,10 @@ from reference_exchange import (
     KIND_LIMIT,
     KIND_MARKET,
     KIND_NONE,
+    KIND_POST_ONLY,
+    OK,
     PERP,
+    REJ_WOULD_TAKE,
     RefExchange,
     _np_tree,
 )
@@ -122,6 +126,8 @@ FEE_USERS[5]["fees"] = {"maker": 0.0, "taker": 0.0003}
 NO_REFILL = {"markets.lp_resilience_per_s": {"spot": 0.0, "perp": 0.0, "stable": 0.0, "lst": 0.0}}
 
 SIZE_SCALE = {0: 0.5, 1: 1.0, 2: 20000.0, 3: 0.3}
+# Kinds of the orders that may rest (the flow's limit orders, some made post-only).
+RESTING = (KIND_LIMIT, KIND_POST_ONLY)
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +152,18 @@ def _params(overrides):
 class OrderFlow:
     """Random external orders. mode: 'free' (anything), 'rest' (orders rest across ticks but a
     user never adds to its own resting order), 'flash' (at most one limit per tick, cancelled by
-    the tick's last order, so no user order rests while the LP refills)."""
+    the tick's last order, so no user order rests while the LP refills).
+
+    A share `POST_ONLY_P` of the limit orders is sent post-only instead, at the same price
+    (about half of them cross the book and are rejected). That choice draws from a second
+    generator, so the main draws are those of a flow without post-only orders."""
 
     MARKET_P = (0.25, 0.4, 0.15, 0.2)
+    POST_ONLY_P = 0.3
 
     def __init__(self, seed: int, k: int, n_user: int, n: int, mode: str):
         self.rng = np.random.default_rng(seed)
+        self.rng_post = np.random.default_rng(seed + 10_000)
         self.k, self.n_user, self.n, self.mode = k, n_user, n, mode
         self.market_p = self.MARKET_P
 
@@ -184,6 +196,8 @@ class OrderFlow:
                 kind, price = KIND_MARKET, 0.0
             else:
                 own_levels.add(key)
+                if self.rng_post.random() < self.POST_ONLY_P:
+                    kind = KIND_POST_ONLY
         if kind == KIND_CANCEL:
             side = int(rng.choice([-1, 0, 1]))
         if rng.random() < 0.02:  # malformed
@@ -204,13 +218,13 @@ class OrderFlow:
         n_limit = 0
         for i in range(self.k):
             if self.mode == "flash" and i == self.k - 1:
-                lim = [o for o in out if o[0] == KIND_LIMIT]
+                lim = [o for o in out if o[0] in RESTING]
                 if lim:
                     out.append([KIND_CANCEL, lim[0][1], lim[0][2], 0, 0.0, 0.0])
                     continue
             allow = not (self.mode == "flash" and (n_limit >= 1 or i == self.k - 1))
             o = self._one(ref, allow, own)
-            n_limit += o[0] == KIND_LIMIT
+            n_limit += o[0] in RESTING
             out.append(o)
         return out
 
@@ -355,6 +369,7 @@ def run_parity(
         "liq_book_notional": 0.0,
         "rejects": set(),
         "settlements": 0,
+        "post_only": Counter(),  # reason -> count of the post-only rows
     }
     for t in range(n_ticks):
         key, k = jax.random.split(key)
@@ -381,7 +396,17 @@ def run_parity(
         totals["fills"] += int(np.sum(np.asarray(ev.order_filled) > 0))
         totals["rejects"] |= set(int(x) for x in np.asarray(ev.order_reason))
         totals["settlements"] += int(ev.funding_settled)
+        for r, row in enumerate(rows):
+            if row[0] == KIND_POST_ONLY:
+                totals["post_only"][int(ev.order_reason[r])] += 1
+                assert float(ev.order_filled[r]) == 0.0, f"tick {t}: a post-only order took"
     return totals
+
+
+def _assert_post_only_both_ways(tot):
+    """The run's post-only orders both rested (OK) and were rejected for crossing."""
+    po = tot["post_only"]
+    assert po[OK] > 0 and po[REJ_WOULD_TAKE] > 0, dict(po)
 
 
 # ============================================================== tests
@@ -393,8 +418,10 @@ def test_parity_resting_orders_no_lp_refill(engine):
     tot = run_parity(engine, params, N_TICKS, "rest", seed=1)
     assert tot["fills"] > 100
     # 10: queue_full (more users resting at once than the books have maker slots for)
-    assert {0, 1, 3, 6, 7, 9, 10} <= tot["rejects"], tot["rejects"]
+    # 11: would_take (a post-only order that crossed the book)
+    assert {0, 1, 3, 6, 7, 9, 10, 11} <= tot["rejects"], tot["rejects"]
     assert tot["settlements"] == 3
+    _assert_post_only_both_ways(tot)
 
 
 def test_parity_lp_refill_flash_orders(engine):
@@ -403,6 +430,7 @@ def test_parity_lp_refill_flash_orders(engine):
     tot = run_parity(engine, params, N_TICKS, "flash", seed=2)
     assert tot["fills"] > 100
     assert tot["settlements"] == 3
+    _assert_post_only_both_ways(tot)
 
 
 def test_parity_shock_liquidations(engine):
@@ -518,6 +546,7 @@ def test_parity_free_flow_lp_refill(engine):
     params = _params(BASE_OVERRIDES)
     tot = run_parity(engine, params, N_TICKS, "free", seed=5)
     assert tot["fills"] > 100, tot  # the flow really traded against resting orders
+    _assert_post_only_both_ways(tot)
 
 
 def test_regression_topping_up_keeps_fifo(x64):

@@ -22,9 +22,9 @@ from jaxsim.types import (
     BASE,
     BID,
     KIND_CANCEL,
-    KIND_LIMIT,
     KIND_MARKET,
     KIND_NONE,
+    KIND_POST_ONLY,
     PERP,
     SPOT,
     USDT,
@@ -101,10 +101,12 @@ class MarketMaker(RoleEnv):
       capped by the free USDT / BASE the quote reserves):
         5 spot_bid_offset, 6 spot_ask_offset, 7 spot_bid_size, 8 spot_ask_size
     Orders per step (4 rows, 7 with quote_spot; `dims.max_orders` is raised to fit):
-        [cancel the perp sides quoted again, hedge (market), bid (limit), ask (limit)]
+        [cancel the perp sides quoted again, hedge (market), bid (post-only), ask (post-only)]
         + [cancel spot quotes, spot bid (limit), spot ask (limit)]
-    The engine rounds bids down and asks up to its tick grid; prices outside the grid or
-    the price band are rejected by it (`info["order_reason"]`).
+    Perp quotes are post-only (the venue's GTX): a quote that would trade on arrival is
+    rejected (`would_take`) and that side is not quoted this step, so the learner never
+    pays a taker fee by accident. The engine rounds bids down and asks up to its tick grid;
+    prices outside the grid or the price band are rejected by it (`info["order_reason"]`).
 
     Reward: () = (marked equity after - before) / initial equity - inventory_penalty x
     (net BASE exposure x mark / initial equity)^2, net exposure = perp position + spot
@@ -182,8 +184,8 @@ class MarketMaker(RoleEnv):
         kind = [
             jnp.where(keep[0] & keep[1], KIND_NONE, KIND_CANCEL),
             hedge_kind,
-            jnp.where(on[0] & ~keep[0], KIND_LIMIT, KIND_NONE),
-            jnp.where(on[1] & ~keep[1], KIND_LIMIT, KIND_NONE),
+            jnp.where(on[0] & ~keep[0], KIND_POST_ONLY, KIND_NONE),
+            jnp.where(on[1] & ~keep[1], KIND_POST_ONLY, KIND_NONE),
         ]
         qtys = [z, hedge_qty, qty[0], qty[1]]
         prices = [z, hedge_px, bid_px, ask_px]
@@ -202,8 +204,8 @@ class MarketMaker(RoleEnv):
             side += [0, 1, -1]
             kind += [
                 KIND_CANCEL,
-                jnp.where(son[0] & (sq_bid > 0), KIND_LIMIT, KIND_NONE),
-                jnp.where(son[1] & (sq_ask > 0), KIND_LIMIT, KIND_NONE),
+                jnp.where(son[0] & (sq_bid > 0), KIND_POST_ONLY, KIND_NONE),
+                jnp.where(son[1] & (sq_ask > 0), KIND_POST_ONLY, KIND_NONE),
             ]
             qtys += [z, sq_bid, sq_ask]
             prices += [z, sb, sa]

@@ -1,5 +1,6 @@
-"""Heuristic policies on constructed observations, the SB3 -> JAX conversion and the
-episode metrics (no exchange compilation: these run in seconds)."""
+"""Heuristic policies on constructed observations, the leveraged trader's action decoding
+on a reset state, the SB3 -> JAX conversion and the episode metrics (no exchange step is
+compiled: these run in seconds)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import envs
 from agents import evaluate as E
 from agents.heuristics import ROLE_POLICIES, baselines, heuristic, obs_index
 from envs.core import LEV_SCALE
 from envs.roles import ROLES
+from jaxsim.types import KIND_MARKET, STABLE_SPOT, USDT
 
 KEY = jax.random.PRNGKey(0)
 
@@ -185,6 +188,43 @@ def test_buy_and_hold_and_flat_references():
     mm = act("market_maker", "flat", make_obs("market_maker", perp_position=1.0))
     assert (mm[2] + 1) / 2 < 0.01 and (mm[3] + 1) / 2 < 0.01 and mm[4] <= 0  # no quote, no hedge
     assert np.all(act("arbitrageur", "flat", make_obs("arbitrageur", basis=1.0)) == 0)
+
+
+@pytest.fixture(scope="module")
+def lt_env():
+    """The leveraged trader env on calm and a reset state (the decoding's inputs)."""
+    env, params = envs.make("leveraged_trader", scenario="calm")
+    _, state = jax.jit(env.reset_env)(KEY, params)
+    return env, params, state
+
+
+def _lt_decode(env, params, state, action):
+    rows = jax.jit(env.decode_one)(jnp.asarray(action, jnp.float32), state, params, 0)
+    return jax.tree.map(np.asarray, rows)
+
+
+def test_lt_collateral_buy_sized_with_the_accounts_own_taker_rate(lt_env):
+    """All of the wallet into STABLE: the buy is capped by the free USDT at the reference
+    price x (1 + slippage_guard) x (1 + the taker fee this account pays). With an own
+    taker rate of 1% that is usdt / (ref x 1.01 x 1.01), not the schedule's 0.05%."""
+    env, params, state = lt_env
+    acc = params.sim.accounts
+    own = params.replace(
+        sim=params.sim.replace(
+            accounts=acc.replace(
+                taker_fee=acc.taker_fee.at[0].set(0.01),
+                own_taker_fee=acc.own_taker_fee.at[0].set(True),
+            )
+        )
+    )
+    usdt = float(state.sim.acct.bal[0, USDT])
+    ref = float(state.sim.px.last[STABLE_SPOT])
+    guard = float(params.role.slippage_guard)
+    for p, fee in ((own, 0.01), (params, float(params.sim.rules.taker_fee))):
+        rows = _lt_decode(env, p, state, [0.0, -1.0, 1.0, -1.0])
+        buy = (rows.market == STABLE_SPOT) & (rows.kind == KIND_MARKET)
+        assert buy.sum() == 1 and rows.side[buy][0] == 1
+        assert rows.qty[buy][0] == pytest.approx(usdt / (ref * (1 + guard) * (1 + fee)), rel=1e-5)
 
 
 # ============================================================== arbitrageur

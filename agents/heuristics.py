@@ -24,16 +24,18 @@ Policies per role (`ROLE_POLICIES`):
 
 What calm leaves a leveraged trader (measured with the flat policy over 24 h, 16 seeds;
 the external price over 512): the BASE index follows the external venues' random walk
-(variance ratios 1.00 from 1 to 240 ticks), so no rule on past prices predicts it. The
+(GBM with stochastic volatility and jumps, nothing in it driven by past returns; the
+autocorrelations of its 30 s to 2 h returns are within noise of 0, apart from -0.04 at
+one tick from the venues' own noise), so no rule on past prices predicts it. The
 predictable parts are small: the perp mid's gap to the index (std 8 bp, 1-99%: -15 to +16
 bp; about 0.56-0.59 of it closes within 30-120 min, as the LP quotes around the index and
 its inventory skew makes the slow part) and funding (0.009% per 8 h on average, 2.7 bp a
 day to a short). A market order pays the taker fee (VIP0, 5 bp) and about 5 bp from the
 mark to the touch (mean spread 9.8 bp), more at 3x, where one order is most of the touch's
 depth. So in calm a directional rule's expected PnL is minus its costs, in proportion to
-what it trades: `trend_follower` -3.6% +/- 2.2 a day (32 seeds of SEED=1000; 2.2M traded,
+what it trades: `trend_follower` -3.6% +/- 2.2 a day (32 seeds; 2.2M traded,
 1.1k USDT in fees and 1.1k crossing the spread on 100k), `funding_contrarian` +0.3% +/-
-0.3 (-0.2% +/- 0.1 on SEED=0; it trades on 8 of 32 seeds), against `buy_and_hold`'s
+0.3 (-0.2% +/- 0.1 on another 16; it trades on 8 of the 32 seeds), against `buy_and_hold`'s
 +0.7% +/- 0.7, which is market beta (correlation 1.00 with the index's move). A gap trade
 opened only when half the gap pays the round trip never triggers in calm; with looser
 gates it loses (-0.9% +/- 0.9 at half that gate, -5.7% +/- 1.3 at a quarter; 16 seeds).

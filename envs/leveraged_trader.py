@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from envs.core import LEV_SCALE, EnvParams, EnvState, RoleEnv, order_rows, settings_struct
 from jaxsim import margin as mg
-from jaxsim.mechanisms.accounts import asset_prices, margin_balances
+from jaxsim.mechanisms.accounts import asset_prices, margin_balances, taker_rate_of
 from jaxsim.types import (
     KIND_MARKET,
     KIND_NONE,
@@ -65,6 +65,16 @@ class LeveragedTrader(RoleEnv):
     is bought and sold on the exchange's own spot books, so a depeg moves both its price
     and the margin it provides (after the haircut in force).
 
+    Fees: the venue's regular schedule (`rules.fees`, Binance USDⓈ-M VIP0 by default:
+    maker 0.02%, taker 0.05%); `learner_fees` is empty, unlike the market maker's: a
+    retail account has no liquidity-provider programme, and VIP levels follow 30-day
+    volume that an account starting an episode has no record of (docs/mechanics.md 6).
+    A scenario row may still give the account its own rates (`accounts.users[].fees`);
+    the decoding sizes its orders with the rate the account pays (`taker_rate_of`).
+    Every trade is a market order, so each one pays the taker fee and crosses half the
+    spread: in calm about 5 bp + 5 bp of the mark per side (measured; see
+    `agents.heuristics` for what that leaves a directional rule).
+
     Observation: float32 (D,) with D = len(obs_names) = 49 common + 4 role entries
     ((N, D) for N learners; every entry clipped to [-10, 10]):
 
@@ -93,6 +103,8 @@ class LeveragedTrader(RoleEnv):
 
     role = "leveraged_trader"
     settings_cls = LeveragedTraderSettings
+    # A retail trader pays the venue's regular (VIP0) rates: no fee programme of its own.
+    learner_fees: ClassVar[dict] = {}
     action_names = ("position", "leverage", "stable_mix", "lst_mix")
     orders_per_agent = 4
     role_obs = (
@@ -136,7 +148,9 @@ class LeveragedTrader(RoleEnv):
         wallet = jnp.maximum(jnp.sum((bal - acct.debt[account]) * px), 0.0)
         w = jnp.maximum(a[2:4], 0.0) * s.max_collateral_frac
         w = w / jnp.maximum(w.sum(), 1.0)
-        fee = rules.taker_fee
+        # The fee this account pays (its own rate where it has one, else the schedule in
+        # force), so that a collateral buy is sized to what the engine will charge it.
+        fee = taker_rate_of(sim, params.sim, account)
         usdt = jnp.maximum(bal[USDT], 0.0)
 
         def leg(asset, share):

@@ -1,5 +1,6 @@
-"""Heuristic policies on constructed observations, the SB3 -> JAX conversion and the
-episode metrics (no exchange compilation: these run in seconds)."""
+"""Heuristic policies on constructed observations, the leveraged trader's action decoding
+on a reset state, the SB3 -> JAX conversion and the episode metrics (no exchange step is
+compiled: these run in seconds)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import envs
 from agents import evaluate as E
 from agents.heuristics import ROLE_POLICIES, baselines, heuristic, obs_index
 from envs.core import LEV_SCALE
 from envs.roles import ROLES
+from jaxsim.mechanisms.accounts import margin_balances
+from jaxsim.types import KIND_MARKET, PERP, STABLE_SPOT, USDT
 
 KEY = jax.random.PRNGKey(0)
 
@@ -185,6 +189,83 @@ def test_buy_and_hold_and_flat_references():
     mm = act("market_maker", "flat", make_obs("market_maker", perp_position=1.0))
     assert (mm[2] + 1) / 2 < 0.01 and (mm[3] + 1) / 2 < 0.01 and mm[4] <= 0  # no quote, no hedge
     assert np.all(act("arbitrageur", "flat", make_obs("arbitrageur", basis=1.0)) == 0)
+
+
+def test_lt_held_position_action_inverts_the_decoding():
+    # A long the signal keeps is held: the action is the one the env decodes back to the
+    # position, notional / (lev x margin balance x (1 - margin_buffer)): notional 2 x
+    # equity0 (perp_position 0.2 x notional_scale 10), margin 1.1 x equity0, 3x, buffer 5%.
+    obs = make_obs("leveraged_trader", mark_vs_start=0.1, perp_position=0.2, equity=0.1)
+    held = act("leveraged_trader", "trend_follower", obs)
+    assert held[0] == pytest.approx(2.0 / (3.0 * 1.1 * 0.95), rel=1e-5)
+    # Re-sized every step instead (hold = 0): the full size again.
+    assert act("leveraged_trader", "trend_follower", obs, hold=0.0)[0] == pytest.approx(1.0)
+    # A short the signal now wants long is flipped to a full-size long, not held.
+    flip = make_obs("leveraged_trader", mark_vs_start=0.1, perp_position=-0.2)
+    assert act("leveraged_trader", "trend_follower", flip)[0] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def lt_env():
+    """The leveraged trader env on calm and a reset state (the decoding's inputs)."""
+    env, params = envs.make("leveraged_trader", scenario="calm")
+    _, state = jax.jit(env.reset_env)(KEY, params)
+    return env, params, state
+
+
+def _lt_decode(env, params, state, action):
+    rows = jax.jit(env.decode_one)(jnp.asarray(action, jnp.float32), state, params, 0)
+    return jax.tree.map(np.asarray, rows)
+
+
+def test_lt_held_position_sends_no_perp_order(lt_env):
+    """buy_and_hold (1x) over a 0.6 BASE long (60% of the equity; the 1x buying power is
+    95%): held, its action decodes to the position and no perp order is sent; re-sized
+    (hold = 0) it buys up to 0.95 x equity."""
+    env, params, state = lt_env
+    sim = state.sim
+    st = state.replace(
+        sim=sim.replace(
+            acct=sim.acct.replace(
+                pos=sim.acct.pos.at[0].set(0.6), entry=sim.acct.entry.at[0].set(sim.px.mark)
+            )
+        )
+    )
+    obs = env.get_obs(st, params)
+    pol = heuristic("leveraged_trader", "buy_and_hold")
+    held = _lt_decode(env, params, st, pol.fn(KEY, obs, pol.make_params(params)))
+    perp = held.market == PERP
+    assert not np.any((held.kind == KIND_MARKET) & perp)
+    resize = _lt_decode(env, params, st, pol.fn(KEY, obs, pol.make_params(params, hold=0.0)))
+    buy = (resize.kind == KIND_MARKET) & (resize.market == PERP)
+    assert buy.sum() == 1 and resize.side[buy][0] == 1
+    mb = float(margin_balances(st.sim)[0])
+    want = mb * 0.95 / float(sim.px.mark) - 0.6
+    assert resize.qty[buy][0] == pytest.approx(want, rel=1e-4)
+
+
+def test_lt_collateral_buy_sized_with_the_accounts_own_taker_rate(lt_env):
+    """All of the wallet into STABLE: the buy is capped by the free USDT at the reference
+    price x (1 + slippage_guard) x (1 + the taker fee this account pays). With an own
+    taker rate of 1% that is usdt / (ref x 1.01 x 1.01), not the schedule's 0.05%."""
+    env, params, state = lt_env
+    acc = params.sim.accounts
+    own = params.replace(
+        sim=params.sim.replace(
+            accounts=acc.replace(
+                taker_fee=acc.taker_fee.at[0].set(0.01),
+                own_taker_fee=acc.own_taker_fee.at[0].set(True),
+            )
+        )
+    )
+    usdt = float(state.sim.acct.bal[0, USDT])
+    ref = float(state.sim.px.last[STABLE_SPOT])
+    guard = float(params.role.slippage_guard)
+    for p, fee in ((own, 0.01), (params, float(params.sim.rules.taker_fee))):
+        rows = _lt_decode(env, p, state, [0.0, -1.0, 1.0, -1.0])
+        buy = (rows.market == STABLE_SPOT) & (rows.kind == KIND_MARKET)
+        assert buy.sum() == 1 and rows.side[buy][0] == 1
+        assert rows.qty[buy][0] == pytest.approx(usdt / (ref * (1 + guard) * (1 + fee)), rel=1e-5)
 
 
 # ============================================================== arbitrageur

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+import envs
 from agents import jax_ppo as J
 from envs import spaces
 
@@ -182,7 +183,7 @@ def test_cli_jax_backend_trains_a_role_and_evaluates_it(tmp_path):
     assert "JAX backend" in (run_dir / "report.md").read_text()
     # The saved policy is the network's clipped mean on normalised observations.
     pol = J.load_policy(run_dir, "market_maker", cfg["hyperparams"])
-    obs = jnp.linspace(-2.0, 2.0, 51)
+    obs = jnp.linspace(-2.0, 2.0, len(envs.make_role("market_maker").obs_names))
     a = np.asarray(pol(jax.random.PRNGKey(0), obs, pol.make_params()))
     assert a.shape == (5,) and np.all(np.abs(a) <= 1.0) and np.all(np.isfinite(a))
     # --resume continues from the latest checkpoint to the total, with the run's batch size.

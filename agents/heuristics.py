@@ -278,10 +278,10 @@ class BasisArbParams:
     An open carry keeps the BASE it holds (no rebalancing as the price moves) and shorts
     the perp by exactly that quantity.
 
-    `basis_weight` defaults to 0: measured on every scenario, entries on the observed basis
-    lose, because a basis wide enough to pay the spreads is a dislocation of one book that
-    has mostly closed when the orders execute one tick later (benchmarks/RESULTS.md,
-    "Arbitrageur economics").
+    `basis_weight` defaults to 0: entries on the observed basis lost in every scenario where
+    they traded, because a basis wide enough to pay the spreads is a dislocation of one
+    book that has mostly closed when the orders execute one tick later
+    (benchmarks/RESULTS.md, "Arbitrageur economics").
 
     Attributes:
         enter_pct: margin (percent) by which the carry must beat the costs to open.

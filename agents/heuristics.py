@@ -15,8 +15,9 @@ Policies per role (`ROLE_POLICIES`):
 
 - market_maker: `avellaneda_stoikov` (reservation price and spread of Avellaneda &
   Stoikov 2008: quotes skew against inventory), `flat` (no quotes), `random`.
-- arbitrageur: `basis_arb` (cash-and-carry: long spot + short perp when basis plus
-  funding is rich, unwound when it converges), `buy_and_hold` (spot), `flat`, `random`.
+- arbitrageur: `basis_arb` (cash-and-carry: long spot + short perp opened when the
+  funding left in the episode beats spreads and fees, held in BASE units), `buy_and_hold`
+  (spot), `flat`, `random`.
 - leveraged_trader: `trend_follower` (long above the price at reset, short below, with
   hysteresis), `funding_contrarian` (short when funding is high, long when it is
   negative), `buy_and_hold` (1x long perp), `flat`, `random`. The directional ones size a
@@ -56,6 +57,7 @@ from flax import struct
 
 from envs.core import LEV_SCALE, EnvParams
 from envs.roles import ROLES
+from jaxsim.prices import AUTO_CAP_LOW_LEV, AUTO_CAP_LOW_LEV_CAP, AUTO_CAP_MMR_MULT
 
 Array = jax.Array
 PolicyFn = Callable[[Array, Array, Any], Array]
@@ -63,6 +65,18 @@ PolicyFn = Callable[[Array, Array, Any], Array]
 PCT_PER_MARK_VS_START = 10.0  # obs `mark_vs_start` = log(mark / mark0) x 10 -> x 10 = percent
 SMALL = 1e-6
 BPS_PER_PCT = 100.0
+PCT = 100.0  # fraction -> percent
+SECONDS_PER_H = 3600.0
+
+
+def own_taker_rate(sim, account: int = 0) -> Array:
+    """The taker fee rate account `account` pays under the scenario's rules: its own rate
+    when it has one (`accounts.users[].fees`), else `rules.fees.taker` (batched params
+    give one rate per env)."""
+    acc = sim.accounts
+    return jnp.where(
+        acc.own_taker_fee[..., account], acc.taker_fee[..., account], sim.rules.taker_fee
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -262,40 +276,104 @@ def avellaneda_stoikov(role: str = "market_maker") -> Policy:
 
 @struct.dataclass
 class BasisArbParams:
-    """Cash-and-carry on basis and funding.
+    """Cash-and-carry: long spot + short perp, opened only when the carry it can still
+    collect in the episode beats what opening it costs, then held in BASE units.
 
-    signal = basis (percent) + funding_weight x funding (fraction of the funding cap).
-    Enter long spot + short perp of `size` x equity each when signal > enter_pct; stay in
-    while signal > exit_pct; flat otherwise (spot is long-only, so no reverse carry).
+    The account's equity marks spot BASE at the index and the perp at the mark, and the
+    end of the episode marks the position (nothing is paid to close it). Per unit of
+    notional, a hedged carry opened now therefore earns the funding settled before the
+    end, plus (with `basis_weight`) the basis it is opened at less the mark - index gap
+    expected to remain at the end, minus what opening costs (both legs cross half their
+    book's spread and pay the taker fee):
+
+        funding = next settlement's expected rate (if it falls inside the episode)
+                  + the baseline rate x the settlements after it
+        carry   = funding + basis_weight x (basis - mark_index_gap x exp(-left / gap_decay_h))
+        cost    = (perp spread + spot spread) / 2 + 2 x taker fee               (percent)
+
+    The next settlement's rate is the predicted one weighted by the share of its
+    time-weighted premium average already fixed, elapsed^2 (MECHANICS 1.1: weights grow
+    linearly in time), and the baseline rate (interest x interval / 8 h, the rate while the
+    premium stays inside the clamp) for the rest. Open when carry - cost > enter_pct; once
+    open, unwind only when closing beats holding by exit_pct (carry + cost < -exit_pct).
+    An open carry keeps the BASE it holds (no rebalancing as the price moves) and shorts
+    the perp by exactly that quantity.
+
+    `basis_weight` defaults to 0: entries on the observed basis lost in every scenario where
+    they traded, because a basis wide enough to pay the spreads is a dislocation of one
+    book that has mostly closed when the orders execute one tick later
+    (benchmarks/RESULTS.md, "Arbitrageur economics").
 
     Attributes:
-        enter_pct: signal (percent) that opens the carry.
-        exit_pct: signal (percent) below which an open carry is closed.
-        funding_weight: percent of basis one funding cap counts for.
-        size: each leg's notional / initial equity (spot action and |perp action|).
+        enter_pct: margin (percent) by which the carry must beat the costs to open.
+        exit_pct: margin (percent) by which closing must beat holding to unwind.
+        basis_weight: weight of the basis term (0 = funding carry only).
+        gap_decay_h: decay time of the mark - index gap, hours (calm: its autocorrelation
+            is 0.22 after 1 h and 0.06 after 2 h).
+        size: each leg's notional / initial equity when opening (spot action, |perp|).
         max_spot_frac, max_perp_frac: copied from the env settings.
+        taker_fee_pct: the account's taker rate, percent (copied from the env params).
+        funding_cap_pct: the scenario's funding cap, percent (0 = auto: from the tier-1
+            rules in the observation, as the engine computes it).
+        base_rate_pct: the baseline funding rate per interval, percent (interest x
+            interval / 8 h, copied from the env params).
+        funding_interval_h, horizon_h: funding interval and episode length, hours (copied
+            from the env params).
     """
 
-    enter_pct: float = 0.10
-    exit_pct: float = 0.02
-    funding_weight: float = 0.10
-    size: float = 0.45
+    enter_pct: float = 0.02
+    exit_pct: float = 0.10
+    basis_weight: float = 0.0
+    gap_decay_h: float = 1.0
+    size: float = 0.9
     max_spot_frac: float = 1.0
     max_perp_frac: float = 1.0
+    taker_fee_pct: float = 0.017
+    funding_cap_pct: float = 0.0
+    base_rate_pct: float = 0.01
+    funding_interval_h: float = 8.0
+    horizon_h: float = 24.0
 
 
 def basis_arb(role: str = "arbitrageur") -> Policy:
     if role != "arbitrageur":
         raise ValueError("basis_arb is an arbitrageur policy")
     ix = obs_index(role)
-    i_basis, i_fund, i_pos = ix["basis"], ix["funding_rate"], ix["perp_position"]
+    i_basis, i_gap = ix["basis"], ix["mark_index_gap"]
+    i_fund, i_pos, i_spot = ix["funding_rate"], ix["perp_position"], ix["spot_base"]
+    i_ttf, i_prog = ix["time_to_funding"], ix["episode_progress"]
+    i_lev, i_mmr = ix["max_lev_tier1"], ix["mmr_tier1"]
+    i_pspr, i_sspr = ix["perp_spread"], ix["spot_spread"]
 
     def fn(key: Array, obs: Array, p: BasisArbParams) -> Array:
-        signal = obs[i_basis] + p.funding_weight * obs[i_fund]
+        # The funding cap in force (the observation is the predicted rate / cap).
+        auto = jnp.where(
+            obs[i_lev] * LEV_SCALE <= AUTO_CAP_LOW_LEV,
+            AUTO_CAP_LOW_LEV_CAP * PCT,
+            AUTO_CAP_MMR_MULT * obs[i_mmr],
+        )
+        cap_pct = jnp.where(p.funding_cap_pct > 0, p.funding_cap_pct, auto)
+        fixed = jnp.clip(1.0 - obs[i_ttf], 0.0, 1.0) ** 2
+        next_pct = fixed * obs[i_fund] * cap_pct + (1.0 - fixed) * p.base_rate_pct
+        interval = jnp.maximum(p.funding_interval_h, SMALL)
+        left_h = (1.0 - obs[i_prog]) * p.horizon_h
+        next_h = obs[i_ttf] * interval
+        later = jnp.floor(jnp.maximum(left_h - next_h, 0.0) / interval)
+        funding = jnp.where(left_h >= next_h, next_pct + later * p.base_rate_pct, 0.0)
+        keep = jnp.exp(-left_h / jnp.maximum(p.gap_decay_h, SMALL))
+        carry = funding + p.basis_weight * (obs[i_basis] - obs[i_gap] * keep)
+        # Spreads are observed in units of 10 bp = 0.1 %; half of each is crossed.
+        cost = 0.05 * (obs[i_pspr] + obs[i_sspr]) + 2.0 * p.taker_fee_pct
         in_carry = obs[i_pos] < -SMALL
-        on = (signal > p.enter_pct) | (in_carry & (signal > p.exit_pct))
-        spot = jnp.where(on, p.size / jnp.maximum(p.max_spot_frac, SMALL), 0.0)
-        perp = jnp.where(on, -p.size / jnp.maximum(p.max_perp_frac, SMALL), 0.0)
+        on = (carry - cost > p.enter_pct) | (in_carry & (carry + cost > -p.exit_pct))
+        # Opening: both legs at `size`. Open: keep the BASE held (once at least half
+        # built) and short the perp by exactly that much (both actions convert at the
+        # index, `spot_base` is BASE x index / equity).
+        held = jnp.maximum(obs[i_spot], 0.0)
+        spot_u = jnp.where(in_carry & (held >= 0.5 * p.size), held, p.size)
+        perp_u = jnp.where(in_carry, held, p.size)
+        spot = jnp.where(on, spot_u / jnp.maximum(p.max_spot_frac, SMALL), 0.0)
+        perp = jnp.where(on, -perp_u / jnp.maximum(p.max_perp_frac, SMALL), 0.0)
         return jnp.stack([spot, perp, 0.0, 0.0]).clip(-1.0, 1.0).astype(jnp.float32)
 
     def make_params(env_params: EnvParams | None = None, **overrides) -> BasisArbParams:
@@ -305,6 +383,16 @@ def basis_arb(role: str = "arbitrageur") -> Policy:
             {
                 "max_spot_frac": lambda e: e.role.max_spot_frac,
                 "max_perp_frac": lambda e: e.role.max_perp_frac,
+                "taker_fee_pct": lambda e: own_taker_rate(e.sim, 0) * PCT,
+                "funding_cap_pct": lambda e: e.sim.rules.funding_cap * PCT,
+                "base_rate_pct": lambda e: (
+                    e.sim.rules.funding_interest
+                    * e.sim.rules.funding_interval_s
+                    / (8.0 * SECONDS_PER_H)
+                    * PCT
+                ),
+                "funding_interval_h": lambda e: e.sim.rules.funding_interval_s / SECONDS_PER_H,
+                "horizon_h": lambda e: e.max_steps_in_episode * e.sim.dt / SECONDS_PER_H,
             },
             overrides,
         )
@@ -314,7 +402,7 @@ def basis_arb(role: str = "arbitrageur") -> Policy:
         role,
         fn,
         make_params,
-        "long spot + short perp while basis + funding is rich",
+        "long spot + short perp while the funding left in the episode beats spreads and fees",
     )
 
 

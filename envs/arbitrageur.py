@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from envs.core import EnvParams, EnvState, RoleEnv, book_view, order_rows, settings_struct
-from jaxsim.mechanisms.accounts import asset_prices
+from jaxsim.mechanisms.accounts import asset_prices, taker_rate_of
 from jaxsim.types import (
     BASE,
     KIND_MARKET,
@@ -29,20 +29,24 @@ class ArbitrageurSettings:
     """Arbitrageur settings.
 
     Attributes:
-        max_spot_frac: largest spot BASE holding value / initial equity (action +1).
-        max_perp_frac: largest perp position notional / initial equity (action +/-1).
+        max_spot_frac: largest spot BASE holding, x initial equity / BASE index (action +1).
+        max_perp_frac: largest perp position, x initial equity / BASE index (action +/-1).
         rebalance_frac: trades and transfers smaller than this x initial equity are not
             sent (no dust, no wasted transfer slots).
         transfer_deadband: |a| below this moves nothing; above, the fraction moved is
             (|a| - deadband) / (1 - deadband).
-        slippage_guard: market orders fill no worse than the reference x (1 +/- this).
+        slippage_guard: each leg is an immediate-or-cancel limit order at most this far
+            past the touch seen (buys: best ask x (1 + this), sells: best bid x (1 - this));
+            what the book does not offer within it is not filled. 0.2% [EST]: what a
+            desk's limit gives up past the touch it saw (calm's spreads are 7-10 bp; a
+            leg priced off a book that has since moved further is not filled).
     """
 
     max_spot_frac: float = 1.0
     max_perp_frac: float = 1.0
     rebalance_frac: float = 0.01
     transfer_deadband: float = 0.2
-    slippage_guard: float = 0.01
+    slippage_guard: float = 0.002
 
     _ranges: ClassVar[dict] = {
         "max_spot_frac": (0.0, 100.0),
@@ -62,6 +66,16 @@ class Arbitrageur(RoleEnv):
     (the engine keeps it in flight, valued in the equity meanwhile). Spot is long-only
     (no borrowing).
 
+    The account trades at the fee schedule of a high-volume arbitrage desk (`learner_fees`:
+    Binance USDⓈ-M VIP9, maker 0.000%, taker 0.017%, on both books; docs/mechanics.md 6)
+    unless the scenario gives it rates of its own. Its orders reach the book one tick after
+    the observation they answer (after the venues, the LP and the background traders have
+    moved), so each leg is an immediate-or-cancel limit order bounded by `slippage_guard`
+    past the touch seen, not an unbounded market order: a leg whose price has gone is not
+    filled, rather than filled wherever the book now is. Both legs' targets are BASE
+    quantities converted at the BASE index, so a spot target and a perp target of equal
+    and opposite size are an exactly hedged pair (as far as both fill).
+
     Observation: float32 (D,) with D = len(obs_names) = 49 common + 4 role entries
     ((N, D) for N learners; every entry clipped to [-10, 10]):
 
@@ -71,17 +85,21 @@ class Arbitrageur(RoleEnv):
     Action: float32 (4,) in [-1, 1]; values outside are clipped, NaN counts as 0 (adapters
     raise ValueError on NaN/inf, a wrong shape or a non-float dtype):
         0 spot_target    spot BASE target = max(a, 0) x max_spot_frac x initial equity /
-                         spot mid; the difference is bought (capped by free USDT) or sold
-                         (capped by the BASE held) with a market order
-        1 perp_target    perp position target = a x max_perp_frac x initial equity / mark;
-                         the difference is traded with a market order
+                         BASE index; the difference is bought (capped by the USDT that pays
+                         for it at the limit price and taker fee) or sold (capped by the
+                         BASE held), limit best ask x (1 + slippage_guard) for a buy, best
+                         bid x (1 - slippage_guard) for a sale
+        1 perp_target    perp position target = a x max_perp_frac x initial equity / BASE
+                         index; the difference is traded, limited the same way
         2 base_transfer  v = sign(a) x max(|a| - deadband, 0) / (1 - deadband): v > 0 sends
                          v x free BASE to the external venues, v < 0 brings |v| x external
                          BASE back
         3 usdt_transfer  the same for USDT (the engine refuses withdrawals that would break
                          the initial margin)
-    Orders per step (4 rows): [spot market, perp market, BASE transfer, USDT transfer];
-    legs smaller than rebalance_frac x initial equity are not sent.
+    Orders per step (4 rows): [spot, perp, BASE transfer, USDT transfer], the legs as
+    market orders with the limit above (the engine's immediate-or-cancel walk, reason
+    `no_liquidity` when nothing is offered within it); legs smaller than rebalance_frac x
+    initial equity are not sent.
 
     Reward: () = (marked equity after - before) / initial equity (external and in-flight
     balances count at index prices).
@@ -92,6 +110,11 @@ class Arbitrageur(RoleEnv):
 
     role = "arbitrageur"
     settings_cls = ArbitrageurSettings
+    # A high-volume desk's rates: Binance USDⓈ-M futures VIP9, maker 0.000% / taker
+    # 0.017% (docs/mechanics.md 6). The engine charges an account one schedule on both
+    # books; Binance's spot VIP9 rates are of the same order [EST: its published tables
+    # give 0.009-0.02% maker and 0.018-0.03% taker, BNB discount included or not].
+    learner_fees: ClassVar[dict] = {"maker": 0.0, "taker": 0.00017}
     action_names = ("spot_target", "perp_target", "base_transfer", "usdt_transfer")
     orders_per_agent = 4
     role_obs = (
@@ -111,28 +134,36 @@ class Arbitrageur(RoleEnv):
         eq0 = state.equity0[account]
         acct = sim.acct
         bal, ext = acct.bal[account], acct.ext_bal[account]
-        mark = sim.px.mark
+        index = sim.px.index[0]
         min_val = s.rebalance_frac * eq0
-        fee = sim.rules.taker_fee
+        fee = taker_rate_of(sim, sp, account)
+        # Both targets are BASE quantities converted at the BASE index, so equal and opposite
+        # actions (with equal max fractions) are exactly hedged legs.
+        unit = eq0 / jnp.maximum(index, 1e-12)
 
-        _, _, spot_mid, _, _ = book_view(sim, sp, SPOT)
-        tgt_spot = jnp.maximum(a[0], 0.0) * s.max_spot_frac * eq0 / spot_mid
+        spot_bid, spot_ask, _, _, _ = book_view(sim, sp, SPOT, exclude=account)
+        tgt_spot = jnp.maximum(a[0], 0.0) * s.max_spot_frac * unit
         d_spot = tgt_spot - bal[BASE]
         spot_buy = d_spot > 0
-        buy_px = spot_mid * (1.0 + s.slippage_guard)
-        afford = jnp.maximum(bal[USDT], 0.0) / (buy_px * (1.0 + fee))
+        spot_side = jnp.where(spot_buy, 1, -1)
+        # Immediate-or-cancel limit: at most slippage_guard beyond the touch seen.
+        spot_px = jnp.where(
+            spot_buy, spot_ask * (1.0 + s.slippage_guard), spot_bid * (1.0 - s.slippage_guard)
+        )
+        afford = jnp.maximum(bal[USDT], 0.0) / (spot_px * (1.0 + fee))
         q_spot = jnp.where(
             spot_buy, jnp.minimum(d_spot, afford), jnp.minimum(-d_spot, jnp.maximum(bal[BASE], 0.0))
         )
-        spot_side = jnp.where(spot_buy, 1, -1)
-        spot_px = spot_mid * (1.0 + spot_side * s.slippage_guard)
-        spot_kind = jnp.where(q_spot * spot_mid >= min_val, KIND_MARKET, KIND_NONE)
+        spot_kind = jnp.where(q_spot * index >= min_val, KIND_MARKET, KIND_NONE)
 
-        tgt_perp = a[1] * s.max_perp_frac * eq0 / mark
+        perp_bid, perp_ask, _, _, _ = book_view(sim, sp, PERP, exclude=account)
+        tgt_perp = a[1] * s.max_perp_frac * unit
         d_perp = tgt_perp - acct.pos[account]
         perp_side = jnp.where(d_perp > 0, 1, -1)
-        perp_px = mark * (1.0 + perp_side * s.slippage_guard)
-        perp_kind = jnp.where(jnp.abs(d_perp) * mark >= min_val, KIND_MARKET, KIND_NONE)
+        perp_px = jnp.where(
+            d_perp > 0, perp_ask * (1.0 + s.slippage_guard), perp_bid * (1.0 - s.slippage_guard)
+        )
+        perp_kind = jnp.where(jnp.abs(d_perp) * index >= min_val, KIND_MARKET, KIND_NONE)
 
         px = asset_prices(sim.px)
         db = s.transfer_deadband

@@ -271,17 +271,57 @@ def test_lt_collateral_buy_sized_with_the_accounts_own_taker_rate(lt_env):
 # ============================================================== arbitrageur
 
 
-def test_basis_arb_carries_rich_basis():
-    rich = act("arbitrageur", "basis_arb", make_obs("arbitrageur", basis=0.3))
-    assert rich[0] > 0 and rich[1] < 0 and rich[0] == pytest.approx(-rich[1])
-    assert np.all(act("arbitrageur", "basis_arb", make_obs("arbitrageur", basis=0.0)) == 0)
-    # Funding alone can open it; an open carry stays while the signal is above exit.
-    fund = act("arbitrageur", "basis_arb", make_obs("arbitrageur", funding_rate=2.0))
-    assert fund[1] < 0
-    stay = act("arbitrageur", "basis_arb", make_obs("arbitrageur", basis=0.05, perp_position=-0.04))
-    assert stay[1] < 0
-    leave = act("arbitrageur", "basis_arb", make_obs("arbitrageur", basis=0.0, perp_position=-0.04))
-    assert np.all(leave == 0)
+# The carry's arithmetic with the default parameters (24 h episode, 8 h funding, cap 0.30%
+# from a 0.40% tier-1 maintenance rate at 125x, baseline rate 0.01%, taker 0.017%).
+CALM_SPREADS = {"perp_spread": 0.96, "spot_spread": 0.72}  # 9.6 and 7.2 bp: cost 0.118%
+
+
+def carry(**entries) -> np.ndarray:
+    """basis_arb's action on an observation with a 0.40% tier-1 maintenance rate."""
+    return act("arbitrageur", "basis_arb", make_obs("arbitrageur", mmr_tier1=0.4, **entries))
+
+
+def test_basis_arb_opens_when_the_funding_left_beats_the_costs():
+    # Predicted rate at the cap with 0.1 of the interval to go: the next settlement is
+    # expected at 0.81 x 0.30 + 0.19 x 0.01 = 0.2449%, two more at 0.01%: 0.2649% > 0.118%
+    # + 0.02%. Both legs at `size`, equal and opposite.
+    rich = carry(funding_rate=1.0, time_to_funding=0.1, **CALM_SPREADS)
+    assert rich[0] == pytest.approx(0.9) and rich[1] == pytest.approx(-0.9)
+    # The same predicted rate just after a settlement is mostly future premium: expected
+    # 0.01% + 0.02% later = 0.03% < 0.138%, nothing opens; nor at the baseline rate.
+    assert np.all(carry(funding_rate=1.0, time_to_funding=1.0, **CALM_SPREADS) == 0)
+    assert np.all(carry(funding_rate=1 / 30, time_to_funding=0.1, **CALM_SPREADS) == 0)
+    # Without spreads the baseline carry still loses to the fees: 0.03% < 0.034% + 0.02%.
+    assert np.all(carry(funding_rate=1 / 30, time_to_funding=0.1) == 0)
+    # No settlement left in the episode: nothing to collect.
+    late = carry(funding_rate=1.0, time_to_funding=0.5, episode_progress=0.9, **CALM_SPREADS)
+    assert np.all(late == 0)
+
+
+def test_basis_arb_holds_base_units_and_unwinds_when_closing_beats_holding():
+    held = {"perp_position": -0.08, "spot_base": 0.8, **CALM_SPREADS}
+    # Open at the baseline rate (0.03% + 0.118% > -0.10%): keep the 0.8 x equity of BASE
+    # held (the price fell since it was bought) and short exactly that.
+    stay = carry(funding_rate=1 / 30, time_to_funding=0.5, **held)
+    assert stay[0] == pytest.approx(0.8) and stay[1] == pytest.approx(-0.8)
+    # Funding at minus the cap, wholly fixed (settling now): -0.30% + 3 x 0.01% + 0.118%
+    # = -0.152% < -0.10%: closing beats holding, unwind.
+    assert np.all(carry(funding_rate=-1.0, time_to_funding=0.0, **held) == 0)
+
+
+def test_basis_arb_basis_term_and_env_params():
+    # With basis_weight 1, a 0.5% basis (no mark - index gap) opens; by default it does not.
+    wide = make_obs("arbitrageur", basis=0.5, mmr_tier1=0.4, **CALM_SPREADS)
+    assert np.all(act("arbitrageur", "basis_arb", wide) == 0)
+    assert act("arbitrageur", "basis_arb", wide, basis_weight=1.0)[1] < 0
+    # The parameters it copies from the env: the account's own taker rate, the baseline
+    # rate, the interval and the horizon.
+    env = envs.Arbitrageur()
+    p = heuristic("arbitrageur", "basis_arb").make_params(env.make_params("calm"))
+    assert float(p.taker_fee_pct) == pytest.approx(100 * env.learner_fees["taker"])
+    assert float(p.base_rate_pct) == pytest.approx(0.01)
+    assert float(p.funding_interval_h) == pytest.approx(8.0)
+    assert float(p.horizon_h) == pytest.approx(24.0)
 
 
 # ============================================================== all policies

@@ -622,6 +622,82 @@ def test_equity_counts_external_and_transit(gym_envs):
     assert float(env.state.sim.acct.bal[0, USDT]) < 1.0
 
 
+def _touch(state, params, m):
+    """Best bid and ask of market m from the book's levels (numpy, by hand)."""
+    q = np.asarray(state.sim.book.qty[m]).sum(-1)  # (2, G) bids, asks
+    origin = float(state.sim.book.origin[m])
+    tick = float(params.sim.markets.tick_size[m])
+    px = (origin + np.arange(q.shape[-1])) * tick
+    return px[q[0] > 0].max(), px[q[1] > 0].min()
+
+
+def test_arbitrageur_account_has_the_role_fee_rates(tmp_path):
+    """The learner account pays the arbitrageur's VIP rates unless the scenario gives it
+    rates of its own; a spot buy is charged taker x notional at that rate."""
+    import yaml
+
+    from jaxsim.config import CONFIG_DIR
+
+    core = envs.Arbitrageur()
+    acc = core.make_params(SCENARIO).sim.accounts
+    assert bool(acc.own_maker_fee[0]) and bool(acc.own_taker_fee[0])
+    assert float(acc.maker_fee[0]) == pytest.approx(core.learner_fees["maker"])
+    assert float(acc.taker_fee[0]) == pytest.approx(core.learner_fees["taker"])
+    assert not bool(acc.own_taker_fee[1])  # the scenario's other users keep the rules' rates
+
+    cfg = yaml.safe_load((CONFIG_DIR / f"{SCENARIO}.yaml").read_text())
+    cfg["accounts"]["users"][0]["fees"] = {"maker": 0.0001, "taker": 0.0003}
+    path = tmp_path / "own_fees.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    acc = core.make_params(str(path)).sim.accounts
+    assert float(acc.maker_fee[0]) == pytest.approx(0.0001)
+    assert float(acc.taker_fee[0]) == pytest.approx(0.0003)
+
+
+def test_arbitrageur_spot_buy_pays_its_taker_rate(gym_envs):
+    env = gym_envs["arbitrageur"]
+    env.reset(seed=4)
+    usdt0 = float(env.state.sim.acct.bal[0, USDT])
+    *_, info = env.step(np.array([0.3, 0.0, 0.0, 0.0], np.float32))
+    paid = usdt0 - float(env.state.sim.acct.bal[0, USDT])  # notional x (1 + rate)
+    rate = envs.Arbitrageur.learner_fees["taker"]
+    assert paid > 0.25 * 100_000
+    assert info["fees"] == pytest.approx(paid * rate / (1 + rate), rel=1e-3)
+
+
+def test_arbitrageur_legs_are_ioc_limits_at_the_touch(gym_envs):
+    """Decoding by hand: targets are BASE quantities at the index (equal and opposite
+    actions give equal and opposite legs), each leg an immediate-or-cancel order limited
+    to slippage_guard past the touch seen; a buy is capped by the USDT it can pay for."""
+    from jaxsim.types import KIND_MARKET, PERP, SPOT
+
+    env = gym_envs["arbitrageur"]
+    env.reset(seed=5)
+    state, params, core = env.state, env.params, env.core
+    guard = float(params.role.slippage_guard)
+    eq0 = float(state.equity0[0])
+    index = float(state.sim.px.index[0])
+    fee = envs.Arbitrageur.learner_fees["taker"]
+    _, spot_ask = _touch(state, params, SPOT)
+    perp_bid, _ = _touch(state, params, PERP)
+
+    rows = core.decode_one(jnp.array([0.5, -0.5, 0.0, 0.0]), state, params, jnp.int32(0))
+    kind, side = np.asarray(rows.kind), np.asarray(rows.side)
+    qty, price = np.asarray(rows.qty, np.float64), np.asarray(rows.price, np.float64)
+    assert kind[0] == kind[1] == KIND_MARKET and side[0] == 1 and side[1] == -1
+    assert qty[0] == pytest.approx(0.5 * eq0 / index, rel=1e-5)
+    assert qty[1] == pytest.approx(qty[0], rel=1e-6)
+    assert price[0] == pytest.approx(spot_ask * (1 + guard), rel=1e-6)
+    assert price[1] == pytest.approx(perp_bid * (1 - guard), rel=1e-6)
+
+    # Twice the equity in spot: capped by the USDT at the limit price and taker fee.
+    big = params.replace(role=params.role.replace(max_spot_frac=jnp.float32(2.0)))
+    rows = core.decode_one(jnp.array([1.0, 0.0, 0.0, 0.0]), state, big, jnp.int32(0))
+    usdt = float(state.sim.acct.bal[0, USDT])
+    want = usdt / (spot_ask * (1 + guard) * (1 + fee))
+    assert float(rows.qty[0]) == pytest.approx(want, rel=1e-5)
+
+
 # ---------------------------------------------------------------- PettingZoo
 
 

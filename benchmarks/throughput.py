@@ -5,6 +5,9 @@
         [--sb3-envs 16] [--dims-batch 16] [--accounts 24,48,96] [--levels 32,64,128]
         [--scenario calm] [--repeats 2] [--max-run-s 60] [--cache DIR]
         [--train-batches 16,128,1024] [--train-updates 2]
+    python -m benchmarks.throughput --compare REV [--rounds 3] [--stat best|median]
+        [--batches 1,16,128,1024] [--ticks 20] [--repeats 2] [--scenario calm]
+        [--gym-steps 200] [--gym-warmup 50] [--child-xla-flags FLAGS] [--json FILE]
 
 Rows (one table each):
 
@@ -38,6 +41,25 @@ a GPU also the device's peak bytes in use. Rows whose package is missing (envs, 
 gymnasium, stable-baselines3) print "not available" with the reason. `--json FILE` writes
 every row and the device description. `--cache DIR` turns on JAX's persistent compilation
 cache (compile times then measure cache loads on the second run).
+
+`--compare REV` (a commit, tag or branch of this repository) measures the git revision REV
+side by side with the working tree (its uncommitted changes included) instead of the
+rows above (`benchmarks/compare.py`): REV is checked out in a temporary
+`git worktree add --detach` that is removed afterwards (also on an error or Ctrl-C), and
+each of `--rounds` rounds runs one fresh Python process per tree, base first, alternating,
+so that machine noise hits both alike. Each process imports `jaxsim` and `envs` from its
+own tree and measures with the working tree's code (`benchmarks/compare_child.py`), so REV
+needs none of it. Per tree: engine env-steps/s by `--batches` (the engine rows'
+measurement), the compile time of one `jax.jit(jaxsim.step)` (lower + compile, one env),
+the reset state's bytes per env, and the mean microseconds of one single-env gymnasium
+`env.step` (market maker, one fixed action, `--gym-steps` steps after `--gym-warmup`). The
+children run with XLA's default flags: XLA_FLAGS (e.g. the test suite's
+--xla_cpu_use_fusion_emitters=false), JAX_DISABLE_MOST_OPTIMIZATIONS and the persistent
+compilation cache are removed from their environment (`--child-xla-flags` sets XLA_FLAGS
+for both); the flags used are printed. The table gives each metric's base and work-tree
+value (`--stat best`: highest rate, lowest time or size over the rounds; or the median),
+work / base and which direction is better, headed by both trees' sha and `git describe`
+and whether the work tree is dirty; `--json FILE` adds every round's numbers.
 """
 
 from __future__ import annotations
@@ -729,16 +751,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and train)",
     )
     ap.add_argument("--cache", default=None, help="persistent compilation cache folder")
+    ap.add_argument(
+        "--compare",
+        default=None,
+        metavar="REV",
+        help="measure git revision REV against the working tree (see above)",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="--compare: processes per tree")
+    ap.add_argument(
+        "--stat",
+        choices=("best", "median"),
+        default="best",
+        help="--compare: combine rounds by best (max rate, min time) or median",
+    )
+    ap.add_argument("--gym-warmup", type=int, default=50, help="--compare: gym steps before timing")
+    ap.add_argument(
+        "--child-xla-flags",
+        default=None,
+        help="--compare: XLA_FLAGS for the measuring processes (default: unset)",
+    )
     args = ap.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = set(args.sections) - set(SECTIONS) - {"phases", "train"}
     if bad:
         ap.error(f"unknown section(s) {sorted(bad)}")
+    if args.compare is not None:
+        if not args.compare.strip():
+            ap.error("--compare needs a git revision")
+        if args.rounds < 1:
+            ap.error("--rounds must be at least 1")
+        if not args.batches or min(args.batches) < 1:
+            ap.error("--batches must be positive")
+        if args.ticks < 1 or args.gym_steps < 1 or args.gym_warmup < 0:
+            ap.error("--ticks and --gym-steps must be positive, --gym-warmup >= 0")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare is not None:
+        from benchmarks.compare import run_compare
+
+        return run_compare(args)
     if args.cache:
         jax.config.update("jax_compilation_cache_dir", args.cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

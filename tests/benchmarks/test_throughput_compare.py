@@ -270,7 +270,8 @@ def test_child_helpers(tmp_path):
 
     from benchmarks import compare_child
 
-    box = gymnasium.spaces.Box(np.array([-1.0, 0.5]), np.array([1.0, 2.0]), dtype=np.float32)
+    lo, hi = np.array([-1.0, 0.5], np.float32), np.array([1.0, 2.0], np.float32)
+    box = gymnasium.spaces.Box(lo, hi, dtype=np.float32)
     act = compare_child.fixed_action(box)
     assert act.dtype == np.float32 and act.tolist() == [0.0, 0.5] and box.contains(act)
     assert compare_child.fixed_action(gymnasium.spaces.Discrete(3)) == 0

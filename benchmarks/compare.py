@@ -57,6 +57,13 @@ DEFAULT_NOISE = 0.02
 # ------------------------------------------------------------------ git
 
 
+def write_json(path: str, payload: dict) -> None:
+    """Write a benchmark's rows to `path` (numbers that JSON lacks as floats)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1, default=float)
+    print(f"wrote {path}")
+
+
 def git(*args: str, cwd: Path | str) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
@@ -346,22 +353,18 @@ def run_compare(args) -> int:
     total = time.perf_counter() - t_all
     print(f"total {total:.0f} s")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                dict(
-                    compare=dict(base=base, work=work),
-                    settings=dict(spec, rounds=args.rounds, stat=args.stat),
-                    child_xla_flags=xla,
-                    removed_env=removed,
-                    summary=summary,
-                    table=table,
-                    rounds=rounds,
-                    total_s=total,
-                    argv=sys.argv[1:],
-                ),
-                f,
-                indent=1,
-                default=float,
-            )
-        print(f"wrote {args.json}")
+        write_json(
+            args.json,
+            dict(
+                compare=dict(base=base, work=work),
+                settings=dict(spec, rounds=args.rounds, stat=args.stat),
+                child_xla_flags=xla,
+                removed_env=removed,
+                summary=summary,
+                table=table,
+                rounds=rounds,
+                total_s=total,
+                argv=sys.argv[1:],
+            ),
+        )
     return 0

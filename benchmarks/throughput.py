@@ -65,7 +65,6 @@ and whether the work tree is dirty; `--json FILE` adds every round's numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -832,22 +831,20 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_all
     print(f"total {total:.0f} s")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                dict(
-                    device=info,
-                    scenario=params.name,
-                    ticks=args.ticks,
-                    rows=rows,
-                    summary=lines,
-                    total_s=total,
-                    argv=sys.argv[1:],
-                ),
-                f,
-                indent=1,
-                default=float,
-            )
-        print(f"wrote {args.json}")
+        from benchmarks.compare import write_json
+
+        write_json(
+            args.json,
+            dict(
+                device=info,
+                scenario=params.name,
+                ticks=args.ticks,
+                rows=rows,
+                summary=lines,
+                total_s=total,
+                argv=sys.argv[1:],
+            ),
+        )
     return 0
 
 

@@ -64,6 +64,17 @@ def write_json(path: str, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def finish(lines: list[str], t_all: float, json_path: str | None, payload: dict) -> None:
+    """Print a benchmark's table and its total time since `t_all`; with `json_path`, write
+    `payload` there with the total (`total_s`) and the command line (`argv`)."""
+    for line in lines:
+        print(line)
+    total = time.perf_counter() - t_all
+    print(f"total {total:.0f} s")
+    if json_path:
+        write_json(json_path, dict(payload, total_s=total, argv=sys.argv[1:]))
+
+
 def git(*args: str, cwd: Path | str) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
@@ -348,23 +359,18 @@ def run_compare(args) -> int:
     summary = summarize(rounds, args.batches, args.stat)
     table = format_table(summary, base, work)
     print()
-    for line in table:
-        print(line)
-    total = time.perf_counter() - t_all
-    print(f"total {total:.0f} s")
-    if args.json:
-        write_json(
-            args.json,
-            dict(
-                compare=dict(base=base, work=work),
-                settings=dict(spec, rounds=args.rounds, stat=args.stat),
-                child_xla_flags=xla,
-                removed_env=removed,
-                summary=summary,
-                table=table,
-                rounds=rounds,
-                total_s=total,
-                argv=sys.argv[1:],
-            ),
-        )
+    finish(
+        table,
+        t_all,
+        args.json,
+        dict(
+            compare=dict(base=base, work=work),
+            settings=dict(spec, rounds=args.rounds, stat=args.stat),
+            child_xla_flags=xla,
+            removed_env=removed,
+            summary=summary,
+            table=table,
+            rounds=rounds,
+        ),
+    )
     return 0

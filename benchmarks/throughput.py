@@ -825,26 +825,15 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_phases(args, mem_limit)
     if "train" in args.sections:
         rows += bench_train(args)
-    lines = summary(rows)
-    for line in lines:
-        print(line)
-    total = time.perf_counter() - t_all
-    print(f"total {total:.0f} s")
-    if args.json:
-        from benchmarks.compare import write_json
+    from benchmarks.compare import finish
 
-        write_json(
-            args.json,
-            dict(
-                device=info,
-                scenario=params.name,
-                ticks=args.ticks,
-                rows=rows,
-                summary=lines,
-                total_s=total,
-                argv=sys.argv[1:],
-            ),
-        )
+    lines = summary(rows)
+    finish(
+        lines,
+        t_all,
+        args.json,
+        dict(device=info, scenario=params.name, ticks=args.ticks, rows=rows, summary=lines),
+    )
     return 0
 
 

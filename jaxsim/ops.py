@@ -95,3 +95,29 @@ def once(pred, fn, carry):
 
     pred = jnp.asarray(pred)
     return while_loop(lambda c: c[0], body, (pred, carry), pred)[1]
+
+
+def materialize(*xs):
+    """The arrays `xs` unchanged (bit for bit), computed once and stored.
+
+    XLA:CPU fuses a cheap producer into every consumer, so a long chain of per-env scalar
+    arithmetic (an order's checks, say) that feeds a book-sized elementwise loop is
+    evaluated again for each element of the loop, unless LLVM hoists it out of the loop,
+    which some operations prevent. A sort is never fused: passed through one (of two
+    equal rows, so the values come back in place), the chain is evaluated once, into its
+    own small fusion, and the consumers read the result. Arrays of one dtype share a sort.
+    Returns a tuple (a single array for a single argument)."""
+    xs = [jnp.asarray(x) for x in xs]
+    out = [None] * len(xs)
+    groups: dict = {}
+    for i, x in enumerate(xs):
+        groups.setdefault(x.dtype, []).append(i)
+    for idx in groups.values():
+        flat = jnp.concatenate([jnp.ravel(xs[i]) for i in idx])
+        once = jnp.sort(jnp.stack([flat, flat]), axis=0)[0]
+        start = 0
+        for i in idx:
+            n = xs[i].size
+            out[i] = once[start : start + n].reshape(xs[i].shape)
+            start += n
+    return out[0] if len(out) == 1 else tuple(out)

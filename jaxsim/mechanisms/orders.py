@@ -9,7 +9,7 @@ from jaxsim import book as bk
 from jaxsim import margin as mg
 from jaxsim.mechanisms import accounts, collateral, margin_checks, matching, tick_acc
 from jaxsim.mechanisms.tick_acc import OrderResults
-from jaxsim.ops import compact, sum_last
+from jaxsim.ops import compact, materialize, sum_last
 from jaxsim.ops import while_loop as tied_while_loop
 from jaxsim.types import (
     ASK,
@@ -128,6 +128,9 @@ def book_order(state: SimState, params: Params, acc: tick_acc.TickAcc, o) -> tup
     )
     reason = jnp.where(reason == OK, check, reason)
     reason = jnp.where(is_cancel, OK, reason)
+    # Computed once per order: fused into the book-sized loops below, this chain of
+    # checks would be evaluated again for every level and slot (`ops.materialize`).
+    reason = materialize(reason)
     ok = (reason == OK) & ~is_cancel
 
     # An accepted post-only order has nothing to take: it skips the walk.

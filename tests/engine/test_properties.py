@@ -393,3 +393,33 @@ def test_tie_hints_change_no_value(params):
     s1 = jax.jit(tie_to_key)(s0, key)
     for a, b in zip(jax.tree_util.tree_leaves(s0), jax.tree_util.tree_leaves(s1), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_materialize_changes_no_value():
+    """`ops.materialize` (computed once, not fused into its consumers) returns its inputs
+    bit for bit, in place: signed zeros, NaN, inf, subnormals, ints, bools and shapes,
+    under jit and vmap; and the compiled program holds the sort that keeps it unfused."""
+    from jaxsim.ops import materialize
+
+    x = jnp.array([-0.0, 0.0, jnp.nan, jnp.inf, -jnp.inf, 1.5e-38, -3.0], jnp.float32)
+    xs = (
+        x,
+        jnp.float32(2.5),
+        jnp.array([[-7, 0], [2**31 - 1, 5]], jnp.int32),
+        jnp.array([True, False, True]),
+        x[::-1].reshape(7, 1),
+    )
+
+    def same(a, b):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        a, b = np.atleast_1d(np.asarray(a)), np.atleast_1d(np.asarray(b))
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+    for out in (materialize(*xs), jax.jit(materialize)(*xs)):
+        for a, b in zip(xs, out, strict=True):
+            same(a, b)
+    same(x, jax.jit(materialize)(x))  # one argument: one array back
+    batch = jnp.stack([x, -x, x * 2])
+    same(batch, jax.vmap(materialize)(batch))
+    hlo = jax.jit(lambda v: materialize(v * 2.0) + 1.0).lower(x).compile().as_text()
+    assert " sort(" in hlo

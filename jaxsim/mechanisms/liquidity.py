@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jaxsim import book as bk
 from jaxsim import population as popm
 from jaxsim.mechanisms import accounts
+from jaxsim.ops import materialize
 from jaxsim.types import (
     ASK,
     BASE,
@@ -37,10 +38,10 @@ def lp_center(state: SimState, params: Params, m, q_m: Array, px: Array) -> Arra
     return w * ref + (1 - w) * mid
 
 
-def recentre(state: SimState, params: Params, m, q_m, ah_m, origin, bal, center):
+def recentre(params: Params, m, q_m, ah_m, origin, center):
     """Shift market m's grid (slice q_m, ah_m, origin) back around `center` once it drifted
-    a quarter of the grid away; dropped spot orders refund their reserves into `bal`.
-    Returns (q_m, ah_m, origin, bal)."""
+    a quarter of the grid away. Returns (q_m, ah_m, origin, dropped (2, G, Q) on the old
+    grid, old level prices (G,))."""
     g = params.dims.n_levels
     tick = params.markets.tick_size[m]
     c_lvl = center / tick - origin
@@ -48,14 +49,7 @@ def recentre(state: SimState, params: Params, m, q_m, ah_m, origin, bal, center)
     k = jnp.where(jnp.abs(off) > g / 4, jnp.round(off), 0.0).astype(jnp.int32)
     px_old = bk.level_prices(origin, tick, g)
     q_m, ah_m, dropped = bk.shift(q_m, ah_m, k)
-    # Spot orders held reserves (bids USDT, asks the asset); perp orders held none.
-    is_spot = m != PERP
-    n = params.dims.n_accounts
-    refund = accounts.per_account(state.book, jnp.einsum("gq,g->q", dropped[BID], px_old), n)
-    bal = bal.at[:, USDT].add(jnp.where(is_spot, refund, 0.0))
-    refund_asset = accounts.per_account(state.book, dropped[ASK].sum(0), n)
-    bal = bal.at[:, accounts.MARKET_ASSET_ARR[m]].add(jnp.where(is_spot, refund_asset, 0.0))
-    return q_m, ah_m, origin + k, bal
+    return q_m, ah_m, origin + k, dropped, px_old
 
 
 # Volatility row (of the external venues' BASE, STABLE, LST) each market's maker watches.
@@ -63,45 +57,59 @@ _VOL_ROW = jnp.array([(BASE, STABLE, LST).index(x) for x in MARKET_ASSET], jnp.i
 
 
 def requote(state: SimState, params: Params) -> SimState:
-    """The LP re-centres each grid and re-quotes its depth, market by market (a loop over
-    the markets, so the compiled program holds one copy of the market's update)."""
+    """The LP re-centres each grid and re-quotes its depth toward its target profile.
 
-    def one_market(m, state):
-        return requote_market(state, params, m)
-
-    return jax.lax.fori_loop(0, N_MARKETS, one_market, state)
-
-
-def requote_market(state: SimState, params: Params, m) -> SimState:
-    """Market m: the LP's quote centre (skewed against its inventory), the grid re-centred
-    on it, and the LP's resting depth moved toward its target profile."""
+    Markets are an array axis: every book-sized step runs on all markets at once. The only
+    thing the markets share is the LP's USDT, which pays for its spot bids market by
+    market in market order (`_pay_spot_quotes`, on (2, G) vectors), as a loop over the
+    markets would."""
     mp, dims = params.markets, params.dims
-    bal = state.acct.bal
-    q_m, ah_m, origin = state.book.qty[m], state.book.ahead[m], state.book.origin[m]
-    tick = mp.tick_size[m]
-    center = lp_center(state, params, m, q_m, bk.level_prices(origin, tick, dims.n_levels))
-    center = center * (1.0 - _inventory_skew(state, params, m, q_m))
-    q_m, ah_m, origin, bal = recentre(state, params, m, q_m, ah_m, origin, bal, center)
-    px = bk.level_prices(origin, tick, dims.n_levels)
-    tgt = _target_profile(state, params, m, px, center)
-    # Pull excess at once (makers withdraw fast), refill at the resilience rate. A level
-    # is either shrunk or grown, never both (no dust top-up of a level just shrunk).
-    fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
-    own = q_m[:, :, LP_SLOT]
-    cut = jnp.maximum(own - tgt, 0.0)
-    kept = own - cut
-    add = jnp.where(cut > 0, 0.0, jnp.maximum(tgt - kept, 0.0) * fill)
-    # Never cross the book left after the cuts: bids below its best ask, asks above its
-    # best bid.
-    bid, ask = bk.best_prices(q_m.at[:, :, LP_SLOT].set(kept), px)
-    add = jnp.where(jnp.stack([px < ask, px > bid]), add, 0.0)
-    add, bal = _pay_spot_quotes(params, m, px, cut, add, bal)
-    q_m, ah_m = bk.requote(q_m, ah_m, LP_SLOT, cut, add)
-    book = state.book.replace(
-        qty=state.book.qty.at[m].set(q_m),
-        ahead=state.book.ahead.at[m].set(ah_m),
-        origin=state.book.origin.at[m].set(origin),
+    book = state.book
+    ms = jnp.arange(N_MARKETS)
+    g = dims.n_levels
+    px0 = jax.vmap(lambda o, t: bk.level_prices(o, t, g))(book.origin, mp.tick_size)
+
+    def plan(m, q_m, ah_m, origin, px_m):
+        """Market m's quote centre (skewed against its inventory), the re-centred grid and
+        the LP's cuts and (unpaid) additions toward its target profile."""
+        center = lp_center(state, params, m, q_m, px_m)
+        center = center * (1.0 - _inventory_skew(state, params, m, q_m))
+        # Once per market, not once per level and slot of the book loops it feeds.
+        center = materialize(center)
+        q_m, ah_m, origin, dropped, px_old = recentre(params, m, q_m, ah_m, origin, center)
+        px = bk.level_prices(origin, mp.tick_size[m], g)
+        tgt = _target_profile(state, params, m, px, center)
+        # Pull excess at once (makers withdraw fast), refill at the resilience rate. A
+        # level is either shrunk or grown, never both (no dust top-up of a level just
+        # shrunk).
+        fill = jnp.minimum(mp.lp_resilience_per_s[m] * params.dt, 1.0)
+        own = q_m[:, :, LP_SLOT]
+        cut = jnp.maximum(own - tgt, 0.0)
+        kept = own - cut
+        add = jnp.where(cut > 0, 0.0, jnp.maximum(tgt - kept, 0.0) * fill)
+        # Never cross the book left after the cuts: bids below its best ask, asks above
+        # its best bid.
+        bid, ask = bk.best_prices(q_m.at[:, :, LP_SLOT].set(kept), px)
+        add = jnp.where(jnp.stack([px < ask, px > bid]), add, 0.0)
+        # Spot orders dropped off the grid held reserves (bids USDT, asks the asset).
+        n = dims.n_accounts
+        refund_usdt = accounts.per_account(book, jnp.einsum("gq,g->q", dropped[BID], px_old), n)
+        refund_asset = accounts.per_account(book, dropped[ASK].sum(0), n)
+        return q_m, ah_m, origin, px, cut, add, refund_usdt, refund_asset
+
+    q, ah, origin, px, cut, add, refund_usdt, refund_asset = jax.vmap(plan)(
+        ms, book.qty, book.ahead, book.origin, px0
     )
+    bal = state.acct.bal
+    adds = []
+    for m in range(N_MARKETS):
+        if m != PERP:  # perp orders held no reserves and cost nothing to place
+            bal = bal.at[:, USDT].add(refund_usdt[m])
+            bal = bal.at[:, MARKET_ASSET[m]].add(refund_asset[m])
+        add_m, bal = _pay_spot_quotes(params, m, px[m], cut[m], add[m], bal)
+        adds.append(add_m)
+    q, ah = jax.vmap(bk.requote, in_axes=(0, 0, None, 0, 0))(q, ah, LP_SLOT, cut, jnp.stack(adds))
+    book = book.replace(qty=q, ahead=ah, origin=origin)
     return state.replace(book=book, acct=state.acct.replace(bal=bal))
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxsim import margin as mg
 from jaxsim.mechanisms import accounts
-from jaxsim.ops import sum_last
+from jaxsim.ops import materialize, sum_last
 from jaxsim.types import (
     CROSS,
     ISOLATED,
@@ -45,7 +45,8 @@ def max_allowed_notional(mb: Array, rules) -> Array:
     """Largest notional N with N <= position limit and N / max_lev(N) <= MB, per account."""
     floor = rules.tier_floor
     upper = jnp.concatenate([floor[1:], jnp.full((1,), jnp.inf, floor.dtype)])
-    cap = jnp.maximum(mb, 0.0)[:, None] * rules.tier_max_lev[None, :]  # (A, T)
+    # The margin balances once, not once per tier (`ops.materialize`).
+    cap = jnp.maximum(materialize(mb), 0.0)[:, None] * rules.tier_max_lev[None, :]  # (A, T)
     in_tier = jnp.minimum(cap, upper[None, :] * (1 - 1e-7))
     ok = cap >= floor[None, :]
     best = jnp.max(jnp.where(ok, in_tier, 0.0), axis=-1)

@@ -58,11 +58,24 @@ def market_book(state: SimState, m) -> tuple[Array, Array]:
 
 
 def set_market_book(state: SimState, m, q_m: Array, ah_m: Array) -> SimState:
-    """The state with market m's book slice (qty, ahead) replaced."""
-    book = state.book.replace(
-        qty=state.book.qty.at[m].set(q_m), ahead=state.book.ahead.at[m].set(ah_m)
+    """The state with market m's book slice (qty, ahead) replaced.
+
+    A traced m writes through a one-hot select over the markets rather than a scatter:
+    under vmap (m per env) a scatter cannot update the book in place where the loop
+    around it still selects between the old and the new book (a batched while loop, the
+    order kinds' switch), so it costs a copy of the whole book, the scatter and the
+    select; the select fuses with those into one pass. A static m is an in-place update."""
+    book = state.book
+    if isinstance(m, int):
+        return state.replace(
+            book=book.replace(qty=book.qty.at[m].set(q_m), ahead=book.ahead.at[m].set(ah_m))
+        )
+    sel = (jnp.arange(book.qty.shape[0]) == m).reshape((-1,) + (1,) * q_m.ndim)
+    return state.replace(
+        book=book.replace(
+            qty=jnp.where(sel, q_m[None], book.qty), ahead=jnp.where(sel, ah_m[None], book.ahead)
+        )
     )
-    return state.replace(book=book)
 
 
 def set_side(x: Array, s, v: Array) -> Array:

@@ -103,9 +103,11 @@ def requote(state: SimState, params: Params) -> SimState:
     bal = state.acct.bal
     adds = []
     for m in range(N_MARKETS):
-        if m != PERP:  # perp orders held no reserves and cost nothing to place
-            bal = bal.at[:, USDT].add(refund_usdt[m])
-            bal = bal.at[:, MARKET_ASSET[m]].add(refund_asset[m])
+        if m == PERP:  # perp orders held no reserves and cost nothing to place
+            adds.append(add[m])
+            continue
+        bal = bal.at[:, USDT].add(refund_usdt[m])
+        bal = bal.at[:, MARKET_ASSET[m]].add(refund_asset[m])
         add_m, bal = _pay_spot_quotes(params, m, px[m], cut[m], add[m], bal)
         adds.append(add_m)
     q, ah = jax.vmap(bk.requote, in_axes=(0, 0, None, 0, 0))(q, ah, LP_SLOT, cut, jnp.stack(adds))

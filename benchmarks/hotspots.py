@@ -4,7 +4,9 @@
         [--calls 5] [--top 25] [--phase step|orders|lp|liquidation] [--json FILE]
 
 It warms `--batch` envs up for `--warm-ticks` ticks, compiles `jit(vmap(phase))` (the whole
-`jaxsim.step`, or one phase of it on the state it sees inside the step), runs it `--calls`
+`jaxsim.step`, or one phase of it on the warmed state: `orders` = the background traders'
+orders of the tick and their processing, `lp` = the LP's requote, `liquidation` = the
+cascade and the fund's unwind), runs it `--calls`
 times under `jax.profiler.trace` and prints one row per fusion: its share of the time, its
 microseconds per call and per env-step, how many times a call ran it (a fusion inside the
 order loop runs once per iteration), its output shape, and the static measure below.
@@ -168,7 +170,7 @@ def format_rows(rows: list[dict], total_us: float) -> list[str]:
 
 
 def _phase_fn(phase: str, params):
-    """(fn(key, state), needs the pre-phase state?) for --phase."""
+    """fn(key, state) -> state for --phase."""
     import jaxsim
     from jaxsim.mechanisms import liquidation, liquidity, tick_acc
     from jaxsim.mechanisms import orders as order_entry

@@ -81,7 +81,9 @@ KNOWN_KEYS = {
     "max_grad_norm",
     "policy_kwargs",
     "normalize_advantage",
+    "pretrain",
 }
+PRETRAIN_KEYS = {"policy", "steps", "epochs", "learning_rate", "coef"}
 KNOWN_POLICY_KWARGS = {"net_arch", "activation_fn", "log_std_init"}
 
 
@@ -126,6 +128,15 @@ class PPOSettings:
     clip_obs: float = 10.0
     clip_reward: float = 10.0
     normalize_advantage: bool = True
+    # Behaviour cloning before PPO (`pretrain: {policy, steps, epochs, learning_rate}`):
+    # the actor's mean is fitted to a heuristic's actions on the states it visits.
+    pretrain_policy: str = ""
+    pretrain_steps: int = 64
+    pretrain_epochs: int = 10
+    pretrain_lr: float = 1e-3
+    # Kickstarting: weight of the squared distance between the actor's mean and the
+    # teacher's action on each PPO minibatch (0 = behaviour cloning only at the start).
+    pretrain_coef: float = 0.0
 
     @property
     def rollout(self) -> int:
@@ -156,6 +167,23 @@ class PPOSettings:
             raise JaxPPOConfigError(
                 f"policy_kwargs.net_arch must list layer sizes, got {self.net_arch}"
             )
+        if self.pretrain_policy:
+            if self.pretrain_steps < 1 or self.pretrain_epochs < 1:
+                raise JaxPPOConfigError(
+                    "pretrain.steps and pretrain.epochs must be >= 1, got "
+                    f"{self.pretrain_steps}, {self.pretrain_epochs}"
+                )
+            if (self.n_envs * self.pretrain_steps) % self.batch_size:
+                raise JaxPPOConfigError(
+                    f"batch_size {self.batch_size} must divide pretrain.steps x n_envs = "
+                    f"{self.n_envs * self.pretrain_steps}"
+                )
+            if not self.pretrain_coef >= 0.0:
+                raise JaxPPOConfigError(f"pretrain.coef must be >= 0, got {self.pretrain_coef}")
+            if not self.pretrain_lr > 0.0:
+                raise JaxPPOConfigError(
+                    f"pretrain.learning_rate must be > 0, got {self.pretrain_lr}"
+                )
 
     @classmethod
     def from_hyperparams(
@@ -187,6 +215,16 @@ class PPOSettings:
         bad = sorted(set(norm_kw) - {"norm_obs", "norm_reward", "clip_obs", "clip_reward", "gamma"})
         if bad:
             raise JaxPPOConfigError(f"normalize keys {bad} not supported by the JAX backend")
+        pre = hp.get("pretrain") or {}
+        if not isinstance(pre, dict):
+            raise JaxPPOConfigError(f"pretrain must be a mapping, got {pre!r}")
+        bad = sorted(set(pre) - PRETRAIN_KEYS)
+        if bad:
+            raise JaxPPOConfigError(
+                f"pretrain keys {bad} unknown; allowed: {sorted(PRETRAIN_KEYS)}"
+            )
+        if pre and not pre.get("policy"):
+            raise JaxPPOConfigError("pretrain needs a policy (a heuristic of the role)")
         lr, lr_lin = _schedule(hp.get("learning_rate", 3e-4), "learning_rate")
         clip, clip_lin = _schedule(hp.get("clip_range", 0.2), "clip_range")
         s = cls(
@@ -211,6 +249,11 @@ class PPOSettings:
             clip_obs=float(norm_kw.get("clip_obs", 10.0)),
             clip_reward=float(norm_kw.get("clip_reward", 10.0)),
             normalize_advantage=bool(hp.get("normalize_advantage", True)),
+            pretrain_policy=str(pre.get("policy") or ""),
+            pretrain_steps=int(pre.get("steps", 64)),
+            pretrain_epochs=int(pre.get("epochs", 10)),
+            pretrain_lr=float(pre.get("learning_rate", 1e-3)),
+            pretrain_coef=float(pre.get("coef", 0.0)),
         )
         if check:
             s.validate()
@@ -326,11 +369,40 @@ class Runner:
     update: Array  # updates done
 
 
-def make_trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates: int):
-    """(init, run) for one env configuration: `init(key) -> Runner` and
-    `run(runner, n_updates) -> (runner, metrics per update)` (jit with n_updates static).
+def teacher_policy(env: Any, params: Any, name: str) -> tuple[Policy, Any]:
+    """The heuristic `name` of the env's role and its parameters, for behaviour cloning.
+    `params`: the env's `EnvParams`, or a distribution's `PoolParams` (the role settings
+    the heuristic reads are the same in every member; the first member's are used).
 
-    `total_updates` sets the linear schedules (the budget they decay over).
+    Raises:
+        JaxPPOConfigError: no such heuristic for the role (the message lists them).
+    """
+    from agents.heuristics import heuristic
+
+    role = getattr(env, "role", None) or env.inner.role
+    try:
+        pol = heuristic(role, name)
+    except ValueError as e:
+        raise JaxPPOConfigError(f"pretrain.policy: {e}") from None
+    members = getattr(params, "members", None)
+    one = params if members is None else jax.tree_util.tree_map(lambda x: x[0], members)
+    return pol, pol.make_params(one)
+
+
+def make_trainer(
+    env: RoleEnv,
+    params: EnvParams,
+    s: PPOSettings,
+    total_updates: int,
+    teacher: tuple[Policy, Any] | None = None,
+):
+    """(init, run, pretrain) for one env configuration: `init(key) -> Runner`,
+    `run(runner, n_updates) -> (runner, metrics per update)` (jit with n_updates static)
+    and `pretrain(runner) -> (runner, metrics)` (None without `s.pretrain_policy`).
+
+    `total_updates` sets the linear schedules (the budget they decay over). `teacher`:
+    (policy, its params) for behaviour cloning and kickstarting; default the heuristic
+    `s.pretrain_policy` of the env's role (`teacher_policy`).
     """
     s.validate()
     n_act = int(env.action_space(params).shape[0])
@@ -346,6 +418,12 @@ def make_trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates:
         if hasattr(env, "step_batch")
         else jax.vmap(env.step, in_axes=(0, 0, 0, None))
     )
+
+    t_params = v_teacher = None
+    kickstart = bool(s.pretrain_policy) and s.pretrain_coef > 0.0
+    if s.pretrain_policy:
+        t_pol, t_params = teacher or teacher_policy(env, params, s.pretrain_policy)
+        v_teacher = jax.vmap(t_pol.fn, in_axes=(0, 0, None))
 
     def init(key: Array) -> Runner:
         k_net, k_env, key = jax.random.split(key, 3)
@@ -367,6 +445,17 @@ def make_trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates:
         mean, log_std, value = net.apply(r.train_state.params, nobs)
         action = mean + jnp.exp(log_std) * jax.random.normal(k_act, mean.shape)
         logp = gaussian_log_prob(action, mean, log_std)
+        # Kickstarting: the teacher's action on the same state (its own key: the PPO
+        # stream is the same with and without it).
+        t_act = (
+            jnp.clip(
+                v_teacher(jax.random.split(jax.random.fold_in(k_act, 1), s.n_envs), r.obs, t_params),
+                -1.0,
+                1.0,
+            )
+            if kickstart
+            else jnp.zeros_like(mean)
+        )
         obs, env_state, reward, term, trunc, info = v_step(
             jax.random.split(k_env, s.n_envs), r.env_state, jnp.clip(action, -1.0, 1.0), params
         )
@@ -390,6 +479,7 @@ def make_trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates:
         trans = {
             "obs": nobs,
             "action": action,
+            "teacher": t_act.astype(mean.dtype),
             "logp": logp,
             "value": value,
             "reward": r_train,
@@ -421,6 +511,8 @@ def make_trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates:
         v_loss = jnp.mean((batch["ret"] - value) ** 2)
         ent = gaussian_entropy(log_std).mean()
         loss = pg + s.vf_coef * v_loss - s.ent_coef * ent
+        if kickstart:
+            loss = loss + s.pretrain_coef * jnp.mean((mean - batch["teacher"]) ** 2)
         approx_kl = jnp.mean((ratio - 1) - (logp - batch["logp"]))
         clip_frac = jnp.mean(jnp.abs(ratio - 1) > clip)
         return loss, (pg, v_loss, ent, approx_kl, clip_frac)
@@ -436,6 +528,7 @@ def make_trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates:
         flat = {
             "obs": traj["obs"],
             "action": traj["action"],
+            "teacher": traj["teacher"],
             "logp": traj["logp"],
             "adv": adv,
             "ret": ret,
@@ -490,7 +583,74 @@ def make_trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates:
     def run(r: Runner, n_updates: int):
         return jax.lax.scan(one_update, r, None, n_updates)
 
-    return init, jax.jit(run, static_argnums=1)
+    pretrain = None
+    if s.pretrain_policy:
+        n_bc = s.n_envs * s.pretrain_steps
+        n_mb = n_bc // s.batch_size
+        bc_tx = optax.adam(s.pretrain_lr, eps=1e-5)
+
+        def collect(r: Runner, _):
+            key, k_act, k_env = jax.random.split(r.key, 3)
+            action = v_teacher(jax.random.split(k_act, s.n_envs), r.obs, t_params)
+            action = jnp.clip(action.astype(jnp.float32), -1.0, 1.0)
+            obs, env_state, _, _, _, _ = v_step(
+                jax.random.split(k_env, s.n_envs), r.env_state, action, params
+            )
+            obs_stats = r.obs_stats.update(obs) if s.norm_obs else r.obs_stats
+            r = r.replace(env_state=env_state, obs=obs, obs_stats=obs_stats, key=key)
+            return r, (r.obs, action)
+
+        def bc_loss(net_params, x, y):
+            mean, _, _ = net.apply(net_params, x)
+            return jnp.mean((mean - y) ** 2)
+
+        bc_grad = jax.value_and_grad(bc_loss)
+
+        def pretrain_fn(r: Runner):
+            """Behaviour cloning: the teacher acts for `pretrain_steps` steps of every env
+            (the observation statistics follow its states), then the actor's mean is
+            fitted to its actions (mean squared error, `pretrain_epochs` passes, Adam).
+            PPO then starts from a fresh optimizer state and fresh episodes."""
+            obs0 = r.obs
+            r, (obs, act) = jax.lax.scan(collect, r, None, s.pretrain_steps)
+            # The state the teacher acted on is the one before each step.
+            obs = jnp.concatenate([obs0[None], obs[:-1]], 0).reshape((n_bc, -1))
+            x = normalize_obs(obs, r.obs_stats, s)
+            y = act.reshape((n_bc, -1))
+            key, k_fit, k_reset = jax.random.split(r.key, 3)
+
+            def epoch(carry, k):
+                p, opt = carry
+                perm = jax.random.permutation(k, n_bc)
+                xb = x[perm].reshape((n_mb, s.batch_size, -1))
+                yb = y[perm].reshape((n_mb, s.batch_size, -1))
+
+                def mb(c, b):
+                    p, opt = c
+                    loss, g = bc_grad(p, *b)
+                    upd, opt = bc_tx.update(g, opt, p)
+                    return (optax.apply_updates(p, upd), opt), loss
+
+                (p, opt), losses = jax.lax.scan(mb, (p, opt), (xb, yb))
+                return (p, opt), losses.mean()
+
+            p0 = r.train_state.params
+            (p, _), losses = jax.lax.scan(
+                epoch, (p0, bc_tx.init(p0)), jax.random.split(k_fit, s.pretrain_epochs)
+            )
+            ts = TrainState.create(apply_fn=net.apply, params=p, tx=tx)
+            obs, env_state = v_reset(jax.random.split(k_reset, s.n_envs), params)
+            obs_stats = r.obs_stats.update(obs) if s.norm_obs else r.obs_stats
+            z = jnp.zeros((s.n_envs,))
+            r = r.replace(
+                train_state=ts, env_state=env_state, obs=obs, obs_stats=obs_stats,
+                ret_acc=z, ep_ret=z, ep_len=z.astype(jnp.int32), key=key,
+            )  # fmt: skip
+            return r, {"mse_first": losses[0], "mse_last": losses[-1], "samples": n_bc}
+
+        pretrain = jax.jit(pretrain_fn)
+
+    return init, jax.jit(run, static_argnums=1), pretrain
 
 
 # ============================================================== saving and loading
@@ -599,8 +759,8 @@ def _trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates: int
         digest.update(x.tobytes())
     key = (env, s, int(total_updates), str(tree), digest.hexdigest())
     if key not in _TRAINERS:
-        init, run = make_trainer(env, params, s, total_updates)
-        _TRAINERS[key] = (jax.jit(init), run, {})
+        init, run, pretrain = make_trainer(env, params, s, total_updates)
+        _TRAINERS[key] = (jax.jit(init), run, {}, pretrain)
     return _TRAINERS[key]
 
 
@@ -678,13 +838,31 @@ def train(
     total_updates = done_updates + n_calls * k
 
     t0 = time.perf_counter()
-    init, run, compiled_by_k = _trainer(env, params, s, total_updates)
+    init, run, compiled_by_k, pretrain = _trainer(env, params, s, total_updates)
     runner = init(jax.random.PRNGKey(seed))
+    bc: dict[str, Any] = {}
     if resume:
         runner = restore_runner(path, runner)
         print(f"resuming from {path} ({done_before} steps done, target {n_timesteps})")
         if n_calls == 0:
             print(f"nothing to do: {done_before} steps done >= target {n_timesteps}")
+    elif pretrain is not None:
+        tb = time.perf_counter()
+        runner, m = pretrain(runner)
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        bc = {
+            "policy": s.pretrain_policy,
+            "samples": int(m["samples"]),
+            "mse_first_epoch": round(m["mse_first"], 6),
+            "mse_last_epoch": round(m["mse_last"], 6),
+            "seconds": round(time.perf_counter() - tb, 1),
+        }
+        if verbose:
+            print(
+                f"behaviour cloning of {s.pretrain_policy}: {bc['samples']:,} samples, "
+                f"action MSE {bc['mse_first_epoch']:.4g} -> {bc['mse_last_epoch']:.4g} "
+                f"in {bc['seconds']:.0f} s (compile included)"
+            )
     setup_s = time.perf_counter() - t0
 
     rows: list[dict[str, Any]] = []
@@ -750,6 +928,7 @@ def train(
             "env_steps_per_s": round(sps, 1),
             "resumed": bool(resume),
             "time_limited": bool(time_limited),
+            **({"pretrain": bc} if bc else {}),
         }
     )
     cfg = {

@@ -546,7 +546,7 @@ def bench_train(args) -> list[dict]:
             "ppo", "market_maker", {"n_steps": 64, "batch_size": max(64 * n_env // 8, 1)}
         )
         st = jax_ppo.PPOSettings.from_hyperparams(hp, n_envs=n_env)
-        init, run = jax_ppo.make_trainer(env, params, st, total_updates=n_upd + 1)
+        init, run, _ = jax_ppo.make_trainer(env, params, st, total_updates=n_upd + 1)
         t0 = time.perf_counter()
         runner = jax.jit(init)(jax.random.PRNGKey(0))
         compiled = run.lower(runner, 1).compile()

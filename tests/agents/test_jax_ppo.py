@@ -106,7 +106,7 @@ SMALL = J.PPOSettings(
 
 @pytest.fixture(scope="module")
 def bandit_trainer():
-    init, run = J.make_trainer(Bandit(), None, SMALL, total_updates=60)
+    init, run, _ = J.make_trainer(Bandit(), None, SMALL, total_updates=60)
     return jax.jit(init), run
 
 
@@ -145,6 +145,78 @@ def test_ppo_learns_the_bandit_and_is_deterministic(bandit_trainer):
         np.asarray(r1.train_state.params["params"]["pi_out"]["kernel"]),
         np.asarray(r3.train_state.params["params"]["pi_out"]["kernel"]),
     )
+
+
+# ------------------------------------------------------------------ behaviour cloning
+
+
+def _bandit_teacher(sign: float):
+    """A teacher for the bandit: action = sign x 0.5 x context (sign +1 is optimal)."""
+    from agents.heuristics import Policy
+
+    def fn(key, obs, p):
+        return sign * 0.5 * obs
+
+    return Policy("teacher", "bandit", fn, lambda *a, **k: (), "test teacher"), ()
+
+
+def _bc_settings(**kw):
+    import dataclasses
+
+    return dataclasses.replace(
+        SMALL, pretrain_policy="teacher", pretrain_steps=8, pretrain_epochs=60, **kw
+    )
+
+
+def test_pretrain_clones_the_teacher_and_starts_fresh_episodes():
+    init, _, pretrain = J.make_trainer(
+        Bandit(), None, _bc_settings(), total_updates=1, teacher=_bandit_teacher(1.0)
+    )
+    r0 = jax.jit(init)(jax.random.PRNGKey(0))
+    r1, m = pretrain(r0)
+    # 16 envs x 8 steps of the teacher; the untrained policy is ~0 (error ~0.5).
+    assert int(m["samples"]) == 128
+    assert _mean_error(r0) > 0.4
+    assert _mean_error(r1) < 0.05, _mean_error(r1)
+    assert float(m["mse_last"]) < 0.1 * float(m["mse_first"])
+    # PPO starts from a fresh optimizer and fresh episodes.
+    assert int(r1.train_state.step) == 0
+    assert not np.any(np.asarray(r1.ep_len)) and not np.any(np.asarray(r1.ret_acc))
+
+
+def test_kickstart_term_holds_the_policy_near_the_teacher():
+    """A wrong teacher (the negated target): after behaviour cloning PPO alone moves the
+    policy to the target; with a heavy kickstarting weight it stays near the teacher."""
+    errs = {}
+    for coef in (0.0, 50.0):
+        init, run, pretrain = J.make_trainer(
+            Bandit(), None, _bc_settings(pretrain_coef=coef), 30, teacher=_bandit_teacher(-1.0)
+        )
+        r, _ = pretrain(jax.jit(init)(jax.random.PRNGKey(0)))
+        assert _mean_error(r) > 0.9  # cloned the wrong teacher (target error 2 x 0.5)
+        r, m = run(r, 30)
+        assert np.all(np.isfinite(np.asarray(m["loss"])))
+        errs[coef] = _mean_error(r)
+    assert errs[0.0] < 0.5 < errs[50.0], errs
+
+
+def test_pretrain_settings_are_checked():
+    with pytest.raises(J.JaxPPOConfigError, match="pretrain keys"):
+        J.PPOSettings.from_hyperparams({"pretrain": {"policy": "x", "epoch": 3}})
+    with pytest.raises(J.JaxPPOConfigError, match="needs a policy"):
+        J.PPOSettings.from_hyperparams({"pretrain": {"steps": 3}})
+    with pytest.raises(J.JaxPPOConfigError, match="pretrain.steps"):
+        J.PPOSettings.from_hyperparams({"pretrain": {"policy": "x", "steps": 0}})
+    with pytest.raises(J.JaxPPOConfigError, match="pretrain.steps x n_envs"):
+        J.PPOSettings.from_hyperparams(
+            {"n_steps": 64, "batch_size": 64, "pretrain": {"policy": "x", "steps": 3}}, n_envs=4
+        )
+    with pytest.raises(J.JaxPPOConfigError, match="coef"):
+        J.PPOSettings.from_hyperparams({"pretrain": {"policy": "x", "coef": -1.0}})
+    with pytest.raises(J.JaxPPOConfigError, match="avellaneda_stoikov"):
+        J.teacher_policy(envs.make_role("market_maker"), None, "nope")
+    s = J.PPOSettings.from_hyperparams({"pretrain": {"policy": "avellaneda_stoikov"}})
+    assert (s.pretrain_policy, s.pretrain_steps, s.pretrain_coef) == ("avellaneda_stoikov", 64, 0.0)
 
 
 # ------------------------------------------------------------------ the CLI on a real role

@@ -50,6 +50,16 @@ DEFAULT_RUN = {
         "n_steps": 64,  # x 256 envs = 16,384 transitions per update
         "batch_size": 2048,
         "env_kwargs.max_episode_steps": 720,  # 6 h at 30 s: every crash's event fits
+        # Kickstarted PPO: the actor is first cloned from Avellaneda-Stoikov (128 steps of
+        # every env, 300 passes), then PPO trains with a squared-distance term to its
+        # actions (weight 5) and a small step size and exploration noise. Without the
+        # teacher, three minutes of PPO end below `flat` in calm (benchmarks/RESULTS.md).
+        "pretrain.policy": "avellaneda_stoikov",
+        "pretrain.steps": 128,
+        "pretrain.epochs": 300,
+        "pretrain.coef": 5.0,
+        "learning_rate": 1e-4,
+        "policy_kwargs.log_std_init": -1.5,
     },
     "eval_seeds": 2,
     "eval_max_steps": 720,  # 6 h at 30 s: every crash scenario's event fits

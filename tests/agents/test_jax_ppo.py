@@ -219,6 +219,21 @@ def test_pretrain_settings_are_checked():
     assert (s.pretrain_policy, s.pretrain_steps, s.pretrain_coef) == ("avellaneda_stoikov", 64, 0.0)
 
 
+def test_main_job_settings_parse_and_name_a_teacher_of_the_role():
+    """`python train.py`'s hyperparameters are accepted by the JAX backend, and its
+    kickstarting teacher is a heuristic of the trained role."""
+    import train
+    from agents.sb3_train import load_hyperparams, parse_overrides
+
+    d = train.DEFAULT_RUN
+    over = parse_overrides([f"{k}:{v}" for k, v in d["params"].items()])
+    hp = load_hyperparams("ppo", d["role"], over)
+    s = J.PPOSettings.from_hyperparams(hp, n_envs=d["n_envs"])
+    assert s.pretrain_policy and s.pretrain_coef > 0
+    pol, _ = J.teacher_policy(envs.make_role(d["role"]), envs.make(d["role"])[1], s.pretrain_policy)
+    assert pol.role == d["role"]
+
+
 # ------------------------------------------------------------------ the CLI on a real role
 
 

@@ -15,7 +15,11 @@ It follows stable-baselines3's PPO so the two backends train the same thing from
   `gamma * V(final observation)`;
 - GAE(lambda), advantages normalised per minibatch, clipped surrogate, unclipped value
   loss, entropy bonus, global-norm gradient clipping, Adam (eps 1e-5); "lin_<x>"
-  learning rate / clip range decay linearly to 0 over the budget.
+  learning rate / clip range decay linearly to 0 over the budget;
+- kickstarting (this backend only, `pretrain: {policy, steps, epochs, learning_rate,
+  coef}`): the actor's mean is first fitted to a heuristic of the role on the states it
+  visits (behaviour cloning), and with `coef` > 0 each PPO minibatch loss adds `coef` x the
+  squared distance to the heuristic's actions (`make_trainer`'s `pretrain`).
 
 Not supported (a clear error says so): SB3 keys without a counterpart here (`target_kl`,
 `use_sde`, `clip_range_vf`, ...), other algorithms, resuming from an SB3 run.
@@ -128,8 +132,8 @@ class PPOSettings:
     clip_obs: float = 10.0
     clip_reward: float = 10.0
     normalize_advantage: bool = True
-    # Behaviour cloning before PPO (`pretrain: {policy, steps, epochs, learning_rate}`):
-    # the actor's mean is fitted to a heuristic's actions on the states it visits.
+    # Behaviour cloning before PPO (`pretrain: {policy, steps, epochs, learning_rate,
+    # coef}`): the actor's mean is fitted to a heuristic's actions on the states it visits.
     pretrain_policy: str = ""
     pretrain_steps: int = 64
     pretrain_epochs: int = 10
@@ -454,7 +458,7 @@ def make_trainer(
                 1.0,
             )
             if kickstart
-            else jnp.zeros_like(mean)
+            else None
         )
         obs, env_state, reward, term, trunc, info = v_step(
             jax.random.split(k_env, s.n_envs), r.env_state, jnp.clip(action, -1.0, 1.0), params
@@ -479,7 +483,6 @@ def make_trainer(
         trans = {
             "obs": nobs,
             "action": action,
-            "teacher": t_act.astype(mean.dtype),
             "logp": logp,
             "value": value,
             "reward": r_train,
@@ -488,6 +491,8 @@ def make_trainer(
             "ep_ret": ep_ret,
             "ep_len": ep_len,
         }
+        if kickstart:
+            trans["teacher"] = t_act.astype(mean.dtype)
         r = r.replace(
             env_state=env_state,
             obs=obs,
@@ -528,11 +533,12 @@ def make_trainer(
         flat = {
             "obs": traj["obs"],
             "action": traj["action"],
-            "teacher": traj["teacher"],
             "logp": traj["logp"],
             "adv": adv,
             "ret": ret,
         }
+        if kickstart:
+            flat["teacher"] = traj["teacher"]
         flat = jax.tree_util.tree_map(lambda x: x.reshape((s.rollout, *x.shape[2:])), flat)
 
         def epoch(carry, k):

@@ -330,6 +330,17 @@ def gaussian_entropy(log_std: Array) -> Array:
     return jnp.sum(log_std + 0.5 * jnp.log(2 * jnp.pi * jnp.e), axis=-1)
 
 
+def shuffled_minibatches(key: Array, data: Any, batch_size: int) -> Any:
+    """`data` (a pytree of arrays with a common leading axis N) shuffled by one permutation
+    and cut into N // batch_size minibatches: leaves of shape (N // batch_size, batch_size,
+    ...). N must be a multiple of batch_size."""
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    perm = jax.random.permutation(key, n)
+    return jax.tree_util.tree_map(
+        lambda x: x[perm].reshape((n // batch_size, batch_size, *x.shape[1:])), data
+    )
+
+
 def gae(
     rewards: Array, values: Array, dones: Array, last_value: Array, gamma: float, lam: float
 ) -> tuple[Array, Array]:
@@ -543,10 +554,7 @@ def make_trainer(
 
         def epoch(carry, k):
             ts = carry
-            perm = jax.random.permutation(k, s.rollout)
-            mbs = jax.tree_util.tree_map(
-                lambda x: x[perm].reshape((s.n_minibatches, s.batch_size, *x.shape[1:])), flat
-            )
+            mbs = shuffled_minibatches(k, flat, s.batch_size)
 
             def minibatch(ts, mb):
                 (loss, aux), grads = grad_fn(ts.params, mb, clip)
@@ -592,7 +600,6 @@ def make_trainer(
     pretrain = None
     if s.pretrain_policy:
         n_bc = s.n_envs * s.pretrain_steps
-        n_mb = n_bc // s.batch_size
         bc_tx = optax.adam(s.pretrain_lr, eps=1e-5)
 
         def collect(r: Runner, _):
@@ -627,9 +634,6 @@ def make_trainer(
 
             def epoch(carry, k):
                 p, opt = carry
-                perm = jax.random.permutation(k, n_bc)
-                xb = x[perm].reshape((n_mb, s.batch_size, -1))
-                yb = y[perm].reshape((n_mb, s.batch_size, -1))
 
                 def mb(c, b):
                     p, opt = c
@@ -637,7 +641,9 @@ def make_trainer(
                     upd, opt = bc_tx.update(g, opt, p)
                     return (optax.apply_updates(p, upd), opt), loss
 
-                (p, opt), losses = jax.lax.scan(mb, (p, opt), (xb, yb))
+                (p, opt), losses = jax.lax.scan(
+                    mb, (p, opt), shuffled_minibatches(k, (x, y), s.batch_size)
+                )
                 return (p, opt), losses.mean()
 
             p0 = r.train_state.params

@@ -28,7 +28,8 @@ def expand_table_rows(rows: Any, rules: ExchangeRules, dims: Dims, rules_cfg: di
     - `field: tiers, value: [[floor, max_leverage, mmr], ...]` replaces the whole bracket
       table (as `rules.tiers` in YAML; the other rules from `rules_cfg`);
     - `field: max_leverage_cap, value: X` caps every tier's max leverage at X (tiers
-      allowing more are lowered to X; the maintenance rates stay).
+      allowing more are lowered to X, one row each; the others and the maintenance rates
+      stay; a cap that lowers no tier adds no row).
     """
     if not isinstance(rows, list):
         raise ConfigError("schedule must be a list of rule changes")
@@ -54,8 +55,11 @@ def expand_table_rows(rows: Any, rules: ExchangeRules, dims: Dims, rules_cfg: di
             cap = FIELDS["schedule[].max_leverage_cap"].check(
                 row.get("value"), f"schedule[{i}].value"
             )
-            levs = np.minimum(np.asarray(rules.tier_max_lev, float), cap)
-            out.append({**base, "field": "tier_max_lev", "value": [float(x) for x in levs]})
+            # One row per tier the cap lowers (a tier already at or under it is left as
+            # it is), so a leverage cut phased in several steps fits dims.n_schedule.
+            levs = np.asarray(rules.tier_max_lev, float)
+            for j in np.flatnonzero(levs > cap):
+                out.append({**base, "field": "tier_max_lev", "index": int(j), "value": float(cap)})
         else:
             out.append(row)
     return out

@@ -424,6 +424,34 @@ def test_schedule_rows_become_ticks():
     assert float(s.value[0]) == pytest.approx(2e5)
 
 
+def test_max_leverage_cap_rows_lower_only_tiers_above_the_cap():
+    """A cap writes one row per tier it lowers; tiers at or under it keep their value (and
+    add no row), so a cut phased in several steps fits the schedule's rows."""
+    p0 = load_scenario(TESTBED, overrides={"rules.tiers": BTC_TIERS})
+    levs = np.asarray(p0.rules.tier_max_lev, np.float64)
+    rows = [
+        {"effective_s": 50.0, "field": "max_leverage_cap", "value": 80.0},
+        {"effective_s": 90.0, "field": "max_leverage_cap", "value": 1000.0},  # lowers none
+    ]
+    p = load_scenario(TESTBED, overrides={"rules.tiers": BTC_TIERS, "schedule": rows})
+    s = p.schedule
+    active = np.asarray(s.active)
+    n_above = int((levs > 80.0).sum())
+    assert 0 < n_above < levs.size  # some tiers lowered, some not
+    assert int(active.sum()) == n_above
+    np.testing.assert_allclose(np.asarray(s.value)[active], 80.0)
+    assert (np.asarray(s.effective_tick)[active] == 5).all()
+    # The rules in force after the change: min(tier, cap) for every tier.
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(p.rules)
+    flat = np.asarray(flat, np.float64).copy()
+    flat[np.asarray(s.flat_index)[active]] = np.asarray(s.value)[active]
+    np.testing.assert_allclose(
+        np.asarray(unravel(flat).tier_max_lev, np.float64), np.minimum(levs, 80.0)
+    )
+
+
 # ------------------------------------------------------------------ the field table
 
 _TEMPLATE = ("[]", "*")

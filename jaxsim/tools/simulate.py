@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxsim import metrics as mt
 from jaxsim.config import ConfigError, build_params, list_scenarios, list_variants, scenario_config
-from jaxsim.engine import audit, reset, rollout
+from jaxsim.engine import audit, no_orders, reset, rollout, step, tie_to_key
 from jaxsim.tools import cli
 from jaxsim.tools import simulate_report as rep
 from jaxsim.types import Params
@@ -85,6 +85,52 @@ def _batch(keys, params: Params, n_ticks: int, policy: Callable | None = None):
         return audit(s0, params), audit(s1, params), ev
 
     return jax.vmap(one)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("n_ticks",))
+def _start(keys, params: Params, n_ticks: int):
+    """A chunked run's start: the reset states (tied to their keys as `rollout` does), the
+    audits of the reset states and every tick's key, (seeds, n_ticks, 2)."""
+
+    def one(key):
+        s0 = reset(key, params)
+        _, k_run = jax.random.split(key)
+        return tie_to_key(s0, k_run), audit(s0, params), jax.random.split(k_run, n_ticks)
+
+    return jax.vmap(one)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("policy",))
+def _advance(states, tick_keys, params: Params, policy: Callable | None = None):
+    """Run the batch on from `states` over `tick_keys` (seeds, T, 2): the ticks of
+    `rollout`, one chunk of them."""
+
+    def one(state, keys):
+        def body(state, k):
+            k_pol, k_step = jax.random.split(k)
+            orders = no_orders(params) if policy is None else policy(k_pol, state, params)
+            return step(k_step, state, orders, params)
+
+        return jax.lax.scan(body, state, keys)
+
+    return jax.vmap(one)(states, tick_keys)
+
+
+_audit_batch = jax.jit(jax.vmap(audit, in_axes=(0, None)))
+
+
+def _run_chunked(keys, params: Params, n_ticks: int, chunk: int, policy: Callable | None):
+    """`_batch` in chunks of `chunk` ticks: every full chunk runs the same compiled program,
+    so runs of different horizons (multiples of `chunk`) share it. The tick keys are
+    `rollout`'s (a partitionable threefry split: the first k of n keys are the k keys), so
+    the events are `_batch`'s."""
+    states, a0, tick_keys = _start(keys, params, n_ticks)
+    evs = []
+    for t0 in range(0, n_ticks, chunk):
+        states, ev = _advance(states, tick_keys[:, t0 : t0 + chunk], params, policy)
+        evs.append(jax.device_get(ev))
+    ev = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=1), *evs)
+    return a0, _audit_batch(states, params), ev
 
 
 @functools.partial(jax.jit, static_argnames=("n_ticks",))
@@ -149,17 +195,32 @@ def run_distribution(args) -> int:
 
 
 def run_batch(
-    params: Params, n_ticks: int, seeds: int = 16, seed: int = 0, policy: Callable | None = None
+    params: Params,
+    n_ticks: int,
+    seeds: int = 16,
+    seed: int = 0,
+    policy: Callable | None = None,
+    chunk: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One jitted, vmapped rollout over `seeds` keys.
 
     Returns (events, audit0, audit1): events = {TickEvents field: array (seeds, n_ticks, ...)};
     audit0 / audit1 = `jaxsim.audit` of the initial / final states, arrays (seeds, ...).
     `policy(key, state, params) -> Orders` must be hashable (a module-level function).
+    `chunk`: run the ticks in chunks of this many (a last, shorter chunk compiles a program
+    of its own), so that runs whose horizons are multiples of it share one compiled
+    program; the same events as one rollout. None: one program for the whole horizon.
     """
-    a0, a1, ev = jax.block_until_ready(
-        _batch(cli.seed_keys(seeds, seed), params, int(n_ticks), policy)
-    )
+    n_ticks = int(n_ticks)
+    keys = cli.seed_keys(seeds, seed)
+    if chunk is None:
+        a0, a1, ev = jax.block_until_ready(_batch(keys, params, n_ticks, policy))
+    else:
+        if int(chunk) < 1:
+            raise ValueError(f"chunk must be at least one tick, got {chunk}")
+        a0, a1, ev = jax.block_until_ready(
+            _run_chunked(keys, params, n_ticks, int(chunk), policy)
+        )
     ev, a0, a1 = jax.device_get((ev, a0, a1))
     return mt.as_dict(ev), mt.as_dict(a0), mt.as_dict(a1)
 

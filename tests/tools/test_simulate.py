@@ -130,6 +130,24 @@ def test_api_metrics_shapes_and_ledger(api_run):
     assert s["dd_ext"]["n"] == SEEDS
 
 
+def test_chunked_run_equals_one_rollout(api_run):
+    """`run_batch(chunk=...)` continues each chunk from the last one's states with the
+    rollout's own tick keys: the events and both audits are those of one rollout, bit for
+    bit (the scenario tests run their 48 h calm day as chunks of the 6 h program)."""
+    params, ev = api_run
+    ev1, a0, a1 = sim.run_batch(params, TICKS, SEEDS, 0)  # the API run's program
+    ev2, b0, b1 = sim.run_batch(params, TICKS, SEEDS, 0, chunk=TICKS // 2)
+    assert set(ev2) == set(ev1)
+    for k in ev1:
+        np.testing.assert_array_equal(ev2[k], ev1[k], err_msg=k)
+        np.testing.assert_array_equal(ev1[k], ev[k], err_msg=k)
+    for k in a1:
+        np.testing.assert_array_equal(b0[k], a0[k], err_msg=k)
+        np.testing.assert_array_equal(b1[k], a1[k], err_msg=k)
+    with pytest.raises(ValueError, match="chunk"):
+        sim.run_batch(params, TICKS, SEEDS, 0, chunk=0)
+
+
 def test_python_m_jaxsim_tools_runs(capsys, cli_run):
     from jaxsim.tools.__main__ import main
 

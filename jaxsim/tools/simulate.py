@@ -218,9 +218,7 @@ def run_batch(
     else:
         if int(chunk) < 1:
             raise ValueError(f"chunk must be at least one tick, got {chunk}")
-        a0, a1, ev = jax.block_until_ready(
-            _run_chunked(keys, params, n_ticks, int(chunk), policy)
-        )
+        a0, a1, ev = jax.block_until_ready(_run_chunked(keys, params, n_ticks, int(chunk), policy))
     ev, a0, a1 = jax.device_get((ev, a0, a1))
     return mt.as_dict(ev), mt.as_dict(a0), mt.as_dict(a1)
 

@@ -22,18 +22,44 @@ from jaxsim.types import POLICY_NAMES, Dims, ExchangeRules, Schedule
 _ROW_KEYS = ("announce_s", "effective_s", "field", "value", "policy", "index")
 
 
+def _effective_s(row: dict) -> float:
+    """A row's effective time for ordering (bad values are reported by `_expand`)."""
+    try:
+        return float(row.get("effective_s", 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _tier_lev_writes(row: dict, new_levs: list[float] | None) -> dict[int, float]:
+    """Tier max-leverage elements a table swap or a `tier_max_lev` row writes."""
+    if new_levs is not None:
+        return dict(enumerate(new_levs))
+    value = row.get("value")
+    try:
+        if "index" in row:
+            return {int(row["index"]): float(value)}
+        if isinstance(value, list):
+            return {j: float(x) for j, x in enumerate(value)}
+    except (TypeError, ValueError):
+        pass
+    return {}  # malformed: `_expand` reports it
+
+
 def expand_table_rows(rows: Any, rules: ExchangeRules, dims: Dims, rules_cfg: dict) -> list:
     """Rewrite the convenience fields into per-field rows.
 
     - `field: tiers, value: [[floor, max_leverage, mmr], ...]` replaces the whole bracket
       table (as `rules.tiers` in YAML; the other rules from `rules_cfg`);
-    - `field: max_leverage_cap, value: X` caps every tier's max leverage at X (tiers
-      allowing more are lowered to X, one row each; the others and the maintenance rates
-      stay; a cap that lowers no tier adds no row).
+    - `field: max_leverage_cap, value: X` caps the max leverage of every tier in force at
+      its effective time (after the earlier rows) at X: one row per tier it lowers; the
+      others and the maintenance rates stay, and a cap that lowers no tier adds no row
+      (so a leverage cut phased in several steps fits dims.n_schedule).
     """
     if not isinstance(rows, list):
         raise ConfigError("schedule must be a list of rule changes")
-    out = []
+    out: list = [None] * len(rows)
+    lev_writes = []  # (effective_s, {tier: max leverage}) of the rows that set tiers
+    caps = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ConfigError(f"schedule[{i}] must be a mapping")
@@ -49,20 +75,37 @@ def expand_table_rows(rows: Any, rules: ExchangeRules, dims: Dims, rules_cfg: di
                 new = build_rules({**rules_cfg, "tiers": tbl}, dims)
             except ConfigError as e:
                 raise ConfigError(f"schedule[{i}] (field: tiers): {e}") from None
-            for name in ("tier_floor", "tier_max_lev", "tier_mmr"):
-                out.append({**base, "field": name, "value": [float(x) for x in getattr(new, name)]})
+            out[i] = [
+                {**base, "field": name, "value": [float(x) for x in getattr(new, name)]}
+                for name in ("tier_floor", "tier_max_lev", "tier_mmr")
+            ]
+            levs = [float(x) for x in new.tier_max_lev]
+            lev_writes.append((_effective_s(row), _tier_lev_writes(row, levs)))
         elif field == "max_leverage_cap":
             cap = FIELDS["schedule[].max_leverage_cap"].check(
                 row.get("value"), f"schedule[{i}].value"
             )
-            # One row per tier the cap lowers (a tier already at or under it is left as
-            # it is), so a leverage cut phased in several steps fits dims.n_schedule.
-            levs = np.asarray(rules.tier_max_lev, float)
-            for j in np.flatnonzero(levs > cap):
-                out.append({**base, "field": "tier_max_lev", "index": int(j), "value": float(cap)})
+            caps.append((_effective_s(row), i, cap, base))
         else:
-            out.append(row)
-    return out
+            out[i] = [row]
+            if field == "tier_max_lev":
+                lev_writes.append((_effective_s(row), _tier_lev_writes(row, None)))
+    # Caps in time order, each against the tiers in force just before it (an earlier cap
+    # included); rows at one effective time that write one tier differently are refused
+    # later (`check_one_value_per_element`).
+    base_levs = np.asarray(rules.tier_max_lev, float)
+    for eff, i, cap, base in sorted(caps, key=lambda c: (c[0], c[1])):
+        levs = base_levs.copy()
+        for _, writes in sorted((w for w in lev_writes if w[0] < eff), key=lambda w: w[0]):
+            for j, v in writes.items():
+                if 0 <= j < levs.size:
+                    levs[j] = v
+        lowered = [int(j) for j in np.flatnonzero(levs > cap)]
+        out[i] = [
+            {**base, "field": "tier_max_lev", "index": j, "value": float(cap)} for j in lowered
+        ]
+        lev_writes.append((eff, {j: float(cap) for j in lowered}))
+    return [r for rs in out for r in rs]
 
 
 def _row_values(row: dict, f: str, field: str, off: int, shape: tuple) -> dict[int, float]:

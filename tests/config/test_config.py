@@ -450,6 +450,19 @@ def test_max_leverage_cap_rows_lower_only_tiers_above_the_cap():
     np.testing.assert_allclose(
         np.asarray(unravel(flat).tier_max_lev, np.float64), np.minimum(levs, 80.0)
     )
+    # A cap acts on the table in force at its time: after a swap to a 200x first tier
+    # (above every tier of the base table), a 150x cap lowers that tier.
+    rows = [
+        {"effective_s": 30.0, "field": "tiers", "value": [[0, 200, 0.0025], [1e6, 50, 0.01]]},
+        {"effective_s": 60.0, "field": "max_leverage_cap", "value": 150.0},
+        {"effective_s": 90.0, "field": "max_leverage_cap", "value": 100.0},  # 150 -> 100
+    ]
+    s = load_scenario(TESTBED, overrides={"rules.tiers": BTC_TIERS, "schedule": rows}).schedule
+    active = np.asarray(s.active)
+    eff = np.asarray(s.effective_tick)[active]
+    assert (eff == 3).sum() == 36  # the swap: 3 x 12 padded tier elements
+    assert (eff == 6).sum() == 1 and float(np.asarray(s.value)[active][eff == 6][0]) == 150.0
+    assert (eff == 9).sum() == 1  # tier 0 at 150 -> 100; tier 1 (50x) stays
 
 
 # ------------------------------------------------------------------ the field table

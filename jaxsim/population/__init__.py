@@ -10,7 +10,11 @@ Behaviours (one per account, parameters in `PopParams`, YAML under `population.c
   market order. With `hold = 1` it never shrinks a same-side position (it adds, closes when
   the signal crosses zero, or flips): a losing position is ridden to its liquidation rather
   than cut as equity falls. Its margin is the engine's: a cohort that cannot afford the order is
-  rejected like anyone else. Re-entry: while it holds no perp position (it was liquidated
+  rejected like anyone else. While a cut of the position limit or the tiers' max leverage is
+  announced and not yet in force (MECHANICS 5: existing positions affected, users
+  deleverage or face liquidation), its target is also at most 95% of what the announced
+  rules allow its margin (`view.announced_rules`, the strictest announced value per rule
+  element), and a cohort above that allowance acts every tick until it is not. Re-entry: while it holds no perp position (it was liquidated
   or closed) and its equity is below `reentry_below` of the starting equity, new traders'
   money arrives from its external wallet at `reentry_per_h` of the starting equity per hour.
   With `market: spot` a retail cohort holds BASE instead: long only, its position is the

@@ -60,7 +60,7 @@ def retail(v: View, state: SimState, params: Params) -> Retail:
     scale_q = jnp.where(
         r_spot,
         pp.lev_target[:n_user] * r_eq / jnp.maximum(v.mids[SPOT], 1e-12),
-        jnp.minimum(pp.lev_target[:n_user] * v.eq / v.mark, v.cap_q),
+        jnp.minimum(jnp.minimum(pp.lev_target[:n_user] * v.eq / v.mark, v.cap_q), v.cap_ann_q),
     )
     target = f * scale_q
     # A holding trader (hold = 1) does not shrink a same-side position because its equity
@@ -68,7 +68,9 @@ def retail(v: View, state: SimState, params: Params) -> Retail:
     # its liquidation (the retail shorts of a squeeze) or, on spot, holds the bag.
     keep = (pp.hold[:n_user] > 0.5) & (target * r_pos > 0) & (jnp.abs(target) < jnp.abs(r_pos))
     gap = jnp.where(keep, 0.0, target - r_pos)
-    trade = v.act & (jnp.abs(gap) > pp.min_trade[:n_user] * scale_q) & (r_eq > 0)
+    # A perp trader above what the announced rules allow cuts every tick until it is not.
+    acts = v.act | (~r_spot & v.must_cut)
+    trade = acts & (jnp.abs(gap) > pp.min_trade[:n_user] * scale_q) & (r_eq > 0)
     r_qty = jnp.where(trade, jnp.abs(gap) * pp.speed[:n_user], 0.0)
     # Spot buys: market orders, or with `threshold` > 0 limit bids resting that far below
     # the mid (dip buyers who bid under a falling price). They are paid from the USDT held

@@ -10,8 +10,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 from jaxsim import margin as mg
+from jaxsim.mechanisms import accounts, margin_checks
 from jaxsim.population.market import (
     MARKET_ASSET_ARR,
     external_price,
@@ -42,6 +44,8 @@ class View(NamedTuple):
     asks: Array  # (M,) best ask (0 if none)
     mids: Array  # (M,) mid (the last price while a side is empty)
     cap_q: Array  # () largest perp position (base units) the rules in force allow, less 5%
+    cap_ann_q: Array  # (U,) largest perp position its margin allows under the announced rules, less 5% (inf: none announced)
+    must_cut: Array  # (U,) bool: its perp position is above what the announced rules allow
     top_own: Array  # (U,) top price of the account's resting bids on its own market
     resv: Array  # (U,) USDT its resting bids on its own market reserve
     # Its own market column (PopParams.market: an arbitrageur's or looper's book).
@@ -52,6 +56,29 @@ class View(NamedTuple):
     held_ext: Array  # (U,) the asset held on the external venues
     ask_x: Array  # (U,) its market's best ask (0 if none)
     bid_x: Array  # (U,) its market's best bid (0 if none)
+
+
+def announced_rules(state: SimState, params: Params):
+    """The rules in force with every announced, not yet effective change of the position
+    limit and the tiers' max leverage applied at its strictest (the lowest value announced
+    per element): what a trader plans for once a cut is announced (MECHANICS 5: when
+    existing positions are affected, users deleverage or face liquidation). Other fields
+    (floors, rates) stay as in force."""
+    sch = params.schedule
+    pending = sch.active & (sch.announce_tick <= state.t) & (sch.effective_tick > state.t)
+    flat, unravel = ravel_pytree(state.rules)
+    offsets = unravel(jnp.arange(flat.size, dtype=jnp.int32))  # static element offsets
+    rules = state.rules
+
+    def strictest(now: Array, off: Array) -> Array:
+        hit = pending[:, None] & (sch.flat_index[:, None] == jnp.ravel(off)[None, :])
+        ann = jnp.min(jnp.where(hit, sch.value[:, None].astype(now.dtype), jnp.inf), axis=0)
+        return jnp.minimum(now, ann.reshape(jnp.shape(now)))
+
+    return rules.replace(
+        position_limit=strictest(rules.position_limit, offsets.position_limit),
+        tier_max_lev=strictest(rules.tier_max_lev, offsets.tier_max_lev),
+    )
 
 
 def view(key: Array, state: SimState, params: Params, equity: Array) -> View:
@@ -69,6 +96,18 @@ def view(key: Array, state: SimState, params: Params, equity: Array) -> View:
     bids, asks, mids = quotes(state, params)
     # Nobody plans a position the rules in force would reject outright.
     limit_now = mg.position_limit_in_force(state.rules, state.book.qty[PERP], grids[PERP])
+    # What the announced rules will allow each account's margin, while a change is
+    # announced and not yet in force (otherwise no bound: a trader over what the rules in
+    # force allow rides its position, as before any announcement).
+    sch = params.schedule
+    announced = jnp.any(
+        sch.active & (sch.announce_tick <= state.t) & (sch.effective_tick > state.t)
+    )
+    allowed = margin_checks.max_allowed_notional(
+        accounts.margin_balances(state), announced_rules(state, params)
+    )[:n_user]
+    allowed = jnp.where(announced, allowed, jnp.inf)
+    pos = acct.pos[:n_user]
     top_own, resv = own_bids(state, grids, pp.market[:n_user], ids)
     xm = pp.market[:n_user]
     asset = MARKET_ASSET_ARR[xm]
@@ -88,6 +127,8 @@ def view(key: Array, state: SimState, params: Params, equity: Array) -> View:
         asks=asks,
         mids=mids,
         cap_q=0.95 * limit_now / state.px.mark,
+        cap_ann_q=0.95 * allowed / state.px.mark,
+        must_cut=jnp.abs(pos) * state.px.mark > allowed,
         top_own=top_own,
         resv=resv,
         xm=xm,

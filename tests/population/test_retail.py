@@ -67,3 +67,45 @@ def test_spot_retail_buys_bids_and_sells_what_it_holds(sim):
     paid = usdt(states[-1], 1) + bids(states[-1], 1).sum() * px - usdt(states2[0], 1)
     assert paid == pytest.approx(base(states2[0], 1) * px * (1 + float(p.rules.maker_fee)), abs=1.0)
     assert_conserved(p, st0, states2[-1])
+
+
+def test_perp_retail_deleverages_to_an_announced_cut_before_it_takes_effect(sim):
+    """MECHANICS 5: once a cut that affects existing positions is announced, traders
+    deleverage or face liquidation. A long at 10x whose cohort never acts on its own
+    (act_prob 0) cuts toward 95% of what the announced 5x cap allows its margin, at its
+    speed, every tick from the announcement; with nothing announced it holds."""
+    from jaxsim.population.view import announced_rules
+
+    users = [{"name": "trader", "usdt": 10000.0, "position": 1.0, "leverage": 20}]
+    cohort = {"account": "trader", "behaviour": "retail", "side": 1, "bias": 1.0,
+              "lev_target": 10, "act_prob": 0.0, "speed": 0.5}  # fmt: skip
+    cut = [
+        {"announce_s": 0.0, "effective_s": 100.0, "field": "max_leverage_cap", "value": 5.0,
+         "policy": "grandfather"},
+        # Two announced limits: the stricter one counts; a change not yet announced does not.
+        {"announce_s": 0.0, "effective_s": 100.0, "field": "position_limit", "value": 3e6,
+         "policy": "grandfather"},
+        {"announce_s": 0.0, "effective_s": 200.0, "field": "position_limit", "value": 2e6,
+         "policy": "grandfather"},
+        {"announce_s": 50.0, "effective_s": 300.0, "field": "position_limit", "value": 1e6,
+         "policy": "grandfather"},
+    ]  # fmt: skip
+    p = make(users, **{"population.cohorts": [cohort], "schedule": cut})
+    held = make(users, **{"population.cohorts": [cohort]})
+    states, _, st0 = sim.run(p, 3)
+    ann = announced_rules(st0, p)
+    assert float(ann.position_limit) == 2e6
+    np.testing.assert_array_equal(
+        np.asarray(ann.tier_max_lev), np.minimum(np.asarray(st0.rules.tier_max_lev), 5.0)
+    )
+    # Its margin allows 5 x ~10k = ~50k of notional: target 0.95 x 50k / 100k = 0.475 BASE,
+    # half the gap sold each tick (equity and mark move a little: rel 1e-2).
+    pos = [float(st.acct.pos[0]) for st in states]
+    want, q = [], 1.0
+    for _ in range(3):
+        q -= 0.5 * (q - 0.475)
+        want.append(q)
+    np.testing.assert_allclose(pos, want, rtol=1e-2)
+    assert_conserved(p, st0, states[-1])
+    states_h, _, _ = sim.run(held, 3)
+    assert [float(st.acct.pos[0]) for st in states_h] == [1.0, 1.0, 1.0]

@@ -327,13 +327,18 @@ def rollout(key: Array, params: Params, n_ticks: int, policy=None, state: SimSta
     if state is None:
         state = reset(k_reset, params)
     state = tie_to_key(state, k_run)
+    return run_ticks(state, jax.random.split(k_run, n_ticks), params, policy)
+
+
+def run_ticks(state: SimState, keys: Array, params: Params, policy=None):
+    """`rollout`'s ticks from `state`, one per key of `keys` (T, 2): (final state, stacked
+    TickEvents). A rollout split at any tick and continued from there gives the same ticks."""
 
     def body(state, k):
         k_pol, k_step = jax.random.split(k)
         orders = no_orders(params) if policy is None else policy(k_pol, state, params)
         return step(k_step, state, orders, params)
 
-    keys = jax.random.split(k_run, n_ticks)
     return jax.lax.scan(body, state, keys)
 
 

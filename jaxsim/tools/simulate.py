@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxsim import metrics as mt
 from jaxsim.config import ConfigError, build_params, list_scenarios, list_variants, scenario_config
-from jaxsim.engine import audit, no_orders, reset, rollout, step, tie_to_key
+from jaxsim.engine import audit, reset, rollout, run_ticks
 from jaxsim.tools import cli
 from jaxsim.tools import simulate_report as rep
 from jaxsim.types import Params
@@ -77,25 +77,15 @@ def horizon_ticks(
 # ------------------------------------------------------------------ running
 
 
-@functools.partial(jax.jit, static_argnames=("n_ticks", "policy"))
-def _batch(keys, params: Params, n_ticks: int, policy: Callable | None = None):
-    def one(key):
-        s0 = reset(key, params)
-        s1, ev = rollout(key, params, n_ticks, policy=policy, state=s0)
-        return audit(s0, params), audit(s1, params), ev
-
-    return jax.vmap(one)(keys)
-
-
 @functools.partial(jax.jit, static_argnames=("n_ticks",))
 def _start(keys, params: Params, n_ticks: int):
-    """A chunked run's start: the reset states (tied to their keys as `rollout` does), the
-    audits of the reset states and every tick's key, (seeds, n_ticks, 2)."""
+    """A run's start: the reset states, their audits and every tick's key as `rollout`
+    splits them, (seeds, n_ticks, 2)."""
 
     def one(key):
         s0 = reset(key, params)
         _, k_run = jax.random.split(key)
-        return tie_to_key(s0, k_run), audit(s0, params), jax.random.split(k_run, n_ticks)
+        return s0, audit(s0, params), jax.random.split(k_run, n_ticks)
 
     return jax.vmap(one)(keys)
 
@@ -105,25 +95,17 @@ def _advance(states, tick_keys, params: Params, policy: Callable | None = None):
     """Run the batch on from `states` over `tick_keys` (seeds, T, 2): the ticks of
     `rollout`, one chunk of them."""
 
-    def one(state, keys):
-        def body(state, k):
-            k_pol, k_step = jax.random.split(k)
-            orders = no_orders(params) if policy is None else policy(k_pol, state, params)
-            return step(k_step, state, orders, params)
-
-        return jax.lax.scan(body, state, keys)
-
-    return jax.vmap(one)(states, tick_keys)
+    return jax.vmap(lambda s, k: run_ticks(s, k, params, policy))(states, tick_keys)
 
 
 _audit_batch = jax.jit(jax.vmap(audit, in_axes=(0, None)))
 
 
 def _run_chunked(keys, params: Params, n_ticks: int, chunk: int, policy: Callable | None):
-    """`_batch` in chunks of `chunk` ticks: every full chunk runs the same compiled program,
-    so runs of different horizons (multiples of `chunk`) share it. The tick keys are
-    `rollout`'s (a partitionable threefry split: the first k of n keys are the k keys), so
-    the events are `_batch`'s."""
+    """The batch's rollout in chunks of `chunk` ticks: every full chunk runs the same
+    compiled program, so runs whose horizons are multiples of it share it. The tick keys are
+    `rollout`'s (a partitionable threefry split: the first k of n keys are the k keys), and
+    each chunk goes on from the last one's states, so the events do not depend on `chunk`."""
     states, a0, tick_keys = _start(keys, params, n_ticks)
     evs = []
     for t0 in range(0, n_ticks, chunk):
@@ -209,16 +191,15 @@ def run_batch(
     `policy(key, state, params) -> Orders` must be hashable (a module-level function).
     `chunk`: run the ticks in chunks of this many (a last, shorter chunk compiles a program
     of its own), so that runs whose horizons are multiples of it share one compiled
-    program; the same events as one rollout. None: one program for the whole horizon.
+    program; the events are the same, bit for bit. None: the whole horizon in one chunk.
     """
     n_ticks = int(n_ticks)
-    keys = cli.seed_keys(seeds, seed)
-    if chunk is None:
-        a0, a1, ev = jax.block_until_ready(_batch(keys, params, n_ticks, policy))
-    else:
-        if int(chunk) < 1:
-            raise ValueError(f"chunk must be at least one tick, got {chunk}")
-        a0, a1, ev = jax.block_until_ready(_run_chunked(keys, params, n_ticks, int(chunk), policy))
+    chunk = n_ticks if chunk is None else int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least one tick, got {chunk}")
+    a0, a1, ev = jax.block_until_ready(
+        _run_chunked(cli.seed_keys(seeds, seed), params, n_ticks, chunk, policy)
+    )
     ev, a0, a1 = jax.device_get((ev, a0, a1))
     return mt.as_dict(ev), mt.as_dict(a0), mt.as_dict(a1)
 

@@ -132,8 +132,9 @@ def test_api_metrics_shapes_and_ledger(api_run):
 
 def test_chunked_run_equals_one_rollout(api_run):
     """`run_batch(chunk=...)` continues each chunk from the last one's states with the
-    rollout's own tick keys: the events and both audits are those of one rollout, bit for
-    bit (the scenario tests run their 48 h calm day as chunks of the 6 h program)."""
+    rollout's own tick keys, in one compiled program for every full chunk: the events and
+    both audits are those of the run in one piece, bit for bit (the scenario tests run their
+    48 h calm day as chunks of the 6 h program)."""
     params, ev = api_run
     ev1, a0, a1 = sim.run_batch(params, TICKS, SEEDS, 0)  # the API run's program
     ev2, b0, b1 = sim.run_batch(params, TICKS, SEEDS, 0, chunk=TICKS // 2)

@@ -13,10 +13,11 @@ Behaviours (one per account, parameters in `PopParams`, YAML under `population.c
   rejected like anyone else. While a cut of the position limit or the tiers' max leverage is
   announced and not yet in force (MECHANICS 5: existing positions affected, users
   deleverage or face liquidation), its target is also at most 95% of what the announced
-  rules allow its margin (`view.announced_rules`, the strictest announced value per rule
-  element), and a cohort above that allowance acts every tick until it is not. Re-entry: while it holds no perp position (it was liquidated
-  or closed) and its equity is below `reentry_below` of the starting equity, new traders'
-  money arrives from its external wallet at `reentry_per_h` of the starting equity per hour.
+  rules allow its equity (`view.announced_rules`, the strictest announced value per rule
+  element), and a cohort above that allowance acts every tick until it is not. Re-entry:
+  while it holds no perp position (it was liquidated or closed) and its equity is below
+  `reentry_below` of the starting equity, new traders' money arrives from its external
+  wallet at `reentry_per_h` of the starting equity per hour.
   With `market: spot` a retail cohort holds BASE instead: long only, its position is the
   BASE it holds, its target `f * lev_target * equity / spot mid` with `lev_target <= 1`; it
   buys with the USDT it holds and sells the BASE it holds, by market order on the spot book

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from jaxsim import margin as mg
-from jaxsim.mechanisms import accounts, margin_checks
+from jaxsim.mechanisms import margin_checks
 from jaxsim.population.market import (
     MARKET_ASSET_ARR,
     external_price,
@@ -44,7 +44,7 @@ class View(NamedTuple):
     asks: Array  # (M,) best ask (0 if none)
     mids: Array  # (M,) mid (the last price while a side is empty)
     cap_q: Array  # () largest perp position (base units) the rules in force allow, less 5%
-    cap_ann_q: Array  # (U,) largest perp position its margin allows under the announced rules, less 5% (inf: none announced)
+    cap_ann_q: Array  # (U,) largest perp position its equity allows under the announced rules, less 5% (inf: none announced)
     must_cut: Array  # (U,) bool: its perp position is above what the announced rules allow
     top_own: Array  # (U,) top price of the account's resting bids on its own market
     resv: Array  # (U,) USDT its resting bids on its own market reserve
@@ -96,16 +96,16 @@ def view(key: Array, state: SimState, params: Params, equity: Array) -> View:
     bids, asks, mids = quotes(state, params)
     # Nobody plans a position the rules in force would reject outright.
     limit_now = mg.position_limit_in_force(state.rules, state.book.qty[PERP], grids[PERP])
-    # What the announced rules will allow each account's margin, while a change is
-    # announced and not yet in force (otherwise no bound: a trader over what the rules in
-    # force allow rides its position, as before any announcement).
+    # What the announced rules will allow each account's equity (its plan; the engine
+    # checks its margin balance), while a change is announced and not yet in force
+    # (otherwise no bound: a trader over what the rules in force allow rides its position,
+    # as before any announcement).
     sch = params.schedule
     announced = jnp.any(
         sch.active & (sch.announce_tick <= state.t) & (sch.effective_tick > state.t)
     )
-    allowed = margin_checks.max_allowed_notional(
-        accounts.margin_balances(state), announced_rules(state, params)
-    )[:n_user]
+    eq = jnp.maximum(equity[:n_user], 0.0)
+    allowed = margin_checks.max_allowed_notional(eq, announced_rules(state, params))
     allowed = jnp.where(announced, allowed, jnp.inf)
     pos = acct.pos[:n_user]
     top_own, resv = own_bids(state, grids, pp.market[:n_user], ids)
@@ -118,7 +118,7 @@ def view(key: Array, state: SimState, params: Params, equity: Array) -> View:
         pos=acct.pos[:n_user],
         bal=bal,
         ext=ext,
-        eq=jnp.maximum(equity[:n_user], 0.0),
+        eq=eq,
         mark=state.px.mark,
         act=jax.random.uniform(k_act, (n_user,), dtype) < pp.act_prob[:n_user],
         z=jax.random.normal(k_noise, (n_user,), dtype),

@@ -72,7 +72,7 @@ def test_spot_retail_buys_bids_and_sells_what_it_holds(sim):
 def test_perp_retail_deleverages_to_an_announced_cut_before_it_takes_effect(sim):
     """MECHANICS 5: once a cut that affects existing positions is announced, traders
     deleverage or face liquidation. A long at 10x whose cohort never acts on its own
-    (act_prob 0) cuts toward 95% of what the announced 5x cap allows its margin, at its
+    (act_prob 0) cuts toward 95% of what the announced 5x cap allows its equity, at its
     speed, every tick from the announcement; with nothing announced it holds."""
     from jaxsim.population.view import announced_rules
 
@@ -98,7 +98,7 @@ def test_perp_retail_deleverages_to_an_announced_cut_before_it_takes_effect(sim)
     np.testing.assert_array_equal(
         np.asarray(ann.tier_max_lev), np.minimum(np.asarray(st0.rules.tier_max_lev), 5.0)
     )
-    # Its margin allows 5 x ~10k = ~50k of notional: target 0.95 x 50k / 100k = 0.475 BASE,
+    # Its equity allows 5 x ~10k = ~50k of notional: target 0.95 x 50k / 100k = 0.475 BASE,
     # half the gap sold each tick (equity and mark move a little: rel 1e-2).
     pos = [float(st.acct.pos[0]) for st in states]
     want, q = [], 1.0

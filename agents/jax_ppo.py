@@ -464,7 +464,9 @@ def make_trainer(
         # stream is the same with and without it).
         t_act = (
             jnp.clip(
-                v_teacher(jax.random.split(jax.random.fold_in(k_act, 1), s.n_envs), r.obs, t_params),
+                v_teacher(
+                    jax.random.split(jax.random.fold_in(k_act, 1), s.n_envs), r.obs, t_params
+                ),
                 -1.0,
                 1.0,
             )
@@ -759,6 +761,14 @@ def numpy_actor(policy: Policy) -> Callable[[np.ndarray], np.ndarray]:
 _TRAINERS: dict[tuple, tuple] = {}
 
 
+def episode_return_text(row: dict[str, Any]) -> str:
+    """An update's mean episode return for the progress line; "n/a" when no episode ended
+    in that update's rollout (progress.csv keeps NaN there)."""
+    if int(row.get("episodes", 0)) == 0 or not math.isfinite(row["ep_return"]):
+        return "n/a (no episode ended)"
+    return f"{row['ep_return']:.4g}"
+
+
 def _trainer(env: RoleEnv, params: EnvParams, s: PPOSettings, total_updates: int):
     """(jitted init, run, {updates per call: compiled run}) for this configuration, kept
     for the process: training the same configuration again (another seed, a resume to
@@ -909,7 +919,7 @@ def train(
             last = rows[-1]
             print(
                 f"update {last['update']}/{total_updates}  steps {last['timesteps']}  "
-                f"ep_return {last['ep_return']:.4g}  value_loss {last['value_loss']:.3g}  "
+                f"ep_return {episode_return_text(last)}  value_loss {last['value_loss']:.3g}  "
                 f"{k * s.rollout / dt:,.0f} env-steps/s"
             )
         if time_limit_s is not None and time.perf_counter() - t_learn >= time_limit_s:

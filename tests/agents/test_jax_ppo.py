@@ -52,6 +52,13 @@ def test_running_stats_equal_pooled_moments():
     np.testing.assert_allclose(np.asarray(st.var), allx.var(0), rtol=1e-3)
 
 
+def test_progress_line_says_when_no_episode_ended():
+    assert J.episode_return_text({"episodes": 3.0, "ep_return": -0.05321}) == "-0.05321"
+    assert J.episode_return_text({"episodes": 0.0, "ep_return": float("nan")}) == (
+        "n/a (no episode ended)"
+    )
+
+
 def test_settings_reject_what_the_backend_cannot_do():
     with pytest.raises(J.JaxPPOConfigError, match="target_kl"):
         J.PPOSettings.from_hyperparams({"target_kl": 0.01})

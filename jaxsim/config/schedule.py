@@ -30,10 +30,8 @@ def _effective_s(row: dict) -> float:
         return 0.0
 
 
-def _tier_lev_writes(row: dict, new_levs: list[float] | None) -> dict[int, float]:
-    """Tier max-leverage elements a table swap or a `tier_max_lev` row writes."""
-    if new_levs is not None:
-        return dict(enumerate(new_levs))
+def _tier_lev_writes(row: dict) -> dict[int, float]:
+    """Tier max-leverage elements a `tier_max_lev` row writes."""
     value = row.get("value")
     try:
         if "index" in row:
@@ -79,8 +77,7 @@ def expand_table_rows(rows: Any, rules: ExchangeRules, dims: Dims, rules_cfg: di
                 {**base, "field": name, "value": [float(x) for x in getattr(new, name)]}
                 for name in ("tier_floor", "tier_max_lev", "tier_mmr")
             ]
-            levs = [float(x) for x in new.tier_max_lev]
-            lev_writes.append((_effective_s(row), _tier_lev_writes(row, levs)))
+            lev_writes.append((_effective_s(row), dict(enumerate(out[i][1]["value"]))))
         elif field == "max_leverage_cap":
             cap = FIELDS["schedule[].max_leverage_cap"].check(
                 row.get("value"), f"schedule[{i}].value"
@@ -89,7 +86,7 @@ def expand_table_rows(rows: Any, rules: ExchangeRules, dims: Dims, rules_cfg: di
         else:
             out[i] = [row]
             if field == "tier_max_lev":
-                lev_writes.append((_effective_s(row), _tier_lev_writes(row, None)))
+                lev_writes.append((_effective_s(row), _tier_lev_writes(row)))
     # Caps in time order, each against the tiers in force just before it (an earlier cap
     # included); rows at one effective time that write one tier differently are refused
     # later (`check_one_value_per_element`).

@@ -58,6 +58,12 @@ class View(NamedTuple):
     bid_x: Array  # (U,) its market's best bid (0 if none)
 
 
+def pending_changes(state: SimState, params: Params) -> Array:
+    """(S,) bool: schedule rows announced and not yet in force."""
+    sch = params.schedule
+    return sch.active & (sch.announce_tick <= state.t) & (sch.effective_tick > state.t)
+
+
 def announced_rules(state: SimState, params: Params):
     """The rules in force with every announced, not yet effective change of the position
     limit and the tiers' max leverage applied at its strictest (the lowest value announced
@@ -65,7 +71,7 @@ def announced_rules(state: SimState, params: Params):
     existing positions are affected, users deleverage or face liquidation). Other fields
     (floors, rates) stay as in force."""
     sch = params.schedule
-    pending = sch.active & (sch.announce_tick <= state.t) & (sch.effective_tick > state.t)
+    pending = pending_changes(state, params)
     flat, unravel = ravel_pytree(state.rules)
     offsets = unravel(jnp.arange(flat.size, dtype=jnp.int32))  # static element offsets
     rules = state.rules
@@ -100,10 +106,7 @@ def view(key: Array, state: SimState, params: Params, equity: Array) -> View:
     # checks its margin balance), while a change is announced and not yet in force
     # (otherwise no bound: a trader over what the rules in force allow rides its position,
     # as before any announcement).
-    sch = params.schedule
-    announced = jnp.any(
-        sch.active & (sch.announce_tick <= state.t) & (sch.effective_tick > state.t)
-    )
+    announced = jnp.any(pending_changes(state, params))
     eq = jnp.maximum(equity[:n_user], 0.0)
     allowed = margin_checks.max_allowed_notional(eq, announced_rules(state, params))
     allowed = jnp.where(announced, allowed, jnp.inf)
@@ -115,7 +118,7 @@ def view(key: Array, state: SimState, params: Params, equity: Array) -> View:
         n_user=n_user,
         ids=ids,
         kind=pp.kind[:n_user],
-        pos=acct.pos[:n_user],
+        pos=pos,
         bal=bal,
         ext=ext,
         eq=eq,

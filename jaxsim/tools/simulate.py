@@ -117,7 +117,8 @@ def _run_chunked(keys, params: Params, n_ticks: int, chunk: int, policy: Callabl
 
 @functools.partial(jax.jit, static_argnames=("n_ticks",))
 def _batch_members(keys, params: Params, n_ticks: int):
-    """As `_batch` with per-seed params (leading axis = seeds)."""
+    """One vmapped rollout with per-seed params (leading axis = seeds): (audit0, audit1,
+    events), as `run_batch` returns them."""
 
     def one(key, p):
         s0 = reset(key, p)

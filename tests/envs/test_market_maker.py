@@ -103,13 +103,14 @@ def test_unchanged_quotes_keep_their_place(mm):
     assert int(o.kind[2]) == KIND_POST_ONLY and int(o.kind[3]) == KIND_POST_ONLY
 
 
-def test_crossing_quote_is_rejected_not_taken():
+def test_crossing_quote_is_rejected_not_taken(mm):
     """With offsets allowed below zero, a bid 50 bp above the mid would take: post-only
-    rejects it (would_take) and the learner trades nothing, pays no fee."""
-    env, params = envs.make("market_maker", scenario=SCENARIO, legacy=False, min_offset_bps=-50.0)
-    obs, state = env.reset_env(jax.random.PRNGKey(0), params)
+    rejects it (would_take) and the learner trades nothing, pays no fee. The offsets are
+    settings (params), so the module's compiled step runs it."""
+    env, params, step, state = mm
+    params = params.replace(role=params.role.replace(min_offset_bps=jnp.float32(-50.0)))
     act = _action(env, params, [-50.0, 10.0])
-    _, new, _, _, info = jax.jit(env.step_env)(jax.random.PRNGKey(1), state, act, params)
+    _, new, _, _, info = step(jax.random.PRNGKey(1), state, act, params)
     reason = np.asarray(info["order_reason"])[:4]
     assert reason[2] == REJ_WOULD_TAKE
     assert float(new.sim.acct.pos[0]) == 0.0 and float(info["fees"]) == 0.0

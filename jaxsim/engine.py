@@ -85,30 +85,53 @@ def step(
     key: Array, state: SimState, orders: Orders, params: Params
 ) -> tuple[SimState, TickEvents]:
     """Advance one tick; `orders` (K,) are the learning agents'. Returns (state, events)."""
+    # Each phase runs under a named scope (`PHASES`): it names the compiled program's ops
+    # (profiles, `benchmarks.compile_size`) and changes nothing else.
     k_exo, k_pop = jax.random.split(key)
     acc = _start_tick(state, params, key)
     fund0 = state.acct.bal[params.dims.insurance, USDT]
 
-    state = exogenous.move_venues(k_exo, state, params)
-    state = index_mark.reprice(state, params)
-    # The engine's own collateral sales this tick are banded around this opening index.
-    acc = acc.replace(sale_ref=accounts.asset_prices(state.px))
-    state, acc = schedule.apply_due(state, params, acc)
-    state = liquidity.requote(state, params)
-    state, bg, arb = _background_orders(k_pop, state, params)
-    rows = jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), bg, orders)
-    state, acc, results = process_orders(state, params, rows, acc)
-    state, background = _background_record(state, params, bg, arb, results)
-    state = collateral.arrivals(state)
-    state = index_mark.reprice(state, params)
-    state, paid = funding.sample_and_settle(state, params)
-    state = collateral.charge_interest(state, params, paid.settled)
-    state, acc = liquidation.run(state, params, acc)
-    state, acc = insurance.write_off(state, params, acc)
-    state = _end_tick(state, params, acc, background)
+    with jax.named_scope("exogenous"):
+        state = exogenous.move_venues(k_exo, state, params)
+        state = index_mark.reprice(state, params)
+        # The engine's own collateral sales this tick are banded around this opening index.
+        acc = acc.replace(sale_ref=accounts.asset_prices(state.px))
+    with jax.named_scope("schedule"):
+        state, acc = schedule.apply_due(state, params, acc)
+    with jax.named_scope("liquidity"):
+        state = liquidity.requote(state, params)
+    with jax.named_scope("population"):
+        state, bg, arb = _background_orders(k_pop, state, params)
+    with jax.named_scope("orders"):
+        rows = jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), bg, orders)
+        state, acc, results = process_orders(state, params, rows, acc)
+        state, background = _background_record(state, params, bg, arb, results)
+    with jax.named_scope("prices_funding"):
+        state = collateral.arrivals(state)
+        state = index_mark.reprice(state, params)
+        state, paid = funding.sample_and_settle(state, params)
+        state = collateral.charge_interest(state, params, paid.settled)
+    with jax.named_scope("liquidation"):
+        state, acc = liquidation.run(state, params, acc)
+        state, acc = insurance.write_off(state, params, acc)
+    with jax.named_scope("events"):
+        state = _end_tick(state, params, acc, background)
+        ext = results.rows(slice(bg.kind.shape[0], None))
+        ev = events.build(state, params, acc, fund0, paid, ext, background)
+    return state, ev
 
-    ext = results.rows(slice(bg.kind.shape[0], None))
-    return state, events.build(state, params, acc, fund0, paid, ext, background)
+
+# The named scopes of `step`'s phases, in tick order.
+PHASES = (
+    "exogenous",
+    "schedule",
+    "liquidity",
+    "population",
+    "orders",
+    "prices_funding",
+    "liquidation",
+    "events",
+)
 
 
 def _start_tick(state: SimState, params: Params, key: Array) -> tick_acc.TickAcc:

@@ -31,9 +31,10 @@ import sys
 import time
 from collections import Counter, defaultdict
 
-_FUSION = re.compile(r"^\s*%([\w.-]+) = \S+ fusion\(.*?calls=%([\w.-]+)")
+_FUSION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.-]+) = \S+ fusion\(.*?calls=%([\w.-]+)")
 _COMP = re.compile(r"^%?([\w.-]+) ")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_VMAP = re.compile(r"^vmap\((.*)\)$")
 
 
 def parse(hlo: str, phases: tuple[str, ...]) -> list[dict]:
@@ -64,7 +65,8 @@ def parse(hlo: str, phases: tuple[str, ...]) -> list[dict]:
         for line in body:
             op = _OP_NAME.search(line)
             if op:
-                parts = op.group(1).split("/")
+                # Under vmap a scope reads "vmap(orders)".
+                parts = [_VMAP.sub(r"\1", p) for p in op.group(1).split("/")]
                 votes[next((p for p in parts if p in phases), "other")] += 1
         rows.append(
             {

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxsim import book as bk
 from jaxsim import margin as mg
-from jaxsim.mechanisms import accounts, margin_checks, matching, tick_acc
+from jaxsim.mechanisms import accounts, margin_checks, tick_acc
 from jaxsim.mechanisms.tick_acc import OrderResults
 from jaxsim.ops import sum_last
 from jaxsim.prices import SECONDS_PER_8H
@@ -210,19 +210,23 @@ def charge_interest(state: SimState, params: Params, settled) -> SimState:
     return state.replace(acct=acct.replace(bal=bal))
 
 
-def liquidation_sales(
-    state: SimState, params: Params, acc: tick_acc.TickAcc, a, cross_liq
-) -> tuple[SimState, tick_acc.TickAcc]:
-    """A cross liquidation's collateral (when `cross_liq`): debts repaid from same-asset
-    balances; collateral sold into its own spot book (STABLE, LST, BASE in turn) to cover
-    the USDT deficit plus the debts still unpaid (valued at index); those debts then
-    settled with the lender in USDT at index.
+# A cross liquidation's collateral (MECHANICS 4.1 step 3), in three parts that
+# `liquidation.liquidate_account` runs around the book walks it shares with the IOC:
+# `sales_start` (debts repaid from same-asset balances), one `sale_order` per collateral
+# asset in `COLLATERAL_SALE_ORDER` (sold into its own spot book to cover the USDT deficit
+# plus the debts still unpaid, valued at index; `record_sale` counts what sold), and
+# `sales_end` (those debts settled with the lender in USDT at index).
+#
+# The sales fill no lower than the tick's opening index x (1 - `rules.sale_band`)
+# (`TickAcc.sale_ref`): one sale into a thin book cannot print far below the index and,
+# where the index follows the internal book, mark everyone's collateral down with it. What
+# the band stops stays held; a bust account's rest goes to the fund with its hole
+# (`insurance.cover_bust`), and the fund sells it in later ticks.
 
-    The sales fill no lower than the tick's opening index x (1 - `rules.sale_band`)
-    (`TickAcc.sale_ref`): one sale into a thin book cannot print far below the index and,
-    where the index follows the internal book, mark everyone's collateral down with it.
-    What the band stops stays held; a bust account's rest goes to the fund with its hole
-    (`insurance.cover_bust`), and the fund sells it in later ticks."""
+
+def sales_start(state: SimState, params: Params, a, cross_liq) -> tuple[SimState, Array, Array]:
+    """Account a's debts repaid from its same-asset balances (when `cross_liq`). Returns
+    (state, the debts still unpaid (4,), their value in USDT at index)."""
     outside = params.dims.outside
     acct = state.acct
     rep = jnp.where(cross_liq, jnp.minimum(jnp.maximum(acct.bal[a], 0.0), acct.debt[a]), 0.0)
@@ -232,30 +236,36 @@ def liquidation_sales(
     state = state.replace(acct=acct)
     px_a = accounts.asset_prices(state.px)
     unpaid = jnp.where(cross_liq, acct.debt[a], 0.0)
-    unpaid_usdt = jnp.sum(unpaid * px_a)
+    return state, unpaid, jnp.sum(unpaid * px_a)
 
-    # One book walk in a loop over the collateral assets rather than one per asset: the
-    # compiled program holds a single copy of it.
-    def sell(j, c):
-        state, acc = c
-        asset = SALE_ASSET_ARR[j]
-        m = SALE_MARKET_ARR[j]
-        deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
-        lim = acc.sale_ref[asset] * (1 - state.rules.sale_band)
-        need = quote_qty(state, params, m, deficit, lim, a)
-        qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))
-        qty = engine_sale_qty(acc, asset, qty)
-        state, acc, sold, proceeds = matching.take(state, params, acc, a, m, -1, qty, lim)
-        acc = acc.replace(
-            coll_sold=acc.coll_sold.at[asset].add(sold),
-            coll_sold_usdt=acc.coll_sold_usdt + proceeds,
-        )
-        return state, acc
 
-    state, acc = jax.lax.fori_loop(0, len(COLLATERAL_SALE_ORDER), sell, (state, acc))
+def sale_order(state: SimState, params: Params, acc, a, j, cross_liq, unpaid_usdt):
+    """The j-th collateral sale of account a (a sell on the asset's spot book): (market,
+    quantity, price limit, asset). The quantity raises the USDT the account lacks for its
+    unpaid debts, within what it holds; 0 below `MIN_SALE_USDT`."""
+    asset = SALE_ASSET_ARR[j]
+    m = SALE_MARKET_ARR[j]
+    deficit = jnp.where(cross_liq, jnp.maximum(unpaid_usdt - state.acct.bal[a, USDT], 0.0), 0.0)
+    lim = acc.sale_ref[asset] * (1 - state.rules.sale_band)
+    need = quote_qty(state, params, m, deficit, lim, a)
+    qty = jnp.minimum(need, jnp.maximum(state.acct.bal[a, asset], 0.0))
+    return m, engine_sale_qty(acc, asset, qty), lim, asset
+
+
+def record_sale(acc, asset, sold, proceeds):
+    """The tick's collateral-sale counters after a sale of `sold` units of `asset`."""
+    return acc.replace(
+        coll_sold=acc.coll_sold.at[asset].add(sold),
+        coll_sold_usdt=acc.coll_sold_usdt + proceeds,
+    )
+
+
+def sales_end(state: SimState, params: Params, a, unpaid, unpaid_usdt) -> SimState:
+    """Account a's unpaid debts settled with the lender in USDT at index."""
+    outside = params.dims.outside
     acct = state.acct
     acct = acct.replace(
         bal=acct.bal.at[a, USDT].add(-unpaid_usdt).at[outside, USDT].add(unpaid_usdt),
         debt=acct.debt.at[a].add(-unpaid),
     )
-    return state.replace(acct=acct), acc
+    return state.replace(acct=acct)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from jaxsim import margin as mg
 from jaxsim import ops
@@ -20,6 +21,7 @@ from jaxsim.mechanisms import (
 from jaxsim.ops import while_loop as tied_while_loop
 from jaxsim.types import (
     ISOLATED,
+    N_ASSETS,
     PERP,
     POLICY_LIQUIDATE,
     USDT,
@@ -70,17 +72,55 @@ def liquidate_account(
     solvent = mb > 0
     cut = _liquidation_cut(state, a, forced | ~solvent, liq)
     lim = jnp.where(s > 0, jnp.maximum(p_bk, 0.0), jnp.where(p_bk > 0, p_bk, jnp.inf))
-    # No trading fee on the IOC: the clearance fee replaces it.
-    state, acc, f_fill, n_fill = matching.take(
-        state, params, acc, a, PERP, -s, cut, lim, fee_rate=0.0
-    )
-    rem = jnp.where(solvent, 0.0, jnp.maximum(cut - f_fill, 0.0))
-    state, absorbed = insurance.absorb(state, params, a, s, rem, p_bk)
-    liq_notional = n_fill + (absorbed.fund_qty + absorbed.adl_qty) * p_bk
-    state = _clearance_fee(state, params, a, liq, liq_notional)
-    cross_liq = liq & ((state.acct.mode[a] != ISOLATED) | flat)
-    state, acc = collateral.liquidation_sales(state, params, acc, a, cross_liq)
-    state, bad = insurance.cover_bust(state, params, a, cross_liq)
+
+    def after_ioc(state, f_fill, n_fill):
+        """Steps 3-4, and the start of step 5 (debts repaid from same-asset balances)."""
+        rem = jnp.where(solvent, 0.0, jnp.maximum(cut - f_fill, 0.0))
+        state, absorbed = insurance.absorb(state, params, a, s, rem, p_bk)
+        liq_notional = n_fill + (absorbed.fund_qty + absorbed.adl_qty) * p_bk
+        state = _clearance_fee(state, params, a, liq, liq_notional)
+        cross_liq = liq & ((state.acct.mode[a] != ISOLATED) | flat)
+        state, unpaid, unpaid_usdt = collateral.sales_start(state, params, a, cross_liq)
+        return state, _AfterIoc(absorbed, liq_notional, cross_liq, unpaid, unpaid_usdt)
+
+    # The IOC (turn 0) and the collateral sales (turns 1.., `COLLATERAL_SALE_ORDER`) share
+    # one book walk: the compiled program holds a single copy of it. What differs between
+    # the turns runs under a `cond` on the turn, the loop's counter, which is the same for
+    # every env of a batch, so under vmap it stays a branch (only the taken side runs).
+    def turn(j, c):
+        state, acc, post = c
+        ioc = j == 0
+
+        def ioc_order(state):
+            return jnp.int32(PERP), -s, cut, lim, jnp.int32(0)
+
+        def sale(state):
+            m, qty, lim_s, asset = collateral.sale_order(
+                state, params, acc, a, j - 1, post.cross_liq, post.unpaid_usdt
+            )
+            return m, -jnp.ones_like(s), qty, lim_s, asset
+
+        m, side, qty, limit, asset = jax.lax.cond(ioc, ioc_order, sale, state)
+        # No trading fee on the IOC (the clearance fee replaces it); a sale pays the
+        # account's taker rate.
+        fee = jnp.where(ioc, 0.0, accounts.taker_rate_of(state, params, a))
+        state, acc, filled, notional = matching.take(
+            state, params, acc, a, m, side, qty, limit, fee_rate=fee
+        )
+        state, post = jax.lax.cond(
+            ioc, lambda st: after_ioc(st, filled, notional), lambda st: (st, post), state
+        )
+        acc = jax.lax.cond(
+            ioc, lambda: acc, lambda: collateral.record_sale(acc, asset, filled, notional)
+        )
+        return state, acc, post
+
+    post0 = _AfterIoc.zero(state.acct.bal.dtype)
+    n_turns = 1 + len(collateral.COLLATERAL_SALE_ORDER)
+    state, acc, post = jax.lax.fori_loop(0, n_turns, turn, (state, acc, post0))
+    absorbed, liq_notional = post.absorbed, post.liq_notional
+    state = collateral.sales_end(state, params, a, post.unpaid, post.unpaid_usdt)
+    state, bad = insurance.cover_bust(state, params, a, post.cross_liq)
 
     liq_n = jnp.where(liq, liq_notional, 0.0)
     acc = acc.replace(
@@ -93,6 +133,29 @@ def liquidate_account(
         bad_debt=acc.bad_debt + jnp.maximum(bad, 0.0),
     )
     return state, acc
+
+
+@struct.dataclass
+class _AfterIoc:
+    """What `liquidate_account`'s IOC turn leaves for the sales and the account's records."""
+
+    absorbed: insurance.Absorbed
+    liq_notional: Array  # () the liquidated notional (book fills, fund and ADL at p_bk)
+    cross_liq: Array  # () bool: the account's collateral is sold (cross, or flat isolated)
+    unpaid: Array  # (4,) debts left after same-asset repayment
+    unpaid_usdt: Array  # () their value in USDT at index
+
+    @classmethod
+    def zero(cls, dtype) -> _AfterIoc:
+        z = jnp.zeros((), dtype)
+        i = jnp.zeros((), jnp.int32)
+        return cls(
+            absorbed=insurance.Absorbed(z, z, z, i, z),
+            liq_notional=z,
+            cross_liq=jnp.bool_(False),
+            unpaid=jnp.zeros((N_ASSETS,), dtype),
+            unpaid_usdt=z,
+        )
 
 
 def _liquidation_cut(state: SimState, a, full, liq) -> Array:

@@ -72,6 +72,12 @@ def background_orders(
     def cat(*xs):
         return jnp.concatenate([jnp.asarray(x) for x in xs])
 
+    # The users' rows as one (10, U) array first: one fusion computes every field from
+    # the behaviours' decisions, which each field's own assembly would otherwise repeat
+    # (benchmarks.compile_size). Kinds, markets and sides are small integers: exact in
+    # any float dtype.
+    u = jnp.stack([jnp.asarray(x, dtype) for x in (m1, m2, s1, s2, k1, k2, q1, q2, p1, p2)])
+    m1, m2, s1, s2, k1, k2, q1, q2, p1, p2 = (u[i] for i in range(10))
     orders = Orders(
         account=cat(v.ids, v.ids, pp.prog_account).astype(jnp.int32),
         market=cat(m1, m2, pp.prog_market).astype(jnp.int32),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsim.ops import materialize
 from jaxsim.types import (
     Params,
     SimState,
@@ -26,6 +27,10 @@ def move_venues(key, state: SimState, params: Params) -> SimState:
     k1, k2 = jax.random.split(key)
     dtype = state.px.ext.dtype
     z = jax.random.normal(k1, (3,), dtype)
+    noise = jax.random.normal(k2, (3, params.dims.n_venues), dtype)
+    # The draws, computed once: XLA would fuse the normal transform into each of their
+    # consumers (benchmarks.compile_size); a few values per env, so the sort is cheap.
+    z, noise = materialize(z, noise)
     sv, shock_drift = _vol_and_shocks(key, state, params)
     sig = exo.vol_per_sqrt_s * jnp.exp(sv)
     logp = jnp.log(state.px.ext_common)
@@ -45,9 +50,7 @@ def move_venues(key, state: SimState, params: Params) -> SimState:
     new_lst = new_base + jnp.log(exo.lst_rate) + new_lst_prem
     new_log = jnp.stack([new_base, new_stable, new_lst])
     common = jnp.exp(new_log)
-    v = params.dims.n_venues
-    noise = exo.venue_dispersion * jax.random.normal(k2, (3, v), dtype)
-    ext = common[:, None] * (1.0 + noise)
+    ext = common[:, None] * (1.0 + exo.venue_dispersion * noise)
     r = new_log - logp
     alpha = jnp.minimum(dt / VOL_EWMA_S, 1.0)
     var = (1 - alpha) * state.px.vol**2 + alpha * r**2 / dt
@@ -76,13 +79,12 @@ def _vol_and_shocks(key, state: SimState, params: Params):
         .add(jnp.where(shock_on, exo.shock_log_return / jnp.maximum(exo.shock_ticks, 1), 0.0))
     )
     k_sv, k_jump, k_jsize = (jax.random.fold_in(key, i) for i in (1, 2, 3))
-    kappa_sv = jnp.minimum(exo.sv_reversion_per_s * dt, 1.0)
-    sv = state.pop.sv * (1 - kappa_sv) + exo.vol_of_vol_per_sqrt_s * jnp.sqrt(
-        dt
-    ) * jax.random.normal(k_sv, (3,), dtype)
-    jump = jnp.where(
-        jax.random.uniform(k_jump, (3,), dtype) < exo.jump_rate_per_s * dt,
-        exo.jump_std * jax.random.normal(k_jsize, (3,), dtype),
-        0.0,
+    z_sv, u_jump, z_jump = materialize(
+        jax.random.normal(k_sv, (3,), dtype),
+        jax.random.uniform(k_jump, (3,), dtype),
+        jax.random.normal(k_jsize, (3,), dtype),
     )
+    kappa_sv = jnp.minimum(exo.sv_reversion_per_s * dt, 1.0)
+    sv = state.pop.sv * (1 - kappa_sv) + exo.vol_of_vol_per_sqrt_s * jnp.sqrt(dt) * z_sv
+    jump = jnp.where(u_jump < exo.jump_rate_per_s * dt, exo.jump_std * z_jump, 0.0)
     return sv, shock_drift + jump

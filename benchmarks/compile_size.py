@@ -80,7 +80,7 @@ def parse(hlo: str, phases: tuple[str, ...]) -> list[dict]:
 
 
 def table(rows: list[dict], phases: tuple[str, ...]) -> list[str]:
-    by = defaultdict(lambda: Counter())
+    by: defaultdict[str, Counter] = defaultdict(Counter)
     for r in rows:
         c = by[r["phase"]]
         c["fusions"] += 1
